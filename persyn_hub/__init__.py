@@ -1,0 +1,11 @@
+"""persyn_hub: personalized distillation data via router-guided multi-teacher distillation (PerSyn).
+
+Importing the package registers `PersynRouter` with the transformers Auto classes, so
+`AutoModel.from_pretrained("org/router")` works without `trust_remote_code`.
+"""
+
+from persyn_hub.config import PersynRecipe, RecipeError, load_recipe
+
+__version__ = "0.1.0"
+
+__all__ = ["PersynRecipe", "RecipeError", "__version__", "load_recipe"]

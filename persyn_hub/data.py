@@ -1,0 +1,198 @@
+"""Loading prompts: any source becomes one `Dataset` with `prompt_id`, `messages` and `prompt`.
+
+Prompts are normalized once, here, so every later stage can rely on the same columns:
+`prompt_id` (stable string), `messages` (chat list ending with the user turn), `prompt` (the last
+user turn as text, for completion-style teachers and routers) and, when configured, `answer`.
+All checks run before any model is loaded, and each error names the column or row and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import string
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+from datasets import Dataset, load_dataset, load_from_disk
+
+from persyn_hub.bundled import bundled_data, bundled_data_file, is_bundled
+from persyn_hub.config import PromptsConfig
+
+logger = logging.getLogger(__name__)
+
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class PromptDataError(ValueError):
+    """The prompt source does not have the shape the recipe says; the message names row/column."""
+
+
+def _read_source(config: PromptsConfig) -> Dataset:
+    source = config.source
+    if is_bundled(source):
+        return load_dataset("json", data_files=str(bundled_data_file(source)), split="train")
+    path = Path(source)
+    if path.is_dir() and (path / "dataset_info.json").is_file():
+        return load_from_disk(str(path))
+    if path.suffix in LOCAL_BUILDERS:
+        if not path.is_file():
+            raise PromptDataError(f"prompts.source: file {source!r} does not exist.")
+        return load_dataset(LOCAL_BUILDERS[path.suffix], data_files=str(path), split="train")
+    return load_dataset(source, config.subset, split=config.split, revision=config.revision)
+
+
+def apply_bundled_defaults(config: PromptsConfig) -> PromptsConfig:
+    """Bundled data sets know their own columns; fill them in when the recipe left the defaults."""
+    if not is_bundled(config.source):
+        return config
+    data = bundled_data(config.source)
+    defaults = PromptsConfig()
+    if config.prompt_column == defaults.prompt_column and config.prompt_template is None:
+        if data.name == "asdiv":
+            config.prompt_template = "{passage} {question}"
+        else:
+            config.prompt_column = data.prompt_column
+    if config.answer_column is None and data.answer_column:
+        config.answer_column = data.answer_column
+    if config.id_column is None and data.id_column:
+        config.id_column = data.id_column
+    return config
+
+
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def _check_columns(dataset: Dataset, config: PromptsConfig) -> None:
+    columns = set(dataset.column_names)
+    needed: list[tuple[str, str]] = []
+    if config.prompt_template:
+        needed += [("prompts.prompt_template", name) for name in _template_fields(config.prompt_template)]
+    else:
+        needed.append(("prompts.prompt_column", config.prompt_column))
+    if config.id_column:
+        needed.append(("prompts.id_column", config.id_column))
+    if config.answer_column:
+        needed.append(("prompts.answer_column", config.answer_column))
+    needed += [("prompts.keep_columns", name) for name in config.keep_columns]
+    for key, column in needed:
+        if column not in columns:
+            raise PromptDataError(
+                f"{key}: column {column!r} is not in {config.source!r}; its columns are "
+                f"{sorted(columns)}. Set {key} to one of them."
+            )
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _row_messages(row: dict[str, Any], config: PromptsConfig, row_index: int) -> list[dict[str, str]]:
+    if config.prompt_template:
+        value: Any = config.prompt_template.format(**row)
+    else:
+        value = row[config.prompt_column]
+    where = f"row {row_index} of {config.source!r}"
+    if isinstance(value, str):
+        messages = [{"role": "user", "content": value}]
+    elif isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        messages = [{"role": str(m.get("role", "")), "content": m.get("content")} for m in value]
+        for message in messages:
+            if not isinstance(message["content"], str):
+                raise PromptDataError(
+                    f"{where}: a message's content is {type(message['content']).__name__}, not text; "
+                    "fix the row or drop it."
+                )
+        if messages[-1]["role"] != "user":
+            raise PromptDataError(f"{where}: the chat must end with a user turn to be answered.")
+    else:
+        raise PromptDataError(
+            f"{where}: prompt {value!r} is {type(value).__name__}; expected text or a chat list of "
+            "{role, content} messages. Fix the row, or point prompts.prompt_column at a text column."
+        )
+    if not messages[-1]["content"].strip():
+        raise PromptDataError(f"{where}: the prompt is empty or whitespace; remove the row.")
+    if config.system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": config.system_prompt}] + messages
+    return messages
+
+
+def _normalize_batch(batch: dict[str, list], indices: list[int], config: PromptsConfig) -> dict[str, list]:
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    out: dict[str, list] = {"prompt_id": [], "messages": [], "prompt": []}
+    if config.answer_column:
+        out["answer"] = []
+    for row, index in zip(rows, indices):
+        messages = _row_messages(row, config, index)
+        text = messages[-1]["content"]
+        if config.id_column:
+            identifier = row[config.id_column]
+            if identifier is None or str(identifier).strip() == "":
+                raise PromptDataError(f"row {index}: prompts.id_column {config.id_column!r} is empty.")
+            identifier = str(identifier)
+        else:
+            identifier = prompt_hash("\x1e".join(m["role"] + "\x1f" + m["content"] for m in messages))
+        out["prompt_id"].append(identifier)
+        out["messages"].append(messages)
+        out["prompt"].append(text)
+        if config.answer_column:
+            answer = row[config.answer_column]
+            out["answer"].append(None if answer is None else str(answer))
+    return out
+
+
+def _check_unique_ids(dataset: Dataset, config: PromptsConfig) -> Dataset:
+    ids = dataset.data.column("prompt_id")
+    counts = pc.value_counts(ids)
+    repeated = [item["values"].as_py() for item in counts if item["counts"].as_py() > 1]
+    if not repeated:
+        return dataset
+    if config.drop_duplicates:
+        first_rows = sorted({value: i for i, value in reversed(list(enumerate(ids.to_pylist())))}.values())
+        logger.info(
+            "prompts: dropped %d duplicate row(s) (drop_duplicates: true)", len(dataset) - len(first_rows)
+        )
+        return dataset.select(first_rows)
+    first = repeated[0]
+    rows = [i for i, value in enumerate(ids.to_pylist()) if value == first][:5]
+    what = f"id {first!r} (column {config.id_column!r})" if config.id_column else "the same prompt text"
+    raise PromptDataError(
+        f"prompts: rows {rows} share {what}; {len(repeated)} id(s) repeat. Deduplicate the source, "
+        "or set prompts.drop_duplicates: true to keep the first of each"
+        + ("." if config.id_column else ", or set prompts.id_column to a unique id column.")
+    )
+
+
+def load_prompts(config: PromptsConfig, seed: int = 42) -> Dataset:
+    """Load, check and normalize the prompt source; shuffle with `seed`; keep `num_prompts` rows.
+
+    Adds: `prompt_id`, `messages`, `prompt`, and `answer` when `answer_column` is set.
+    Example: `load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=8))`.
+    """
+    config = apply_bundled_defaults(config)
+    dataset = _read_source(config)
+    _check_columns(dataset, config)
+    if len(dataset) == 0:
+        raise PromptDataError(f"prompts.source: {config.source!r} has no rows.")
+    keep = set(config.keep_columns)
+    remove = [c for c in dataset.column_names if c not in keep]
+    dataset = dataset.map(
+        _normalize_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"config": config},
+        remove_columns=remove,
+        desc="Normalizing prompts",
+    )
+    dataset = _check_unique_ids(dataset, config)
+    if config.shuffle:
+        dataset = dataset.shuffle(seed=seed)
+    if config.num_prompts is not None:
+        if config.num_prompts > len(dataset):
+            raise PromptDataError(
+                f"prompts.num_prompts: {config.num_prompts} asked, but the source has {len(dataset)} rows."
+            )
+        dataset = dataset.select(range(config.num_prompts))
+    return dataset.flatten_indices()

@@ -1,0 +1,30 @@
+"""Stable hashes of configs and inputs, used as stage cache keys and `datasets` fingerprints.
+
+`datasets` hashes a mapped function by pickling it; a function that holds a model gets a new hash
+each run (or pickles gigabytes), so stages pass a `new_fingerprint` derived from what matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": type(value).__name__, **dataclasses.asdict(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def fingerprint(*parts: Any, length: int = 16) -> str:
+    """A hex digest of JSON-serializable parts (dataclasses included), order-sensitive."""
+    payload = json.dumps([_plain(p) for p in parts], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]

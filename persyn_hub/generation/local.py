@@ -1,0 +1,201 @@
+"""In-process generation with transformers: the embedded default, no server needed.
+
+Rows are sorted by prompt length so each batch pads little, generated greedily (or sampled with a
+per-batch seed), cut at stop strings, and checkpointed batch by batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import zlib
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from persyn_hub.bundled import resolve_model
+from persyn_hub.config import TeacherConfig
+from persyn_hub.fingerprint import fingerprint
+from persyn_hub.generation.checkpoint import GenerationCheckpoint
+from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
+from persyn_hub.generation.stats import GenerationStats
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def torch_dtype(name: str) -> Any:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+def load_teacher(teacher: TeacherConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    path = resolve_model(teacher.model or "")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=teacher.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(teacher.dtype), trust_remote_code=teacher.trust_remote_code
+    )
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def render_prompt(teacher: TeacherConfig, tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+    if teacher.prompt_format == "chat":
+        return tokenizer.apply_chat_template(
+            chat_messages(teacher, messages), add_generation_prompt=True, tokenize=False
+        )
+    text = completion_text(teacher, messages)
+    if tokenizer.bos_token and not text.startswith(tokenizer.bos_token):
+        text = tokenizer.bos_token + text
+    return text
+
+
+def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class LocalGenerator:
+    """Callable for `Dataset.map(batched=True)`: generates the rows the checkpoint does not have."""
+
+    def __init__(
+        self, teacher: TeacherConfig, checkpoint: GenerationCheckpoint, stats: GenerationStats, seed: int
+    ):
+        self.teacher = teacher
+        self.checkpoint = checkpoint
+        self.stats = stats
+        self.seed = seed
+        self.stop = default_stop(teacher)
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        if self._model is None:
+            self._model, self._tokenizer = load_teacher(self.teacher)
+        assert self._tokenizer is not None
+        return self._model, self._tokenizer
+
+    def release(self) -> None:
+        self._model = self._tokenizer = None
+        gc.collect()
+
+    @torch.inference_mode()
+    def _generate(self, rows: list[dict]) -> list[dict]:
+        model, tokenizer = self._load()
+        texts = [render_prompt(self.teacher, tokenizer, row["messages"]) for row in rows]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        config = self.teacher.generation
+        sampling = config.temperature > 0
+        if sampling:
+            torch.manual_seed(self.seed + sum(zlib.crc32(row["prompt_id"].encode()) for row in rows) % 2**31)
+        eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        output = model.generate(
+            **encoded,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=sampling,
+            temperature=config.temperature if sampling else None,
+            top_p=config.top_p if sampling else None,
+            top_k=None,
+            stop_strings=self.stop or None,
+            tokenizer=tokenizer,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_ids or None,
+        )
+        prompt_length = encoded["input_ids"].shape[1]
+        records = []
+        for row, prompt_mask, generated in zip(rows, encoded["attention_mask"], output[:, prompt_length:]):
+            tokens = generated.tolist()
+            ended = False
+            for position, token in enumerate(tokens):
+                if token in eos_ids or token == tokenizer.pad_token_id:
+                    tokens, ended = tokens[:position], True
+                    break
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            text, stopped = _cut_at_stop(text, self.stop)
+            finish = "stop" if ended or stopped else "length"
+            response = text.strip()
+            error = None if response else f"empty completion (finish_reason={finish})"
+            if error:
+                self.stats.add_failure(error)
+            records.append(
+                {
+                    "prompt_id": row["prompt_id"],
+                    "response": response if response else None,
+                    "finish_reason": finish,
+                    "num_tokens": len(tokens),
+                    "num_prompt_tokens": int(prompt_mask.sum()),
+                    "error": error,
+                }
+            )
+            self.stats.prompt_tokens += int(prompt_mask.sum())
+            self.stats.completion_tokens += len(tokens)
+        self.stats.requests += len(rows)
+        return records
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        records: dict[str, dict] = {}
+        todo = []
+        for row in rows:
+            done = self.checkpoint.done(row["prompt_id"])
+            if done is None:
+                todo.append(row)
+            else:
+                records[row["prompt_id"]] = done
+                self.stats.reused += 1
+        for start in range(0, len(todo), self.teacher.batch_size):
+            fresh = self._generate(todo[start : start + self.teacher.batch_size])
+            self.checkpoint.write(fresh)
+            records.update({record["prompt_id"]: record for record in fresh})
+        out: dict[str, list] = {
+            "teacher": [],
+            "response": [],
+            "finish_reason": [],
+            "num_tokens": [],
+            "num_prompt_tokens": [],
+            "error": [],
+        }
+        for row in rows:
+            record = records[row["prompt_id"]]
+            out["teacher"].append(self.teacher.name)
+            for key in ("response", "finish_reason", "num_tokens", "num_prompt_tokens", "error"):
+                out[key].append(record.get(key))
+        return out
+
+
+def generate_locally(
+    dataset: Dataset,
+    teacher: TeacherConfig,
+    *,
+    checkpoint: GenerationCheckpoint,
+    stats: GenerationStats,
+    seed: int = 42,
+) -> Dataset:
+    """Generate with a transformers model in this process, longest prompts first.
+
+    Reads `prompt_id`, `messages`; adds `teacher`, `response`, `finish_reason`, `num_tokens`,
+    `num_prompt_tokens`, `error`. Rows already in `checkpoint` are reused, not regenerated.
+    """
+    generator = LocalGenerator(teacher, checkpoint, stats, seed)
+    lengths = [sum(len(m["content"]) for m in messages) for messages in dataset["messages"]]
+    ordered = dataset.add_column("_order", list(range(len(dataset)))).add_column("_length", lengths)
+    ordered = ordered.sort("_length", reverse=True)
+    try:
+        generated = ordered.map(
+            generator,
+            batched=True,
+            batch_size=max(teacher.batch_size, 1) * 4,
+            desc=f"Generating with {teacher.name}",
+            load_from_cache_file=False,
+            new_fingerprint=fingerprint("generate-local", teacher, ordered._fingerprint),
+        )
+    finally:
+        generator.release()
+    return generated.sort("_order").remove_columns(["_order", "_length"]).flatten_indices()

@@ -1,0 +1,126 @@
+"""Checks that run before any expensive work, so a bad recipe fails in seconds, not hours in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from persyn_hub.bundled import is_bundled, package_version, resolve_model
+from persyn_hub.config import PersynRecipe, PromptsConfig, RecipeError, TeacherConfig
+
+IFBENCH_COLUMNS = ("instruction_id_list", "kwargs")
+
+
+class PreflightError(RuntimeError):
+    """Something the run needs is missing; nothing has been generated yet."""
+
+
+def source_identity(config: PromptsConfig) -> dict[str, Any]:
+    """What makes a prompt source's content differ between runs (for the stage cache key)."""
+    if is_bundled(config.source):
+        from persyn_hub.bundled import bundled_data
+
+        return {
+            "bundled": config.source,
+            "version": package_version(bundled_data(config.source).distribution),
+        }
+    path = Path(config.source)
+    if path.exists():
+        stat = path.stat()
+        return {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
+    return {"hub": config.source, "revision": config.revision}
+
+
+def _check_local_model(field: str, name: str, *, trust_remote_code: bool, need_chat_template: bool) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        path = resolve_model(name)
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - every load failure gets the same clear report
+        raise PreflightError(
+            f"{field}: cannot load {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
+            "Check the model id/path (and that you are logged in for gated models)."
+        ) from error
+    if need_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise PreflightError(
+            f"{field}: {name!r} has no chat template, so chat prompts would give garbage. Set "
+            "prompt_format: completion with few_shot examples for this base model."
+        )
+
+
+def _check_teacher(index: int, teacher: TeacherConfig) -> None:
+    field = f"teachers[{index}] ({teacher.name!r})"
+    from persyn_hub.generation import backend_for
+
+    if backend_for(teacher) == "transformers":
+        _check_local_model(
+            f"{field}.model",
+            teacher.model or "",
+            trust_remote_code=teacher.trust_remote_code,
+            need_chat_template=teacher.prompt_format == "chat",
+        )
+    elif backend_for(teacher) == "endpoint":
+        try:
+            from persyn_hub.generation.endpoint import check_endpoints
+        except ImportError:
+            return
+        try:
+            check_endpoints(teacher)
+        except Exception as error:  # noqa: BLE001
+            raise PreflightError(f"{field}.endpoints: {error}") from error
+
+
+def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
+    """Models load, endpoints answer, the quality signal has the columns it reads."""
+    columns = set(prompts.column_names)
+    if recipe.quality.kind == "math_answer" and "answer" not in columns:
+        raise RecipeError("prompts.answer_column: the math_answer verifier needs gold answers; set it.")
+    if recipe.quality.kind == "instruction_following":
+        missing = [c for c in IFBENCH_COLUMNS if c not in columns]
+        if missing:
+            raise RecipeError(
+                f"prompts.keep_columns: instruction_following needs columns {missing}; add them to keep_columns."
+            )
+    budgets = recipe.routing.budgets
+    if budgets and set(budgets) == set(recipe.teacher_names()) and sum(budgets.values()) < 1.0:
+        raise RecipeError(
+            f"routing.budgets: shares sum to {sum(budgets.values()):.2f} < 1, so some prompts could go to no "
+            "teacher. Raise a share or leave one teacher unbudgeted."
+        )
+    for index, teacher in enumerate(recipe.teachers):
+        _check_teacher(index, teacher)
+    if not recipe.student.endpoint:
+        _check_local_model(
+            "student.model",
+            recipe.student.model,
+            trust_remote_code=recipe.student.trust_remote_code,
+            need_chat_template=False,
+        )
+    if recipe.quality.kind == "reward_model" and recipe.quality.reward_model:
+        _check_reward_model(recipe)
+
+
+def _check_reward_model(recipe: PersynRecipe) -> None:
+    from transformers import AutoConfig
+
+    name = recipe.quality.reward_model or ""
+    try:
+        config = AutoConfig.from_pretrained(
+            resolve_model(name), trust_remote_code=recipe.quality.trust_remote_code
+        )
+    except Exception as error:  # noqa: BLE001
+        raise PreflightError(f"quality.reward_model: cannot load {name!r} ({error}).") from error
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise PreflightError(
+            f"quality.reward_model: {name!r} is a {architectures[0]}, not a sequence-classification reward "
+            "model (one score per conversation). Use a reward model such as a *ForSequenceClassification checkpoint."
+        )
+    if getattr(config, "num_labels", 1) != 1 and architectures:
+        raise PreflightError(
+            f"quality.reward_model: {name!r} has {config.num_labels} output labels; a reward model has exactly 1."
+        )

@@ -1,0 +1,134 @@
+"""Stage outputs on disk, keyed by what produced them, so a re-run reuses instead of recomputing.
+
+A stage's key chains its own parameters with the keys of the stages it reads, so changing `alpha`
+re-runs `combine` and everything after it, and nothing before. Each stage writes into
+`stages/<name>-<key>/`: the data set is saved to a temporary folder and renamed into place, then a
+`_SUCCESS` marker is written, so a crash never leaves an output that looks finished. Stages that
+checkpoint rows (generation) keep their `checkpoint/` folder there across crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+
+from persyn_hub.fingerprint import fingerprint
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+
+
+class CorruptCacheError(RuntimeError):
+    """A finished-looking stage folder cannot be read back."""
+
+
+@dataclass
+class StageRecord:
+    name: str
+    seconds: float
+    cached: bool
+    key: str
+
+
+@dataclass
+class StageCache:
+    root: Path
+    records: list[StageRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        (self.root / "stages").mkdir(parents=True, exist_ok=True)
+
+    def key(self, name: str, *parts: Any) -> str:
+        return fingerprint(name, *parts)
+
+    def folder(self, name: str, key: str) -> Path:
+        return self.root / "stages" / f"{name.replace('/', '--')}-{key}"
+
+    def is_done(self, name: str, key: str) -> bool:
+        return (self.folder(name, key) / SUCCESS).is_file()
+
+    def _load(self, folder: Path) -> Dataset:
+        try:
+            return load_from_disk(str(folder / "data"))
+        except Exception as error:  # noqa: BLE001 - any unreadable cache is reported the same way
+            raise CorruptCacheError(
+                f"The cached stage {folder} is unreadable ({type(error).__name__}: {error}). "
+                f"Delete that folder and run again; only this stage will be recomputed."
+            ) from error
+
+    def dataset_stage(
+        self,
+        name: str,
+        key: str,
+        compute: Callable[[Path], Dataset],
+        *,
+        complete: Callable[[Dataset], bool] = lambda _: True,
+    ) -> Dataset:
+        """Load `name`'s output for `key`, or compute it, save it atomically and mark it done.
+
+        `compute` gets the stage folder (for checkpoints). When `complete(result)` is false (e.g.
+        some generations failed) the output is used for this run but not marked done, so the next
+        run enters the stage again and retries only what is missing.
+        """
+        folder = self.folder(name, key)
+        started = time.perf_counter()
+        if (folder / SUCCESS).is_file():
+            dataset = self._load(folder)
+            self.records.append(StageRecord(name, time.perf_counter() - started, True, key))
+            logger.info("stage %s: cached (%s)", name, folder)
+            return dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        dataset = compute(folder)
+        staging = folder / "data.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        dataset.save_to_disk(str(staging))
+        shutil.rmtree(folder / "data", ignore_errors=True)
+        os.replace(staging, folder / "data")
+        dataset = load_from_disk(str(folder / "data"))
+        if complete(dataset):
+            (folder / SUCCESS).write_text(json.dumps({"key": key, "rows": len(dataset)}))
+        self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
+        return dataset
+
+    def folder_stage(self, name: str, key: str, compute: Callable[[Path], None]) -> Path:
+        """Like `dataset_stage` for outputs that are a folder (a trained router)."""
+        folder = self.folder(name, key)
+        started = time.perf_counter()
+        output = folder / "output"
+        if (folder / SUCCESS).is_file():
+            self.records.append(StageRecord(name, time.perf_counter() - started, True, key))
+            return output
+        staging = folder / "output.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        compute(staging)
+        shutil.rmtree(output, ignore_errors=True)
+        os.replace(staging, output)
+        (folder / SUCCESS).write_text(json.dumps({"key": key}))
+        self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
+        return output
+
+    def write_json(self, name: str, key: str, filename: str, payload: Any) -> None:
+        path = self.folder(name, key) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, path)
+
+    def read_json(self, name: str, key: str, filename: str) -> Any:
+        path = self.folder(name, key) / filename
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"name": r.name, "seconds": round(r.seconds, 2), "cached": r.cached} for r in self.records]

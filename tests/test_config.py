@@ -1,0 +1,116 @@
+"""The recipe parser: YAML -> dataclasses, overrides, and the error messages users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from persyn_hub.config import PersynRecipe, RecipeError, load_recipe, parse_overrides
+
+DEMO = Path(__file__).parents[1] / "recipes" / "demo" / "asdiv-smollm2.yaml"
+
+
+def write(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def demo_values() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def test_demo_recipe_parses_into_typed_dataclasses():
+    recipe = load_recipe(DEMO)
+    assert isinstance(recipe, PersynRecipe)
+    assert recipe.teacher_names() == ["smollm2-135m-instruct", "gemma-3-270m"]
+    gemma = recipe.teachers[1]
+    assert gemma.prompt_format == "completion"
+    assert gemma.few_shot[0].response.endswith("The answer is 12.")
+    assert gemma.generation.stop == ["\nQuestion:"]
+    assert recipe.labeling.alpha == 0.5 and recipe.labeling.num_prompts == 64
+    assert recipe.router.learning_rate == pytest.approx(5e-4)
+
+
+def test_overrides_take_precedence_over_yaml():
+    recipe = load_recipe(
+        DEMO,
+        [
+            "--labeling.alpha",
+            "0.8",
+            "--teachers.1.generation.max_new_tokens=12",
+            "--output.dir",
+            "runs/x",
+            "--routing.budgets",
+            "{gemma-3-270m: 0.5}",
+        ],
+    )
+    assert recipe.labeling.alpha == 0.8
+    assert recipe.teachers[1].generation.max_new_tokens == 12
+    assert recipe.output.dir == "runs/x"
+    assert recipe.routing.budgets == {"gemma-3-270m": 0.5}
+
+
+def test_recipe_round_trips_through_yaml(tmp_path):
+    recipe = load_recipe(DEMO)
+    again = load_recipe(write(tmp_path, yaml.safe_load(recipe.to_yaml())))
+    assert again == recipe
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda v: v["labeling"].update(alpah=0.3), r"labeling\.alpah: unknown key\. Did you mean 'alpha'\?"),
+        (lambda v: v["teachers"][1].update(promt_format="chat"), r"teachers\[1\]\.promt_format: unknown key"),
+        (lambda v: v.update(teacher=[]), r"teacher: unknown key\. Did you mean 'teachers'\?"),
+        (lambda v: v["labeling"].update(alpha="high"), r"labeling\.alpha: expected float, got 'high'"),
+        (lambda v: v["labeling"].update(alpha=1.5), r"labeling\.alpha: 1\.5 is outside \[0, 1\]"),
+        (
+            lambda v: v["teachers"][0].update(prompt_format="instruct"),
+            r"teachers\[0\]\.prompt_format: 'instruct' is not one of",
+        ),
+        (lambda v: v["teachers"].pop(), r"teachers: the pool has 1 teacher"),
+        (lambda v: v["teachers"][1].update(name="smollm2-135m-instruct"), r"is used twice"),
+        (lambda v: v["teachers"][0].pop("name"), r"teachers\[0\]\.name: required key is missing"),
+        (lambda v: v["teachers"][0].pop("model"), r"set `model` \(local\) or `endpoints`"),
+        (
+            lambda v: v["routing"].update(budgets={"gpt": 0.2}),
+            r"routing\.budgets: unknown teacher\(s\) \['gpt'\]",
+        ),
+        (lambda v: v["prompts"].pop("answer_column"), r"prompts\.answer_column: the math_answer verifier"),
+        (lambda v: v["quality"].update(kind="reward_model"), r"quality\.reward_model: .*no model is named"),
+        (lambda v: v["teachers"][1].update(completion_template="Q: x"), r"completion_template: must contain"),
+        (lambda v: v["labeling"].update(num_prompts=1000), r"prompts\.num_prompts \(256\) is smaller"),
+    ],
+)
+def test_bad_recipes_name_the_key_and_the_fix(tmp_path, mutate, message):
+    values = demo_values()
+    mutate(values)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(write(tmp_path, values))
+
+
+def test_override_errors_are_clear():
+    with pytest.raises(RecipeError, match=r"--teachers\.5\.name: .*no item '5'"):
+        load_recipe(DEMO, ["--teachers.5.name", "x"])
+    with pytest.raises(RecipeError, match="missing a value"):
+        parse_overrides(["--alpha"])
+    with pytest.raises(RecipeError, match="unknown key"):
+        load_recipe(DEMO, ["--labeling.alhpa", "0.1"])
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_every_pipeline_recipe_parses():
+    root = Path(__file__).parents[1] / "recipes"
+    pipeline_recipes = [p for p in root.rglob("*.yaml") if "teachers:" in p.read_text()]
+    assert DEMO in pipeline_recipes
+    for path in pipeline_recipes:
+        load_recipe(path)
