@@ -13,7 +13,7 @@ def collect_responses(*parts: Dataset) -> pa.Table:
     tables = [part.data.table.select(RESPONSE_COLUMNS) for part in parts if len(part)]
     if not tables:
         return pa.table({c: pa.array([], type=pa.string()) for c in RESPONSE_COLUMNS})
-    table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+    table = pa.concat_tables(tables, promote_options="permissive")
     keys = [f"{p}\x1f{t}" for p, t in zip(table["prompt_id"].to_pylist(), table["teacher"].to_pylist())]
     last = {key: index for index, key in enumerate(keys)}
     return table.take(sorted(last.values()))

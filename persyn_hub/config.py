@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY")
+
 
 class RecipeError(ValueError):
     """A recipe value is missing or wrong; the message names the key and the fix."""
@@ -238,6 +240,12 @@ def validate_recipe(recipe: PersynRecipe) -> None:
     for name, share in recipe.routing.budgets.items():
         if not 0.0 <= float(share) <= 1.0:
             raise RecipeError(f"routing.budgets.{name}: {share} is not a share in [0, 1].")
+    for key in recipe.env:
+        if any(word in key.upper() for word in SECRET_WORDS):
+            raise RecipeError(
+                f"env.{key}: secrets do not belong in a recipe (recipes are saved with the run and pushed "
+                "to the Hub). Use `hf auth login` or export the variable in your shell instead."
+            )
     if not 0.0 < recipe.router.eval_fraction < 1.0:
         raise RecipeError(f"router.eval_fraction: {recipe.router.eval_fraction} must be in (0, 1).")
 
@@ -336,7 +344,10 @@ def _build_dataclass(cls: type, values: dict[str, Any], path: str) -> Any:
 
 def _apply_override(tree: dict[str, Any], dotted_key: str, raw_value: str) -> None:
     """Set `a.b.0.c` in a nested dict/list tree; YAML-parse the value so numbers and lists work."""
-    value = yaml.safe_load(raw_value) if raw_value != "" else ""
+    try:
+        value = yaml.safe_load(raw_value) if raw_value != "" else ""
+    except yaml.YAMLError:
+        value = raw_value  # not YAML (e.g. "{a} {b}" templates): take the text as it is
     parts = dotted_key.split(".")
     node: Any = tree
     for position, part in enumerate(parts[:-1]):

@@ -114,3 +114,11 @@ def test_every_pipeline_recipe_parses():
     assert DEMO in pipeline_recipes
     for path in pipeline_recipes:
         load_recipe(path)
+
+
+def test_secrets_in_the_recipe_env_are_refused(tmp_path):
+    values = demo_values()
+    values["env"] = {"HF_TOKEN": "hf_abc"}
+    with pytest.raises(RecipeError, match=r"env\.HF_TOKEN: secrets do not belong in a recipe") as error:
+        load_recipe(write(tmp_path, values))
+    assert "hf_abc" not in str(error.value)

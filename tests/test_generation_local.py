@@ -146,3 +146,15 @@ def test_killed_generation_resumes_without_paying_twice(tmp_path):
         for line in p.read_text().splitlines()
     ]
     assert sorted(ids) == sorted(set(ids)), "every row generated exactly once"
+
+
+def test_a_prompt_longer_than_the_context_is_a_row_error_and_the_rest_still_generate(asdiv_prompts, tmp_path):
+    from datasets import Dataset
+
+    rows = asdiv_prompts.select(range(2)).to_list()
+    rows[1]["messages"] = [{"role": "user", "content": "count the apples " * 3000}]
+    rows[1]["prompt_id"] = "too-long"
+    result, stats = generate_responses(Dataset.from_list(rows), smol_teacher(), checkpoint_dir=tmp_path / "c")
+    assert result["error"][0] is None and result["response"][0]
+    assert result["error"][1].startswith("prompt too long:") and "context of 8192" in result["error"][1]
+    assert stats.failures == 1 and stats.requests == 1

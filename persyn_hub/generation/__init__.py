@@ -5,13 +5,29 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, Value
 
 from persyn_hub.config import TeacherConfig
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.stats import GenerationStats
 
-GENERATION_COLUMNS = ["teacher", "response", "finish_reason", "num_tokens", "num_prompt_tokens", "error"]
+GENERATION_FEATURES = {
+    "teacher": Value("string"),
+    "response": Value("string"),
+    "finish_reason": Value("string"),
+    "num_tokens": Value("int64"),
+    "num_prompt_tokens": Value("int64"),
+    "error": Value("string"),
+}
+GENERATION_COLUMNS = list(GENERATION_FEATURES)
+
+
+def with_generation_types(dataset: Dataset) -> Dataset:
+    """Fixed column types, so an all-None `error` column is still a string column (parts concatenate)."""
+    for column, feature in GENERATION_FEATURES.items():
+        if column in dataset.column_names and dataset.features[column] != feature:
+            dataset = dataset.cast_column(column, feature)
+    return dataset
 
 
 def backend_for(teacher: TeacherConfig) -> str:
@@ -39,7 +55,8 @@ def generate_responses(
         raise ValueError(f"generate_responses needs columns {sorted(missing)}; got {dataset.column_names}.")
     stats = GenerationStats(teacher=teacher.name)
     if len(dataset) == 0:
-        return dataset.add_column("teacher", []), stats
+        empty = {column: [] for column in GENERATION_COLUMNS}
+        return with_generation_types(Dataset.from_dict({**dataset.to_dict(), **empty})), stats
     backend = backend_for(teacher)
     started = time.perf_counter()
     with GenerationCheckpoint(checkpoint_dir) as checkpoint:
@@ -58,7 +75,7 @@ def generate_responses(
         else:
             raise ValueError(f"teachers.{teacher.name}.backend: unknown backend {backend!r}.")
     stats.seconds = time.perf_counter() - started
-    return result, stats
+    return with_generation_types(result), stats
 
 
 __all__ = [

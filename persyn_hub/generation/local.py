@@ -139,6 +139,44 @@ class LocalGenerator:
         self.stats.requests += len(rows)
         return records
 
+    def _refuse_too_long(self, rows: list[dict], records: dict[str, dict]) -> list[dict]:
+        """Prompts that leave no room to answer get a per-row error instead of a crash or a cut prompt."""
+        if not rows:
+            return rows
+        model, tokenizer = self._load()
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config.get_text_config(), "max_position_embeddings", None
+        )
+        if not context:
+            return rows
+        budget = context - self.teacher.generation.max_new_tokens
+        kept = []
+        for row in rows:
+            length = len(
+                tokenizer(render_prompt(self.teacher, tokenizer, row["messages"]), add_special_tokens=False)[
+                    "input_ids"
+                ]
+            )
+            if length <= budget:
+                kept.append(row)
+                continue
+            error = (
+                f"prompt too long: {length} tokens + max_new_tokens {self.teacher.generation.max_new_tokens} "
+                f"exceed the teacher's context of {context}; shorten the prompt or lower max_new_tokens"
+            )
+            self.stats.add_failure(error)
+            record = {
+                "prompt_id": row["prompt_id"],
+                "response": None,
+                "finish_reason": None,
+                "num_tokens": 0,
+                "num_prompt_tokens": length,
+                "error": error,
+            }
+            self.checkpoint.write([record])
+            records[row["prompt_id"]] = record
+        return kept
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         records: dict[str, dict] = {}
@@ -150,6 +188,7 @@ class LocalGenerator:
             else:
                 records[row["prompt_id"]] = done
                 self.stats.reused += 1
+        todo = self._refuse_too_long(todo, records)
         for start in range(0, len(todo), self.teacher.batch_size):
             fresh = self._generate(todo[start : start + self.teacher.batch_size])
             self.checkpoint.write(fresh)

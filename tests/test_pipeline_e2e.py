@@ -1,0 +1,125 @@
+"""End to end: the default recipe, shrunk, through the real `persyn` command, twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+ROOT = Path(__file__).parents[1]
+SMALL = [
+    "--prompts.num_prompts",
+    "24",
+    "--labeling.num_prompts",
+    "16",
+    "--teachers.0.generation.max_new_tokens",
+    "24",
+    "--teachers.1.generation.max_new_tokens",
+    "24",
+    "--router.num_train_epochs",
+    "4",
+    "--router.max_length",
+    "64",
+]
+
+
+def persyn_run(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "persyn_hub.cli",
+            "run",
+            "recipes/demo/asdiv-smollm2.yaml",
+            *SMALL,
+            "--output.dir",
+            str(output_dir),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1500,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("e2e") / "run"
+    first = persyn_run(output_dir)
+    assert first.returncode == 0, first.stderr[-4000:]
+    first_summary = json.loads((output_dir / "summary.json").read_text())
+    second = persyn_run(output_dir)
+    assert second.returncode == 0, second.stderr[-4000:]
+    second_summary = json.loads((output_dir / "summary.json").read_text())
+    return output_dir, first, first_summary, second_summary
+
+
+@pytest.mark.slow
+def test_the_run_produces_the_dataset_and_the_summary(finished_run):
+    output_dir, first, summary, _ = finished_run
+    for key in ("rows", "teacher_counts", "generations_made", "generations_generate_then_select", "stages"):
+        assert key in summary
+    assert summary["generations_generate_then_select"] == 24 * 2
+    assert summary["generations_made"] == 16 * 2 + (24 - 16)
+    assert summary["rows"] + summary["failures"]["generation"] == 24
+    assert sum(summary["teacher_counts"].values()) == summary["rows"]
+    assert set(summary["teacher_counts"]) == {"smollm2-135m-instruct", "gemma-3-270m"}
+    assert [s["name"] for s in summary["stages"]] == [
+        "prompts",
+        "label-generate/smollm2-135m-instruct",
+        "label-generate/gemma-3-270m",
+        "learnability",
+        "quality",
+        "combine",
+        "router",
+        "route",
+        "generate/smollm2-135m-instruct",
+        "generate/gemma-3-270m",
+    ]
+    assert not any(stage["cached"] for stage in summary["stages"])
+    router = summary["router"]
+    for key in (
+        "top1_agreement",
+        "reward_recovered",
+        "reward_recovered_best_single",
+        "reward_recovered_random",
+    ):
+        assert isinstance(router[key], float)
+    assert "generations" in first.stdout and "Generate-then-Select" in first.stdout
+
+    final = load_from_disk(str(output_dir / "artifacts" / "dataset"))
+    assert len(final) == summary["rows"]
+    for row in final:
+        assert row["messages"][-1]["role"] == "assistant" and row["messages"][-1]["content"]
+        assert row["messages"][-2]["role"] == "user"
+        assert row["teacher"] in summary["teacher_counts"]
+        assert len(row["router_scores"]) == 2
+    labels = load_from_disk(str(output_dir / "artifacts" / "labels"))
+    assert len(labels) == 16 * 2
+    assert {"learnability", "quality", "reward", "excluded"} <= set(labels.column_names)
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_every_stage_and_gives_the_same_data(finished_run):
+    output_dir, _, first, second = finished_run
+    assert all(stage["cached"] for stage in second["stages"]), second["stages"]
+    assert second["requests_this_run"] == 0
+    assert sum(s["seconds"] for s in second["stages"]) < sum(s["seconds"] for s in first["stages"]) / 5
+    for key in ("rows", "teacher_counts", "generations_made", "router"):
+        assert second[key] == first[key]
+
+
+@pytest.mark.slow
+def test_a_concurrent_run_on_the_same_directory_is_refused(finished_run):
+    from filelock import FileLock
+
+    output_dir = finished_run[0]
+    with FileLock(str(output_dir / ".persyn.lock")):
+        result = persyn_run(output_dir)
+    assert result.returncode == 2
+    assert "is in use by" in result.stderr and "--output.dir" in result.stderr
