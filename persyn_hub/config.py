@@ -88,7 +88,14 @@ class TeacherConfig:
     max_concurrency: int = 8
     """Concurrent requests per endpoint."""
     timeout: float = 120.0
+    """Seconds one endpoint request may take (the whole request, not one read) before it is retried."""
     max_retries: int = 5
+    """Retries per row on 429/5xx/timeouts/connection errors/malformed replies; then the row gets an `error`."""
+    retry_backoff: float = 1.0
+    """First retry delay in seconds; doubles per attempt (capped at 60 s), with jitter; Retry-After wins."""
+    endpoint_api: Literal["auto", "openai", "tgi"] = "auto"
+    """Routes used on endpoints. `auto`/`openai`: `/v1/chat/completions` and `/v1/completions` (vLLM,
+    llama.cpp, TGI >= 2); `tgi`: TGI's native `text_generation` route for `completion` teachers."""
     served_model_name: Optional[str] = None
     """Value of `model=` in endpoint requests (e.g. vLLM's served name); never a bare Hub id in tests."""
     trust_remote_code: bool = False
@@ -153,12 +160,21 @@ class RoutingConfig:
 
 @dataclass
 class HubConfig:
+    """Hub repos a run publishes to (`namespace/name`, an organisation namespace works the same way).
+
+    `labels_repo`: intermediate data set (configs `labels` and `routing`); `dataset_repo`: the final SFT-ready
+    set; `router_repo`: the router model. Unset repos are not pushed. The token comes from `hf auth login`
+    or `HF_TOKEN`, never from the recipe.
+    """
+
     labels_repo: Optional[str] = None
     dataset_repo: Optional[str] = None
     router_repo: Optional[str] = None
     private: bool = False
     revision: Optional[str] = None
     """Branch to push to (created when missing); None pushes to main."""
+    license: str = "other"
+    """`license` in the data set cards' metadata; set it to what the prompts' and teachers' terms allow."""
 
 
 @dataclass

@@ -12,6 +12,8 @@ class GenerationStats:
     teacher: str
     requests: int = 0
     """Generation requests actually made in this run (reused checkpoint rows are not requests)."""
+    retries: int = 0
+    """Extra attempts after a failed request (429/5xx/timeout/connection error); not counted in requests."""
     reused: int = 0
     """Rows taken from the checkpoint of an earlier, interrupted or finished run."""
     prompt_tokens: int = 0

@@ -1,0 +1,268 @@
+"""Data set cards for a PerSyn run, rendered from the Jinja templates in `model_cards/`.
+
+Cards hold only what a re-run of the same recipe reproduces (counts, versions, seeds, router metrics, sample
+rows, the recipe) and never timings or local paths, so re-publishing a finished run changes nothing on the
+Hub. `render_dataset_card` works without pushing: the pipeline writes it to `artifacts/dataset/README.md`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from persyn_hub.config import PersynRecipe
+
+CHART_FILE = "teacher_distribution.png"
+SAMPLE_TEXT_CHARS = 400
+# Router metrics worth a line in the card (the rest stays in the router repo's card and metrics file).
+ROUTER_METRIC_KEYS = (
+    "top1_agreement",
+    "reward_recovered",
+    "reward_recovered_best_single",
+    "reward_recovered_random",
+    "num_train_prompts",
+    "num_eval_prompts",
+)
+
+
+def template_path(name: str) -> Path:
+    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the repository's `model_cards/<name>`."""
+    folder = os.environ.get("PERSYN_CARD_TEMPLATES")
+    return Path(folder) / name if folder else Path(__file__).resolve().parents[1] / "model_cards" / name
+
+
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` bucket for a row count."""
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if rows < limit:
+            return label
+    return "1M<n<10M" if rows < 10_000_000 else "n>1T"
+
+
+def _hub_url() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+def _quality_text(recipe: PersynRecipe) -> str:
+    if recipe.quality.kind == "reward_model":
+        return f"reward model `{recipe.quality.reward_model}`"
+    return {
+        "math_answer": "math answer verified against the gold answer",
+        "instruction_following": "instruction checks passed",
+    }.get(recipe.quality.kind, recipe.quality.kind)
+
+
+def _trim(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > SAMPLE_TEXT_CHARS:
+        return value[:SAMPLE_TEXT_CHARS] + " [...]"
+    if isinstance(value, list):
+        return [_trim(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _trim(item) for key, item in value.items()}
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def sample_rows(dataset: Dataset, count: int = 3) -> str:
+    """The first `count` rows as indented JSON, long strings cut."""
+    rows = dataset.select(range(min(count, len(dataset)))).to_list()
+    return json.dumps([_trim(row) for row in rows], indent=2, ensure_ascii=False, default=str)
+
+
+def teacher_counts(summary: dict[str, Any], dataset: Dataset | None, teachers: list[str]) -> dict[str, int]:
+    counts = summary.get("teacher_counts")
+    if not counts and dataset is not None and "teacher" in dataset.column_names:
+        found = Counter(dataset["teacher"])
+        counts = {name: found.get(name, 0) for name in teachers}
+    return dict(counts or {})
+
+
+def teacher_distribution_png(counts: dict[str, int], title: str = "Rows per teacher") -> bytes:
+    """A small bar chart (PNG bytes, matplotlib Agg). Byte-identical for the same counts, so re-pushes are no-ops."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 0.5 + 0.45 * max(len(counts), 1)), dpi=100)
+    axis = figure.subplots()
+    names = list(counts)
+    axis.barh(names, [counts[name] for name in names], color="#4C72B0")
+    axis.invert_yaxis()
+    axis.set_xlim(0, max([*counts.values(), 1]) * 1.2)  # room for the count labels
+    axis.set_xlabel("rows")
+    axis.set_title(title)
+    for index, name in enumerate(names):
+        axis.text(counts[name], index, f" {counts[name]}", va="center")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _versions(summary: dict[str, Any]) -> dict[str, str]:
+    return {name: version for name, version in (summary.get("versions") or {}).items() if version}
+
+
+def render_dataset_card(
+    *,
+    recipe: PersynRecipe,
+    summary: dict[str, Any],
+    dataset: Dataset | None = None,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    labels_repo: str | None = None,
+    labels_revision: str | None = None,
+    router_repo: str | None = None,
+    router_revision: str | None = None,
+    chart_file: str | None = None,
+    data_files: str = "data/train-*",
+    license: str | None = None,
+    hub_url: str | None = None,
+) -> DatasetCard:
+    """The personalized data set's card: YAML metadata (configs, license, task, tags, size) and provenance body.
+
+    `labels_revision` / `router_revision` are the commit shas those repos were pushed at, so the card names
+    exactly the data and router this set was built from. `chart_file` is the repo path of the
+    teacher-distribution PNG when one is committed beside the card.
+    """
+    hub = recipe.output.hub
+    teachers = list(summary.get("teachers") or recipe.teacher_names())
+    counts = teacher_counts(summary, dataset, teachers)
+    rows = int(summary.get("rows", len(dataset) if dataset is not None else 0))
+    repo_id = repo_id or hub.dataset_repo or "path/to/this/dataset"
+    card_data = DatasetCardData(
+        license=license or hub.license,
+        task_categories=["text-generation"],
+        language=None,
+        tags=["persyn", "distillation", "synthetic", "multi-teacher", "sft"],
+        size_categories=[size_category(rows)],
+        pretty_name=f"PerSyn {recipe.name}",
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+    )
+    router_metrics = {
+        key: (round(value, 4) if isinstance(value, float) else value)
+        for key, value in (summary.get("router") or {}).items()
+        if key in ROUTER_METRIC_KEYS
+    }
+    failures = {
+        "generation": 0,
+        "label_rows_excluded": 0,
+        "failed_reasons": {},
+        **(summary.get("failures") or {}),
+    }
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(template_path("dataset_card.md")),
+        pretty_name=f"PerSyn {recipe.name}: {rows} rows for {recipe.student.model}",
+        repo_id=repo_id,
+        revision=revision if revision and revision != "main" else None,
+        hub_url=(hub_url or _hub_url()).rstrip("/"),
+        student=recipe.student.model,
+        teachers=teachers,
+        alpha=recipe.labeling.alpha,
+        quality=_quality_text(recipe),
+        seed=recipe.seed,
+        router_repo=router_repo,
+        router_revision=router_revision,
+        labels_repo=labels_repo,
+        labels_revision=labels_revision,
+        rows=rows,
+        prompts=summary.get("prompts", rows),
+        labeled_prompts=summary.get("labeled_prompts", "n/a"),
+        generations_made=summary.get("generations_made", "n/a"),
+        generations_gts=summary.get("generations_generate_then_select", "n/a"),
+        savings=summary.get("generation_savings"),
+        failures=failures,
+        teacher_counts=counts,
+        chart_file=chart_file,
+        router_metrics=router_metrics or None,
+        has_answer=dataset is not None and "answer" in dataset.column_names,
+        sample_rows=sample_rows(dataset) if dataset is not None else "[]",
+        versions=_versions(summary),
+        recipe_yaml=recipe.to_yaml().strip(),
+    )
+
+
+def render_labels_card(
+    *,
+    recipe: PersynRecipe,
+    summary: dict[str, Any],
+    labels: Dataset,
+    routing: Dataset | None = None,
+    repo_id: str | None = None,
+    hub_url: str | None = None,
+) -> DatasetCard:
+    """The intermediate repo's card: configs `labels` (default) and `routing`, scores, recipe, versions."""
+    hub = recipe.output.hub
+    teachers = list(summary.get("teachers") or recipe.teacher_names())
+    configs = [
+        {
+            "config_name": "labels",
+            "data_files": [{"split": "train", "path": "labels/train-*"}],
+            "default": True,
+        }
+    ]
+    if routing is not None:
+        configs.append(
+            {"config_name": "routing", "data_files": [{"split": "train", "path": "routing/train-*"}]}
+        )
+    routed = (
+        Counter(routing["teacher"])
+        if routing is not None and "teacher" in routing.column_names
+        else Counter()
+    )
+    excluded = sum(1 for reason in labels["excluded"] if reason) if "excluded" in labels.column_names else 0
+    card_data = DatasetCardData(
+        license=hub.license,
+        task_categories=["text-generation"],
+        tags=["persyn", "distillation", "synthetic", "multi-teacher", "router-labels"],
+        size_categories=[size_category(max(len(labels), len(routing) if routing is not None else 0))],
+        pretty_name=f"PerSyn {recipe.name} labels and routing",
+        configs=configs,
+    )
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(template_path("labels_card.md")),
+        pretty_name=f"PerSyn {recipe.name}: labeled pool and routing decisions",
+        repo_id=repo_id or hub.labels_repo or "path/to/this/dataset",
+        dataset_repo=hub.dataset_repo,
+        hub_url=(hub_url or _hub_url()).rstrip("/"),
+        student=recipe.student.model,
+        teachers=teachers,
+        quality=_quality_text(recipe),
+        alpha=recipe.labeling.alpha,
+        normalization=recipe.labeling.normalization,
+        label_rows=len(labels),
+        routing_rows=len(routing) if routing is not None else 0,
+        excluded=excluded,
+        seed=recipe.seed,
+        routed_counts={name: routed.get(name, 0) for name in teachers},
+        versions=_versions(summary),
+        recipe_yaml=recipe.to_yaml().strip(),
+    )
+
+
+__all__ = [
+    "CHART_FILE",
+    "render_dataset_card",
+    "render_labels_card",
+    "sample_rows",
+    "size_category",
+    "teacher_distribution_png",
+]

@@ -1,0 +1,463 @@
+"""Generation through inference endpoints: TGI, vLLM, llama.cpp or any OpenAI-compatible server.
+
+Chat teachers go through `huggingface_hub.AsyncInferenceClient.chat_completion` (the Messages API all
+of them serve). Base (`prompt_format: completion`) teachers go to `/v1/completions`, which
+AsyncInferenceClient has no method for, so it is posted with huggingface_hub's own async HTTP session
+and headers; `endpoint_api: tgi` uses TGI's native `text_generation` route instead.
+
+Every endpoint has `max_concurrency` slots; a row takes whichever slot frees first, so a slow or dead
+replica gets less work. Failed attempts are retried with exponential backoff and jitter (Retry-After
+wins) and hold the endpoint's slot for the backoff, which steers traffic away from a struggling
+replica. After `max_retries` the row keeps an `error` and the run goes on. Finished rows reach the
+checkpoint within a fraction of a second, so a killed run loses almost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from datasets import Dataset, Features, Value
+from huggingface_hub import AsyncInferenceClient, get_token
+from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
+
+from persyn_hub.config import TeacherConfig
+from persyn_hub.fingerprint import fingerprint
+from persyn_hub.generation.checkpoint import GenerationCheckpoint
+from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
+from persyn_hub.generation.retry import RowError, backoff_delay, classify
+from persyn_hub.generation.stats import GenerationStats
+
+logger = logging.getLogger(__name__)
+
+MAP_BATCH_SIZE = 256
+"""Rows per `Dataset.map` batch; each batch runs its rows concurrently."""
+FLUSH_ROWS = 16
+FLUSH_SECONDS = 0.25
+"""Finished rows are written to the checkpoint in groups of at most this many rows / seconds."""
+RECORD_KEYS = ("response", "finish_reason", "num_tokens", "num_prompt_tokens", "error")
+OUTPUT_FEATURES = {
+    "teacher": Value("string"),
+    "response": Value("string"),
+    "finish_reason": Value("string"),
+    "num_tokens": Value("int64"),
+    "num_prompt_tokens": Value("int64"),
+    "error": Value("string"),
+}
+TGI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+
+COOLDOWN_BASE = 0.5
+MAX_COOLDOWN = 30.0
+"""Seconds a repeatedly failing endpoint's slots are held back: doubles per consecutive failure."""
+
+T = TypeVar("T")
+
+
+def endpoint_root(url: str) -> str:
+    """`http://h:8080/v1/` -> `http://h:8080`: users paste either form."""
+    root = url.strip().rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to the end from sync code, also when called inside a running loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def check_messages(messages: Any) -> Optional[str]:
+    """Why a row's `messages` cannot be sent (None when they can): the row fails, the others go on."""
+    if not isinstance(messages, list) or not messages:
+        return "messages is empty; every row needs at least one user turn"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages[{index}] is not a {{role, content}} mapping"
+        if not isinstance(message.get("content"), str):
+            return f"messages[{index}].content is {message.get('content')!r}, not a string"
+    if messages[-1]["role"] != "user":
+        return f"the last turn is {messages[-1]['role']!r}; the prompt must end with a user turn"
+    if not messages[-1]["content"].strip():
+        return "the last user turn is empty"
+    return None
+
+
+@dataclass
+class Endpoint:
+    """One server: its root URL and the clients that talk to it (opened per map batch)."""
+
+    root: str
+    chat: AsyncInferenceClient
+    http: Any
+    """huggingface_hub's async HTTP session (an `httpx2.AsyncClient`), for `/v1/completions`."""
+
+
+class SlotPool:
+    """`per_endpoint` slots per endpoint; `acquire` hands out whichever endpoint has a slot free first.
+
+    It also tracks each endpoint's consecutive failures. A replica that keeps failing (down, restarting)
+    has its slots held back for a growing cooldown, and a failure there is charged to the endpoint, not
+    to the row, while another replica is healthy: a dead replica among live ones costs retries, not rows.
+    """
+
+    def __init__(self, endpoints: list[Endpoint], per_endpoint: int):
+        self.endpoints = endpoints
+        self.failures: dict[int, int] = {id(endpoint): 0 for endpoint in endpoints}
+        self._free: asyncio.Queue[Endpoint] = asyncio.Queue()
+        for _ in range(per_endpoint):
+            for endpoint in endpoints:
+                self._free.put_nowait(endpoint)
+
+    async def acquire(self, avoid: Optional[Endpoint] = None) -> Endpoint:
+        """A free slot; a retry passes the endpoint that just failed it, to land elsewhere if it can."""
+        endpoint = await self._free.get()
+        while endpoint is avoid and self._others(avoid):
+            self._free.put_nowait(endpoint)  # wait a moment for a slot of another endpoint
+            await asyncio.sleep(0.02)
+            endpoint = await self._free.get()
+            if endpoint is avoid:
+                avoid = None if random.random() < 0.02 else avoid  # all others stuck: eventually take it
+        return endpoint
+
+    def _others(self, avoid: Endpoint) -> bool:
+        return any(endpoint is not avoid for endpoint in self.endpoints)
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        self.failures[id(endpoint)] = 0
+        self.release(endpoint)
+
+    def failed(self, endpoint: Endpoint, delay: float) -> bool:
+        """Return the slot after a backoff; True when the row should be charged for this attempt.
+
+        The first failure of a healthy endpoint is charged (it may be the row's fault); repeated
+        failures of one endpoint while another one is healthy are the endpoint's fault.
+        """
+        streak = self.failures[id(endpoint)]
+        self.failures[id(endpoint)] = streak + 1
+        healthy_elsewhere = any(
+            self.failures[id(other)] == 0 for other in self.endpoints if other is not endpoint
+        )
+        cooldown = min(COOLDOWN_BASE * (2**streak), MAX_COOLDOWN) if streak and healthy_elsewhere else 0.0
+        self.release(endpoint, after=max(delay, cooldown))
+        return streak == 0 or not healthy_elsewhere
+
+    def release(self, endpoint: Endpoint, after: float = 0.0) -> None:
+        """Give the slot back, `after` seconds later when the endpoint just failed (backoff)."""
+        if after > 0:
+            asyncio.get_running_loop().call_later(after, self._free.put_nowait, endpoint)
+        else:
+            self._free.put_nowait(endpoint)
+
+
+class CheckpointWriter:
+    """Buffers finished records and writes them in small groups (one fsync per group, not per row)."""
+
+    def __init__(self, checkpoint: GenerationCheckpoint):
+        self.checkpoint = checkpoint
+        self.pending: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= FLUSH_ROWS or time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.checkpoint.write(self.pending)
+            self.pending = []
+        self.last = time.monotonic()
+
+
+def failed_record(prompt_id: str, error: str, num_prompt_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_id": prompt_id,
+        "response": None,
+        "finish_reason": None,
+        "num_tokens": 0,
+        "num_prompt_tokens": num_prompt_tokens,
+        "error": error,
+    }
+
+
+def _cut_at_stop(text: str, stop: list[str]) -> str:
+    """TGI returns the stop sequence with the text; OpenAI-style servers strip it. Cut it either way."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+class EndpointGenerator:
+    """Callable for `Dataset.map(batched=True)`: generates the rows the checkpoint does not have."""
+
+    def __init__(self, teacher: TeacherConfig, checkpoint: GenerationCheckpoint, stats: GenerationStats):
+        self.teacher = teacher
+        self.checkpoint = checkpoint
+        self.stats = stats
+        self.stop = default_stop(teacher)
+        self.token = get_token()  # the standard Hub token sources; never logged
+        self.api = "tgi" if teacher.endpoint_api == "tgi" else "openai"
+
+    # ---- one request -------------------------------------------------------------------------
+    async def _chat(self, endpoint: Endpoint, messages: list[dict[str, str]]) -> dict[str, Any]:
+        config = self.teacher.generation
+        try:
+            output = await endpoint.chat.chat_completion(
+                messages=chat_messages(self.teacher, messages),
+                model=self.teacher.served_model_name,
+                max_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p if config.top_p < 1 else None,  # TGI refuses top_p=1
+                stop=self.stop or None,
+            )
+        except json.JSONDecodeError as error:
+            raise RowError(f"malformed response: {error.msg}", retryable=True, raw=error.doc) from None
+        try:
+            choice = output.choices[0]
+            text = choice.message.content
+            finish = choice.finish_reason
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise RowError(
+                "malformed response: no choices[0].message", retryable=True, raw=str(output)
+            ) from None
+        usage = getattr(output, "usage", None)
+        return {
+            "text": text,
+            "finish_reason": finish,
+            "num_tokens": getattr(usage, "completion_tokens", None),
+            "num_prompt_tokens": getattr(usage, "prompt_tokens", None),
+        }
+
+    async def _completion(self, endpoint: Endpoint, prompt: str) -> dict[str, Any]:
+        config = self.teacher.generation
+        payload: dict[str, Any] = {
+            "prompt": prompt,
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+        }
+        if config.top_p < 1:
+            payload["top_p"] = config.top_p
+        if self.stop:
+            payload["stop"] = self.stop
+        if self.teacher.served_model_name:
+            payload["model"] = self.teacher.served_model_name
+        response = await endpoint.http.post(
+            f"{endpoint.root}/v1/completions",
+            json=payload,
+            headers=build_hf_headers(token=self.token or False),
+        )
+        hf_raise_for_status(response)
+        raw = response.text
+        try:
+            body = json.loads(raw)
+            choice = body["choices"][0]
+            text, finish = choice["text"], choice.get("finish_reason")
+        except json.JSONDecodeError as error:
+            raise RowError(f"malformed response: {error.msg}", retryable=True, raw=raw) from None
+        except (KeyError, IndexError, TypeError):
+            raise RowError("malformed response: no choices[0].text", retryable=True, raw=raw) from None
+        usage = body.get("usage") or {}
+        return {
+            "text": text,
+            "finish_reason": finish,
+            "num_tokens": usage.get("completion_tokens"),
+            "num_prompt_tokens": usage.get("prompt_tokens"),
+        }
+
+    async def _text_generation(self, endpoint: Endpoint, prompt: str) -> dict[str, Any]:
+        """TGI's native route; TGI wants temperature > 0 and top_p < 1, or None (greedy)."""
+        config = self.teacher.generation
+        sampling = config.temperature > 0
+        try:
+            output = await endpoint.chat.text_generation(
+                prompt,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=sampling,
+                temperature=config.temperature if sampling else None,
+                top_p=config.top_p if sampling and config.top_p < 1 else None,
+                stop=self.stop or None,
+                details=True,
+            )
+        except json.JSONDecodeError as error:
+            raise RowError(f"malformed response: {error.msg}", retryable=True, raw=error.doc) from None
+        details = getattr(output, "details", None)
+        if details is None:
+            raise RowError("malformed response: no details", retryable=True, raw=str(output))
+        finish = str(getattr(details.finish_reason, "value", details.finish_reason))
+        return {
+            "text": _cut_at_stop(output.generated_text, self.stop),
+            "finish_reason": TGI_FINISH.get(finish, finish),
+            "num_tokens": details.generated_tokens,
+            "num_prompt_tokens": len(details.prefill or []) or None,
+        }
+
+    def _request(self, endpoint: Endpoint, messages: list[dict[str, str]]) -> Coroutine[Any, Any, dict]:
+        if self.teacher.prompt_format == "chat":
+            return self._chat(endpoint, messages)
+        prompt = completion_text(self.teacher, messages)
+        if self.api == "tgi":
+            return self._text_generation(endpoint, prompt)
+        return self._completion(endpoint, prompt)
+
+    # ---- one row, with retries ---------------------------------------------------------------
+    async def _row(self, row: dict[str, Any], pool: SlotPool, writer: CheckpointWriter) -> dict[str, Any]:
+        prompt_id = row["prompt_id"]
+        problem = check_messages(row.get("messages"))
+        if problem:
+            record = failed_record(prompt_id, f"malformed prompt: row {prompt_id!r}: {problem}")
+        else:
+            record = await self._with_retries(prompt_id, row["messages"], pool)
+        if record["error"]:
+            self.stats.add_failure(record["error"])
+        writer.add(record)
+        return record
+
+    async def _with_retries(self, prompt_id: str, messages: list[dict], pool: SlotPool) -> dict[str, Any]:
+        self.stats.requests += 1
+        failed_on: Optional[Endpoint] = None
+        charged = 0  # attempts that count against max_retries
+        max_attempts = (self.teacher.max_retries + 1) * len(pool.endpoints)
+        for attempt in range(max_attempts):
+            if attempt:
+                self.stats.retries += 1
+            endpoint = await pool.acquire(avoid=failed_on)
+            try:
+                result = await asyncio.wait_for(self._request(endpoint, messages), self.teacher.timeout)
+            except Exception as error:  # classify() re-raises what is not a server/transport failure
+                failure = classify(error, endpoint.root)
+            else:
+                pool.succeeded(endpoint)
+                return self._finished(prompt_id, result)
+            if not failure.retryable:
+                pool.succeeded(endpoint)  # the server answered; the request itself is wrong
+                return failed_record(prompt_id, failure.message())
+            delay = backoff_delay(charged, self.teacher.retry_backoff, failure.retry_after)
+            charged += pool.failed(endpoint, delay)
+            if charged > self.teacher.max_retries or attempt == max_attempts - 1:
+                return failed_record(prompt_id, failure.message(f" after {attempt + 1} attempts"))
+            logger.debug("%s: %s; retry %d in %.1fs", prompt_id, failure.reason, attempt + 1, delay)
+            failed_on = endpoint
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _finished(self, prompt_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        text = (result["text"] or "").strip()
+        num_tokens = int(result["num_tokens"] or 0)
+        num_prompt_tokens = int(result["num_prompt_tokens"] or 0)
+        self.stats.completion_tokens += num_tokens
+        self.stats.prompt_tokens += num_prompt_tokens
+        finish = result["finish_reason"]
+        if not text:
+            return failed_record(prompt_id, f"empty completion (finish_reason={finish})", num_prompt_tokens)
+        return {
+            "prompt_id": prompt_id,
+            "response": text,
+            "finish_reason": finish,
+            "num_tokens": num_tokens,
+            "num_prompt_tokens": num_prompt_tokens,
+            "error": None,
+        }
+
+    # ---- one map batch -----------------------------------------------------------------------
+    async def _open(self, stack: AsyncExitStack, url: str) -> Endpoint:
+        root = endpoint_root(url)
+        if self.api == "tgi":
+            chat = AsyncInferenceClient(model=root, token=self.token, timeout=self.teacher.timeout)
+        else:
+            chat = AsyncInferenceClient(base_url=f"{root}/v1", token=self.token, timeout=self.teacher.timeout)
+        await stack.enter_async_context(chat)
+        http = await stack.enter_async_context(get_async_session())
+        return Endpoint(root=root, chat=chat, http=http)
+
+    async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        writer = CheckpointWriter(self.checkpoint)
+        async with AsyncExitStack() as stack:
+            endpoints = [await self._open(stack, url) for url in self.teacher.endpoints]
+            pool = SlotPool(endpoints, self.teacher.max_concurrency)
+            try:
+                return await asyncio.gather(*(self._row(row, pool, writer) for row in rows))
+            finally:
+                writer.flush()
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        records: dict[str, dict[str, Any]] = {}
+        todo = []
+        for row in rows:
+            done = self.checkpoint.done(row["prompt_id"])
+            if done is None:
+                todo.append(row)
+            else:
+                records[row["prompt_id"]] = done
+                self.stats.reused += 1
+        if todo:
+            records.update({record["prompt_id"]: record for record in run_coroutine(self._generate(todo))})
+        out: dict[str, list] = {"teacher": [self.teacher.name] * len(rows)}
+        for key in RECORD_KEYS:
+            out[key] = [records[row["prompt_id"]].get(key) for row in rows]
+        return out
+
+
+def check_teacher(teacher: TeacherConfig) -> None:
+    where = f"teachers.{teacher.name}"
+    if not teacher.endpoints:
+        raise ValueError(f"{where}.endpoints: the endpoint backend needs at least one server URL.")
+    for url in teacher.endpoints:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{where}.endpoints: {url!r} is not an http(s) URL (write http://host:port).")
+    if teacher.timeout <= 0:
+        raise ValueError(f"{where}.timeout: {teacher.timeout} must be positive (seconds).")
+    if teacher.max_retries < 0 or teacher.retry_backoff < 0:
+        raise ValueError(f"{where}: max_retries and retry_backoff must not be negative.")
+    if teacher.max_concurrency <= 0:
+        raise ValueError(f"{where}.max_concurrency: must be positive.")
+
+
+def generate_with_endpoints(
+    dataset: Dataset,
+    teacher: TeacherConfig,
+    *,
+    checkpoint: GenerationCheckpoint,
+    stats: GenerationStats,
+) -> Dataset:
+    """Have a served teacher answer every row; rows already in `checkpoint` are reused, not re-sent.
+
+    Reads `prompt_id`, `messages`. Adds `teacher`, `response`, `finish_reason`, `num_tokens`,
+    `num_prompt_tokens`, `error` (failed rows keep the reason and raw output; a re-run retries only
+    them). Rows keep their input order. Params come from `teacher`: `endpoints`, `prompt_format`,
+    `endpoint_api`, `max_concurrency` (per endpoint), `timeout`, `max_retries`, `retry_backoff`,
+    `served_model_name`, `generation`.
+    Example::
+
+        teacher = TeacherConfig(name="t", endpoints=["http://127.0.0.1:8080"], max_concurrency=4)
+        with GenerationCheckpoint("runs/x/ckpt") as ckpt:
+            out = generate_with_endpoints(prompts, teacher, checkpoint=ckpt, stats=GenerationStats("t"))
+    """
+    missing = {"prompt_id", "messages"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(
+            f"generate_with_endpoints needs columns {sorted(missing)}; got {dataset.column_names}. "
+            "Load prompts with persyn_hub.data.load_prompts."
+        )
+    check_teacher(teacher)
+    generator = EndpointGenerator(teacher, checkpoint, stats)
+    features = Features({**dataset.features, **OUTPUT_FEATURES})
+    return dataset.map(
+        generator,
+        batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        features=features,
+        desc=f"Generating with {teacher.name}",
+        load_from_cache_file=False,
+        new_fingerprint=fingerprint("generate-endpoint", teacher, dataset._fingerprint),
+    )

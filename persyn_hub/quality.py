@@ -1,0 +1,160 @@
+"""Quality: PerSyn's second signal, how good a teacher's response is.
+
+`score_quality` dispatches on `quality.kind`: `math_answer` (final answer vs the gold `answer`,
+math-verify), `instruction_following` (IFEval/IFBench checkers, fraction of checked instructions
+passed) or `reward_model` (a sequence-classification reward model's score). Failed generations get
+`quality=None` with the reason in `quality_detail`: a failure is data, never a zero score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset, Features, Value
+
+from persyn_hub.config import QualityConfig
+from persyn_hub.fingerprint import fingerprint
+
+QUALITY_FEATURES = {"quality": Value("float64"), "quality_detail": Value("string")}
+NEEDED_COLUMNS = {
+    "math_answer": ("response", "answer"),
+    "instruction_following": ("response", "instruction_id_list", "kwargs", "prompt"),
+    "reward_model": ("response", "messages"),
+}
+COLUMN_HINTS = {
+    "answer": "set prompts.answer_column to the gold answer column",
+    "instruction_id_list": "add it to prompts.keep_columns (IFEval/IFBench rows)",
+    "kwargs": "add it to prompts.keep_columns (IFEval/IFBench rows)",
+}
+
+
+def _check_columns(dataset: Dataset, quality: QualityConfig) -> None:
+    if quality.kind not in NEEDED_COLUMNS:
+        raise ValueError(f"quality.kind: {quality.kind!r} is not one of {sorted(NEEDED_COLUMNS)}.")
+    missing = [c for c in NEEDED_COLUMNS[quality.kind] if c not in dataset.column_names]
+    if missing:
+        hints = "; ".join(
+            f"{c}: {COLUMN_HINTS.get(c, 'it comes from the generation stage')}" for c in missing
+        )
+        raise ValueError(
+            f"score_quality ({quality.kind}): the data set lacks column(s) {missing} "
+            f"(it has {dataset.column_names}). {hints}."
+        )
+    present = [c for c in QUALITY_FEATURES if c in dataset.column_names]
+    if present:
+        raise ValueError(
+            f"score_quality: column(s) {present} already exist; remove them before scoring again."
+        )
+
+
+def _failed_reason(response: Any, error: Any) -> str | None:
+    if error is not None:
+        return f"generation failed: {str(error)[:200]}"
+    if not isinstance(response, str):
+        return "no response"
+    return None
+
+
+def _math_batch(batch: dict[str, list]) -> dict[str, list]:
+    from persyn_hub.verifiers.math_answer import check_math_answer
+
+    out: dict[str, list] = {"quality": [], "quality_detail": []}
+    errors = batch.get("error") or [None] * len(batch["response"])
+    for response, error, gold in zip(batch["response"], errors, batch["answer"]):
+        reason = _failed_reason(response, error)
+        if reason:
+            out["quality"].append(None)
+            out["quality_detail"].append(reason)
+            continue
+        verdict = check_math_answer(response, gold)
+        out["quality"].append(None if verdict.correct is None else float(verdict.correct))
+        out["quality_detail"].append(verdict.detail)
+    return out
+
+
+def _instructions_batch(batch: dict[str, list]) -> dict[str, list]:
+    from persyn_hub.verifiers.instructions import check_instructions
+
+    out: dict[str, list] = {"quality": [], "quality_detail": []}
+    errors = batch.get("error") or [None] * len(batch["response"])
+    rows = zip(batch["response"], errors, batch["instruction_id_list"], batch["kwargs"], batch["prompt"])
+    for response, error, ids, kwargs, prompt in rows:
+        reason = _failed_reason(response, error)
+        if reason:
+            out["quality"].append(None)
+            out["quality_detail"].append(reason)
+            continue
+        verdict = check_instructions(response, ids, kwargs, prompt)
+        out["quality"].append(verdict.score)
+        out["quality_detail"].append(verdict.detail())
+    return out
+
+
+def _reward_batch(batch: dict[str, list], model: Any, tokenizer: Any, max_length: int) -> dict[str, list]:
+    from persyn_hub.reward_model import reward_scores
+
+    n = len(batch["response"])
+    errors = batch.get("error") or [None] * n
+    out: dict[str, list] = {"quality": [None] * n, "quality_detail": [""] * n}
+    usable = []
+    for i, (response, error) in enumerate(zip(batch["response"], errors)):
+        reason = _failed_reason(response, error)
+        if reason:
+            out["quality_detail"][i] = reason
+        else:
+            usable.append(i)
+    if usable:
+        scores, truncated = reward_scores(
+            model,
+            tokenizer,
+            [batch["messages"][i] for i in usable],
+            [batch["response"][i] for i in usable],
+            max_length,
+        )
+        for i, score, cut in zip(usable, scores, truncated):
+            out["quality"][i] = score
+            out["quality_detail"][i] = "reward model" + (
+                f" (truncated to {max_length} tokens)" if cut else ""
+            )
+    return out
+
+
+def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
+    """Add `quality` (float|None) and `quality_detail` (str) to a labeled pool.
+
+    Reads `response`, `error` (when present) and, per `quality.kind`: `answer` (math_answer: 1.0 right,
+    0.0 wrong, None when the gold answer cannot be checked); `instruction_id_list`, `kwargs`, `prompt`
+    (instruction_following: fraction of checked instructions passed, skipped checkers listed in the
+    detail, None when none could be checked); `messages` (reward_model: the model's scalar score).
+    Rows whose generation failed get None and the reason.
+
+    Example:
+        >>> pool = Dataset.from_list([{"response": "So 9 apples.", "answer": "9 apples", "error": None}])
+        >>> score_quality(pool, QualityConfig(kind="math_answer"))["quality"]
+        [1.0]
+    """
+    _check_columns(dataset, quality)
+    features = Features({**dataset.features, **QUALITY_FEATURES})
+    key = fingerprint("quality", dataset._fingerprint, quality)
+    if quality.kind == "reward_model":
+        from persyn_hub.reward_model import load_reward_model
+
+        model, tokenizer = load_reward_model(quality)
+        return dataset.map(
+            _reward_batch,
+            batched=True,
+            batch_size=quality.batch_size,
+            fn_kwargs={"model": model, "tokenizer": tokenizer, "max_length": quality.max_length},
+            features=features,
+            new_fingerprint=key,
+            desc="Scoring with the reward model",
+        )
+    function = _math_batch if quality.kind == "math_answer" else _instructions_batch
+    return dataset.map(
+        function,
+        batched=True,
+        batch_size=256,
+        features=features,
+        new_fingerprint=key,
+        desc="Verifying answers",
+    )

@@ -1,0 +1,305 @@
+"""Real servers for tests and benchmarks: llama.cpp's OpenAI-compatible server and a fault proxy.
+
+`LlamaServer` runs `python -m llama_cpp.server` on a free port of 127.0.0.1, serving a bundled GGUF;
+it can be stopped and started again on the same port (a server restart in the middle of a stage).
+`FaultProxy` forwards HTTP/1.1 requests to an upstream server and, following a plan keyed by prompt
+text, answers some of them itself: 429 with Retry-After, 500, 503, a hang, a dropped connection,
+malformed JSON, or the real answer with its text emptied. It counts requests and upstream successes
+per prompt, so a test can check that every row was generated exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Optional
+
+FAULTS = ("429", "500", "503", "hang", "drop", "malformed", "empty")
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` on 127.0.0.1 serving one GGUF (the process is ours to stop)."""
+
+    def __init__(
+        self, model_path: str | Path, *, port: Optional[int] = None, n_ctx: int = 2048, threads: int = 1
+    ):
+        self.model_path = str(model_path)
+        self.port = port or free_port()
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self.process: Optional[subprocess.Popen] = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> LlamaServer:
+        command = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", self.model_path,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.threads),
+            "--n_threads_batch", str(self.threads),
+            "--verbose", "false",
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"llama.cpp server exited ({self.process.returncode}); see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"llama.cpp server did not start in {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """Kill the server at once (SIGKILL: an abrupt crash, connections reset)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class TransformersServer(LlamaServer):
+    """`transformers serve` (continuous batching) on 127.0.0.1; requests must pass `model=<model_path>`."""
+
+    def __init__(self, model_path: str | Path, *, port: Optional[int] = None, num_blocks: int = 64):
+        super().__init__(model_path, port=port)
+        self.num_blocks = num_blocks
+
+    def start(self, timeout: float = 300.0) -> TransformersServer:
+        command = [
+            str(Path(sys.executable).parent / "transformers"), "serve",
+            "--continuous-batching", "--cb-num-blocks", str(self.num_blocks),
+            "--dtype", "bfloat16", "--device", "cpu",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"transformers serve exited ({self.process.returncode}); see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"transformers serve did not start in {timeout}s; see {self.log_path}")
+
+
+def prompt_key(body: dict) -> str:
+    """The text a request is about: the last chat turn, or the completion prompt."""
+    if "messages" in body and body["messages"]:
+        return str(body["messages"][-1].get("content", ""))
+    return str(body.get("prompt", body.get("inputs", "")))
+
+
+class FaultProxy:
+    """HTTP/1.1 proxy on 127.0.0.1 in a background thread; injects faults by plan, counts requests.
+
+    `plan` maps a substring of the prompt text to a list of faults applied to that prompt's successive
+    requests (then requests pass through), e.g. `{"apples": ["429", "500"]}`. `default` (a list of
+    faults) applies likewise to every prompt no rule matches. `hang_seconds` is how long "hang" waits.
+    """
+
+    def __init__(self, upstream: str, *, retry_after: float = 1.0, hang_seconds: float = 30.0):
+        self.upstream = upstream.rstrip("/")
+        self.port = free_port()
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self.plan: dict[str, list[str]] = {}
+        self.default: list[str] = []
+        self.requests: Counter = Counter()
+        self.successes: Counter = Counter()
+        self.injected: Counter = Counter()
+        self.request_times: dict[str, list[float]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.plan, self.default = {}, []
+            self.requests.clear()
+            self.successes.clear()
+            self.injected.clear()
+            self.request_times.clear()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- serving -----------------------------------------------------------------------------
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", self.port))
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    def _next_fault(self, key: str) -> Optional[str]:
+        with self._lock:
+            self.requests[key] += 1
+            self.request_times[key].append(time.monotonic())
+            for pattern, faults in self.plan.items():
+                if pattern in key:
+                    count = sum(n for k, n in self.requests.items() if pattern in k)
+                    return faults[count - 1] if count <= len(faults) else None
+            count = self.requests[key]
+            return self.default[count - 1] if count <= len(self.default) else None
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    return
+                method, path, _ = request_line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while True:
+                    line = (await reader.readline()).decode("latin-1")
+                    if line in ("\r\n", "\n", ""):
+                        break
+                    name, value = line.split(":", 1)
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
+                if not await self._handle(method, path, headers, body, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            writer.close()
+
+    async def _handle(self, method: str, path: str, headers: dict, body: bytes, writer) -> bool:
+        """Answer one request; False closes the connection."""
+        fault = None
+        key = ""
+        if method == "POST":
+            try:
+                key = prompt_key(json.loads(body or b"{}"))
+            except json.JSONDecodeError:
+                key = ""
+            fault = self._next_fault(key)
+        if fault:
+            with self._lock:
+                self.injected[fault] += 1
+        if fault == "drop":
+            return False
+        if fault == "hang":
+            await asyncio.sleep(self.hang_seconds)
+            return False
+        if fault in ("429", "500", "503"):
+            extra = {"Retry-After": f"{self.retry_after:g}"} if fault in ("429", "503") else {}
+            await self._reply(writer, int(fault), b'{"error": "injected"}', extra)
+            return True
+        status, payload = await asyncio.to_thread(self._forward, method, path, headers, body)
+        if status == 200 and method == "POST":
+            with self._lock:
+                self.successes[key] += 1
+        if fault == "malformed":
+            payload = payload[: max(1, len(payload) // 2)]
+        elif fault == "empty" and status == 200:
+            data = json.loads(payload)
+            for choice in data.get("choices", []):
+                if "message" in choice:
+                    choice["message"]["content"] = ""
+                else:
+                    choice["text"] = ""
+            payload = json.dumps(data).encode()
+        await self._reply(writer, status, payload, {})
+        return True
+
+    def _forward(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            self.upstream + path,
+            data=body if method == "POST" else None,
+            method=method,
+            headers={"Content-Type": headers.get("content-type", "application/json")},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+        except OSError as error:  # upstream down: what a gateway in front of a dead server says
+            return 502, json.dumps({"error": f"upstream unreachable: {error}"}).encode()
+
+    @staticmethod
+    async def _reply(writer, status: int, payload: bytes, extra: dict) -> None:
+        lines = [
+            f"HTTP/1.1 {status} X",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+            "Connection: keep-alive",
+            *(f"{k}: {v}" for k, v in extra.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+        await writer.drain()

@@ -1,0 +1,137 @@
+"""Learnability on the bundled SmolLM2 student, checked against an independent per-row computation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from persyn_hub.config import StudentConfig
+from persyn_hub.learnability import load_student, score_learnability
+
+
+@pytest.fixture(scope="module")
+def student():
+    config = StudentConfig(model="bundled:smollm2-135m-instruct")
+    model, tokenizer = load_student(config)
+    return config, model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def pool(asdiv_prompts):
+    """Real ASDiv prompts x two 'teachers' (a right worked answer, a wrong terse one), plus failed rows."""
+    rows = []
+    for row in asdiv_prompts.select(range(5)):
+        base = {k: row[k] for k in ("prompt_id", "messages", "prompt", "answer")}
+        right = f"Let's work it out. The answer is {row['answer']}."
+        rows.append({**base, "teacher": "right", "response": right, "error": None})
+        rows.append({**base, "teacher": "wrong", "response": "It is 3.", "error": None})
+    rows[3] = {**rows[3], "response": None, "error": "timeout after 120 s: <no output>"}
+    rows[6] = {**rows[6], "error": "HTTP 500: raw output kept"}  # response text present but the call failed
+    return Dataset.from_list(rows)
+
+
+def reference_scores(model, tokenizer, messages, response):
+    """Independent: tokenize via apply_chat_template(tokenize=True), full forward, full log_softmax."""
+    prompt_ids = list(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+    )
+    full = messages + [{"role": "assistant", "content": response}]
+    full_ids = list(tokenizer.apply_chat_template(full, tokenize=True)["input_ids"])
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([full_ids])).logits[0].double()
+    logprobs = F.log_softmax(logits, dim=-1)
+    targets = torch.tensor(full_ids[len(prompt_ids) :])
+    token_logprobs = logprobs[torch.arange(len(prompt_ids) - 1, len(full_ids) - 1), targets]
+    return full_ids, len(prompt_ids), token_logprobs
+
+
+def test_matches_full_softmax_loop_and_keeps_order(student, pool):
+    config, model, tokenizer = student
+    scored = score_learnability(pool, config, model=model, tokenizer=tokenizer)
+    assert len(scored) == len(pool)
+    assert scored["prompt_id"] == pool["prompt_id"] and scored["teacher"] == pool["teacher"]
+    for row in scored:
+        if row["error"] is not None:
+            assert row["learnability"] is None and row["learnability_sum"] is None
+            assert row["num_response_tokens"] is None and row["truncated"] is False
+            continue
+        _, _, token_logprobs = reference_scores(model, tokenizer, row["messages"], row["response"])
+        assert row["num_response_tokens"] == len(token_logprobs)
+        assert row["learnability"] == pytest.approx(token_logprobs.mean().item(), abs=1e-4)
+        assert row["learnability_sum"] == pytest.approx(token_logprobs.sum().item(), abs=1e-3)
+        assert row["truncated"] is False
+    valid = [v for v in scored["learnability"] if v is not None]
+    assert len(valid) == 8 and all(v < 0 for v in valid)
+    # the response tokens are the assistant turn as SFT trains on it, closing <|im_end|> included
+    ids, start, _ = reference_scores(model, tokenizer, pool[0]["messages"], pool[0]["response"])
+    assert tokenizer.decode(ids[start:]).startswith(pool[0]["response"] + "<|im_end|>")
+
+
+def test_small_token_budget_gives_same_numbers(student, pool):
+    config, model, tokenizer = student
+    big = score_learnability(pool, config, model=model, tokenizer=tokenizer)
+    small = score_learnability(pool, StudentConfig(batch_tokens=64), model=model, tokenizer=tokenizer)
+    for a, b in zip(big["learnability"], small["learnability"]):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)
+
+
+def test_truncation_is_flagged_never_silent(student, pool):
+    config, model, tokenizer = student
+    row = pool[0]
+    ids, start, token_logprobs = reference_scores(model, tokenizer, row["messages"], row["response"])
+    keep = start + 3  # three response tokens fit
+    rows = Dataset.from_list([pool[0], pool[1]])
+    scored = score_learnability(rows, StudentConfig(max_length=keep), model=model, tokenizer=tokenizer)
+    first = scored[0]
+    assert first["truncated"] is True and first["num_response_tokens"] == 3
+    assert first["learnability"] == pytest.approx(token_logprobs[:3].mean().item(), abs=1e-4)
+    cut_all = score_learnability(rows, StudentConfig(max_length=start - 2), model=model, tokenizer=tokenizer)
+    assert cut_all["truncated"] == [True, True]
+    assert cut_all["learnability"] == [None, None] and cut_all["num_response_tokens"] == [0, 0]
+
+
+def test_student_without_chat_template_scores_plain_text(student, pool):
+    config, model, tokenizer = student
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    rows = Dataset.from_list([pool[0]])
+    scored = score_learnability(rows, config, model=model, tokenizer=plain)[0]
+    prompt = pool[0]["messages"][-1]["content"] + "\n"
+    prompt_ids = plain(prompt)["input_ids"]
+    full_ids = plain(prompt + pool[0]["response"])["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(torch.tensor([full_ids])).logits[0].double(), -1)
+    expected = logprobs[
+        torch.arange(len(prompt_ids) - 1, len(full_ids) - 1), torch.tensor(full_ids[len(prompt_ids) :])
+    ]
+    assert scored["num_response_tokens"] == len(expected)
+    assert scored["learnability"] == pytest.approx(expected.mean().item(), abs=1e-4)
+
+
+def test_bfloat16_student_is_close_to_float32(student, pool):
+    config, model, tokenizer = student
+    rows = Dataset.from_list([pool[0], pool[1]])
+    bf16 = StudentConfig(dtype="bfloat16")
+    bf16_model, _ = load_student(bf16)
+    assert bf16_model.dtype == torch.bfloat16
+    low = score_learnability(rows, bf16, model=bf16_model, tokenizer=tokenizer)["learnability"]
+    full = score_learnability(rows, config, model=model, tokenizer=tokenizer)["learnability"]
+    for a, b in zip(low, full):
+        assert a == pytest.approx(b, abs=0.15)
+
+
+def test_missing_columns_are_named(student):
+    config, model, tokenizer = student
+    with pytest.raises(ValueError, match="response"):
+        score_learnability(
+            Dataset.from_dict({"messages": [[{"role": "user", "content": "hi"}]]}),
+            config,
+            model=model,
+            tokenizer=tokenizer,
+        )

@@ -1,0 +1,171 @@
+"""Train a real MiniLM router on real ASDiv prompts whose rewards depend learnably on the prompt text.
+
+The labeled pool mimics the combine stage's output: one row per (prompt_id, teacher), `reward` (z-score-like,
+can be negative), `excluded` for failed rows. "tutor" is the better teacher on "how many" questions,
+"solver" on all others, "steady" is always in between and sometimes fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from datasets import Dataset, concatenate_datasets
+
+from persyn_hub.config import PromptsConfig, RouterSettings
+from persyn_hub.data import load_prompts
+from persyn_hub.router import (
+    PersynRouter,
+    RouterDataError,
+    assign_with_budgets,
+    load_router,
+    route_prompts,
+    teacher_capacities,
+    train_router,
+)
+
+TEACHERS = ["tutor", "solver", "steady"]
+SETTINGS = RouterSettings(
+    num_train_epochs=8,
+    max_length=64,
+    per_device_train_batch_size=8,
+    early_stopping_patience=3,
+    eval_fraction=0.25,
+)
+
+
+def best_teacher(prompt: str) -> str:
+    return "tutor" if "how many" in prompt.lower() else "solver"
+
+
+def labeled_pool(prompts: Dataset, seed: int = 0) -> Dataset:
+    """Per-teacher copies of the prompts with rewards from the prompt text plus noise; some rows fail."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for position, teacher in enumerate(TEACHERS):
+
+        def label(batch, indices, teacher=teacher, position=position):
+            rewards, excluded = [], []
+            for prompt, index in zip(batch["prompt"], indices):
+                base = 0.0 if teacher == "steady" else (1.0 if best_teacher(prompt) == teacher else -1.0)
+                reward = float(base + 0.3 * rng.normal())
+                failed = teacher == "steady" and index % 7 == 3
+                rewards.append(None if failed else reward)
+                excluded.append("generation failed: timeout" if failed else None)
+            return {"teacher": [teacher] * len(indices), "reward": rewards, "excluded": excluded}
+
+        parts.append(prompts.map(label, batched=True, with_indices=True))
+    pool = concatenate_datasets(parts)
+    # one prompt keeps a single usable teacher: it must be dropped, not crash training
+    lonely = prompts[0]["prompt_id"]
+    return pool.map(
+        lambda row: {
+            "excluded": "unscorable"
+            if row["prompt_id"] == lonely and row["teacher"] != "tutor"
+            else row["excluded"]
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=72, drop_duplicates=True), seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(prompts, tmp_path_factory):
+    labels = labeled_pool(prompts.select(range(41)))
+    output_dir = tmp_path_factory.mktemp("router")
+    result = train_router(
+        labels,
+        SETTINGS,
+        teachers=TEACHERS,
+        student="bundled:smollm2-135m-instruct",
+        alpha=0.5,
+        output_dir=str(output_dir),
+        seed=0,
+        label_repo="persyn-test/labels",
+        label_revision="0123abcd",
+    )
+    return result, output_dir
+
+
+@pytest.mark.slow
+def test_the_router_beats_random_and_the_best_single_teacher_on_held_out_prompts(trained):
+    result, _ = trained
+    metrics = result.metrics
+    for key in (
+        "top1_agreement",
+        "reward_recovered",
+        "reward_recovered_best_single",
+        "reward_recovered_random",
+        "teacher_distribution",
+        "num_train_prompts",
+        "num_eval_prompts",
+    ):
+        assert key in metrics
+    assert metrics["num_train_prompts"] + metrics["num_eval_prompts"] == 40  # the lonely prompt is dropped
+    assert metrics["num_eval_prompts"] == 10
+    assert metrics["reward_recovered"] > metrics["reward_recovered_random"] + 0.2, metrics
+    assert metrics["reward_recovered"] > metrics["reward_recovered_best_single"], metrics
+    assert metrics["top1_agreement"] >= 0.7, metrics
+    assert sum(metrics["teacher_distribution"].values()) == pytest.approx(1.0)
+    json.dumps(metrics)  # goes into summary.json as is
+
+
+@pytest.mark.slow
+def test_the_saved_router_is_a_complete_model_repo(trained):
+    result, output_dir = trained
+    names = {path.name for path in output_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "router_metrics.json"} <= names
+    assert "checkpoints" not in names
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["model_type"] == "persyn_router"
+    assert config["teachers"] == TEACHERS
+    assert (config["student"], config["alpha"]) == ("bundled:smollm2-135m-instruct", 0.5)
+    assert (config["label_repo"], config["label_revision"]) == ("persyn-test/labels", "0123abcd")
+    card = (output_dir / "README.md").read_text()
+    assert "persyn-test/labels" in card and "0123abcd" in card
+    assert f"| Router | {result.metrics['reward_recovered']:.3f} |" in card
+    assert "`tutor` <= 0.25" in card  # calibration table
+    assert "load_router(" in card and "route_prompts(" in card
+
+
+@pytest.mark.slow
+def test_a_new_prompt_set_is_routed_without_any_teacher_generating(trained, prompts):
+    result, output_dir = trained
+    router, tokenizer = load_router(str(output_dir), expected_teachers=TEACHERS)
+    assert isinstance(router, PersynRouter)
+    new_prompts = prompts.select(range(41, 72))  # never labeled
+    routed = route_prompts(new_prompts, router, tokenizer, batch_size=8)
+    in_memory = route_prompts(new_prompts, result.router, result.tokenizer, batch_size=8)
+    np.testing.assert_array_equal(np.array(routed["router_scores"]), np.array(in_memory["router_scores"]))
+    expected = [best_teacher(prompt) for prompt in new_prompts["prompt"]]
+    accuracy = np.mean([got == want for got, want in zip(routed["teacher"], expected)])
+    assert accuracy >= 0.7, (accuracy, routed["teacher"])
+
+
+@pytest.mark.slow
+def test_budgets_cap_a_teachers_share_and_keep_the_best_prompts(trained, prompts):
+    result, _ = trained
+    new_prompts = prompts.select(range(41, 72))
+    budgets = {"tutor": 0.25}
+    routed = route_prompts(new_prompts, result.router, result.tokenizer, budgets=budgets)
+    scores = np.array(routed["router_scores"])
+    chosen = np.array([TEACHERS.index(name) for name in routed["teacher"]])
+    cap = teacher_capacities(len(routed), TEACHERS, budgets)[0]
+    assert (chosen == 0).sum() <= cap
+    np.testing.assert_array_equal(chosen, assign_with_budgets(scores, TEACHERS, budgets))
+    unbudgeted = route_prompts(new_prompts, result.router, result.tokenizer)
+    assert (np.array(unbudgeted["teacher"]) == "tutor").sum() > cap  # the budget did bind
+
+
+def test_labels_without_any_usable_pair_stop_before_training(prompts, tmp_path):
+    labels = labeled_pool(prompts.select(range(6)))
+    labels = labels.map(lambda row: {"excluded": None if row["teacher"] == "tutor" else "failed"})
+    with pytest.raises(RouterDataError, match="No prompt of the labeled pool"):
+        train_router(
+            labels, SETTINGS, teachers=TEACHERS, student="s", alpha=0.5, output_dir=str(tmp_path), seed=0
+        )
+    assert not any(tmp_path.iterdir())
