@@ -96,7 +96,8 @@ def _check_pool(pool: Dataset, extra: tuple[str, ...] = ()) -> None:
 
 
 def _column(pool: Dataset, name: str) -> list:
-    return pool.data.column(name).to_pylist()
+    """A whole column as a list; goes through `select_columns` so an indices mapping is honoured."""
+    return pool.select_columns([name]).flatten_indices().data.column(name).to_pylist()
 
 
 def _grid(pool: Dataset, teachers: Optional[list[str]]) -> tuple[list[str], list[str], np.ndarray]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from persyn_hub.config import PersynRecipe, TeacherConfig
 from persyn_hub.data import load_prompts
 from persyn_hub.generation import generate_responses
 from persyn_hub.preflight import check_before_work, source_identity
-from persyn_hub.stage_cache import StageCache
+from persyn_hub.stage_cache import StageCache, save_dataset_folder
 from persyn_hub.summary import build_summary, package_versions
 
 logger = logging.getLogger("persyn_hub")
@@ -111,11 +110,7 @@ def _generation_stage(
 
 def _export(dataset: Dataset, path: Path) -> None:
     """Copy a stage's output to `artifacts/`, swapping it in whole so readers never see half of it."""
-    staging = path.with_name(path.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    dataset.save_to_disk(str(staging))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(staging, path)
+    save_dataset_folder(dataset, path)
 
 
 def run_pipeline(recipe: PersynRecipe) -> dict[str, Any]:

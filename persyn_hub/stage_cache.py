@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, Features, load_from_disk
 
 from persyn_hub.fingerprint import fingerprint
 
@@ -38,6 +38,35 @@ class StageRecord:
     seconds: float
     cached: bool
     key: str
+
+
+EMPTY_MARKER = "empty_features.json"
+
+
+def save_dataset_folder(dataset: Dataset, path: Path) -> None:
+    """`save_to_disk`, swapped in whole (readers never see half of it), that also keeps 0-row sets.
+
+    `datasets` writes no shard for a 0-row table and then cannot load it back; an empty stage (a
+    teacher the router gave no prompt) is stored as its features alone.
+    """
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    if len(dataset) == 0:
+        staging.mkdir(parents=True)
+        (staging / EMPTY_MARKER).write_text(json.dumps(dataset.features.to_dict()))
+    else:
+        dataset.save_to_disk(str(staging))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(staging, path)
+
+
+def load_dataset_folder(path: Path) -> Dataset:
+    """Read what `save_dataset_folder` wrote."""
+    marker = Path(path) / EMPTY_MARKER
+    if marker.is_file():
+        features = Features.from_dict(json.loads(marker.read_text()))
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    return load_from_disk(str(path))
 
 
 @dataclass
@@ -60,7 +89,7 @@ class StageCache:
 
     def _load(self, folder: Path) -> Dataset:
         try:
-            return load_from_disk(str(folder / "data"))
+            return load_dataset_folder(folder / "data")
         except Exception as error:  # noqa: BLE001 - any unreadable cache is reported the same way
             raise CorruptCacheError(
                 f"The cached stage {folder} is unreadable ({type(error).__name__}: {error}). "
@@ -90,12 +119,8 @@ class StageCache:
             return dataset
         folder.mkdir(parents=True, exist_ok=True)
         dataset = compute(folder)
-        staging = folder / "data.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        dataset.save_to_disk(str(staging))
-        shutil.rmtree(folder / "data", ignore_errors=True)
-        os.replace(staging, folder / "data")
-        dataset = load_from_disk(str(folder / "data"))
+        save_dataset_folder(dataset, folder / "data")
+        dataset = load_dataset_folder(folder / "data")
         if complete(dataset):
             (folder / SUCCESS).write_text(json.dumps({"key": key, "rows": len(dataset)}))
         self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
