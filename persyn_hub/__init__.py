@@ -5,7 +5,10 @@ Importing the package registers `PersynRouter` with the transformers Auto classe
 """
 
 from persyn_hub.config import PersynRecipe, RecipeError, load_recipe
+from persyn_hub.router.modeling import PersynRouter, PersynRouterConfig, register_auto_classes
+
+register_auto_classes()
 
 __version__ = "0.1.0"
 
-__all__ = ["PersynRecipe", "RecipeError", "__version__", "load_recipe"]
+__all__ = ["PersynRecipe", "PersynRouter", "PersynRouterConfig", "RecipeError", "__version__", "load_recipe"]

@@ -119,6 +119,31 @@ def _versions(summary: dict[str, Any]) -> dict[str, str]:
     return {name: version for name, version in (summary.get("versions") or {}).items() if version}
 
 
+def generation_costs(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per teacher and phase (labeling, routed): what generation cost, for the card's accounting table.
+
+    Figures are the stage's own accounting (requests made when the stage ran, rows reused from an
+    interrupted run's checkpoint, tokens, failures), so a resumed run still reports what was paid.
+    """
+    costs = []
+    for teacher, parts in (summary.get("generation") or {}).items():
+        for part in parts:
+            costs.append(
+                {
+                    "teacher": teacher,
+                    "phase": part.get("phase", ""),
+                    "requests": int(part.get("requests", 0) or 0),
+                    "reused": int(part.get("reused", 0) or 0),
+                    "retries": int(part.get("retries", 0) or 0),
+                    "prompt_tokens": int(part.get("prompt_tokens", 0) or 0),
+                    "completion_tokens": int(part.get("completion_tokens", 0) or 0),
+                    "failures": int(part.get("failures", 0) or 0),
+                    "seconds": round(float(part.get("seconds", 0.0) or 0.0), 1),
+                }
+            )
+    return costs
+
+
 def render_dataset_card(
     *,
     recipe: PersynRecipe,
@@ -190,6 +215,7 @@ def render_dataset_card(
         savings=summary.get("generation_savings"),
         failures=failures,
         teacher_counts=counts,
+        generation_costs=generation_costs(summary),
         chart_file=chart_file,
         router_metrics=router_metrics or None,
         has_answer=dataset is not None and "answer" in dataset.column_names,

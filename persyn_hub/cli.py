@@ -14,6 +14,9 @@ PerSyn: personalized distillation data via router-guided multi-teacher distillat
   persyn run RECIPE --labeling.alpha 0.7 --output.dir runs/x  override any recipe key
   persyn validate RECIPE                                      parse and print a recipe
   persyn route --router DIR_OR_REPO --prompts SOURCE --output DIR   route new prompts
+  persyn sft --config recipes/demo/sft.yaml                  fine-tune the student (TRL SFTTrainer)
+  persyn evaluate --model DIR --tasks persyn_asdiv --output DIR   lm-evaluation-harness
+  persyn compare recipes/demo/compare-asdiv-smollm2.yaml      baselines vs PerSyn: table + chart
   persyn prepare                                              convert the bundled models once
 """
 

@@ -57,7 +57,8 @@ class CompareRecipe:
     pipeline_overrides: dict[str, Any] = field(default_factory=dict)
     """Dotted recipe keys applied to `pipeline`, e.g. {labeling.num_prompts: 32}."""
     labels: Optional[str] = None
-    """A finished run's artifacts/labels (then `routing` too); used instead of running `pipeline`."""
+    """A finished run's artifacts/labels folder, or its published labels repo (`org/repo[@revision]`,
+    config `labels`); used instead of running `pipeline`. Then `routing` too (folder, or the same repo)."""
     routing: Optional[str] = None
     student: Optional[str] = None
     """Student to fine-tune; None: the pipeline recipe's student."""
@@ -116,6 +117,20 @@ def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None)
         return _build_dataclass(CompareRecipe, values, "")
     except RecipeError as error:
         raise RecipeError(f"{path}: {error}") from None
+
+
+def load_artifact(source: str, config_name: str) -> Dataset:
+    """A run's `artifacts/<name>` folder, or the labels repo a run published (config `labels`/`routing`).
+
+    `org/repo` or `org/repo@revision` loads that Hub data set config, so a comparison can start from a
+    labeled pool someone else published.
+    """
+    if Path(source).exists():
+        return load_from_disk(source)
+    from datasets import load_dataset
+
+    repo, _, revision = source.partition("@")
+    return load_dataset(repo, config_name, split="train", revision=revision or None)
 
 
 def _pool_and_routing(recipe: CompareRecipe) -> tuple[Dataset, Optional[Dataset], Optional[Any], dict]:

@@ -110,7 +110,21 @@ class StudentConfig:
     batch_tokens: int = 8192
     """Token budget of one scoring batch (padded length x rows)."""
     endpoint: Optional[str] = None
-    """Score with a served student (TGI or vLLM) instead of in-process."""
+    """Base URL of a served student (TGI, vLLM or llama-cpp-python's server) to score with instead of
+    in-process; `model` must still name its tokenizer (the text sent is rendered and checked locally)."""
+    endpoint_api: Literal["auto", "tgi", "vllm", "llama_cpp"] = "auto"
+    """How the served student reports prompt-token log-probs: TGI `/generate` prefill details, vLLM
+    `prompt_logprobs`, or llama-cpp-python's `echo` + `logprobs`; `auto` asks the server which it is."""
+    served_model_name: Optional[str] = None
+    """Value of `model=` in vLLM / llama.cpp requests; None: the first model the server lists."""
+    max_concurrency: int = 8
+    """Concurrent scoring requests to the endpoint."""
+    timeout: float = 120.0
+    """Seconds one scoring request may take before it is retried."""
+    max_retries: int = 5
+    """Retries per row on 429/5xx/timeouts/connection errors/malformed replies; then the stage stops."""
+    retry_backoff: float = 1.0
+    """First retry delay in seconds; doubles per attempt (capped at 60 s), with jitter; Retry-After wins."""
     trust_remote_code: bool = False
 
 

@@ -258,9 +258,12 @@ final_repo, labels_repo, revision = sys.argv[1:4]
 final = load_dataset(final_repo, split="train", revision=revision)
 labels = load_dataset(labels_repo, "labels", split="train", revision=revision)
 routing = load_dataset(labels_repo, "routing", split="train", revision=revision)
+from persyn_hub.compare import load_artifact  # `persyn compare` starting from a published labeled pool
+pool = load_artifact(f"{labels_repo}@{revision}", "labels")
 print(json.dumps({
     "final": final.to_list(), "final_columns": final.column_names, "labels_rows": len(labels),
     "labels_columns": labels.column_names, "routing_rows": len(routing),
+    "compare_pool_same": pool.to_list() == labels.to_list(),
 }))
 """
 
@@ -376,6 +379,7 @@ def test_publish_run_then_load_every_artifact(api, local_hub, olah_url, run_v1, 
     assert (
         loaded["labels_rows"] == 12 and "reward" in loaded["labels_columns"] and loaded["routing_rows"] == 16
     )
+    assert loaded["compare_pool_same"] is True
     assert loaded["router_teachers"] == TEACHERS and loaded["scores_shape"] == [2, 2]
     assert loaded["router_label_revision"] == published["labels"]["revision"]
 

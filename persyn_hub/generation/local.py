@@ -230,7 +230,7 @@ def generate_locally(
         generated = ordered.map(
             generator,
             batched=True,
-            batch_size=max(teacher.batch_size, 1) * 4,
+            batch_size=max(teacher.batch_size, 1),  # one generation batch per map batch: a live progress bar
             desc=f"Generating with {teacher.name}",
             load_from_cache_file=False,
             new_fingerprint=fingerprint("generate-local", teacher, ordered._fingerprint),
