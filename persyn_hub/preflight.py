@@ -93,13 +93,13 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
         )
     for index, teacher in enumerate(recipe.teachers):
         _check_teacher(index, teacher)
-    if not recipe.student.endpoint:
-        _check_local_model(
-            "student.model",
-            recipe.student.model,
-            trust_remote_code=recipe.student.trust_remote_code,
-            need_chat_template=False,
-        )
+    # A served student is scored through the local tokenizer of student.model, so it must load too.
+    _check_local_model(
+        "student.model",
+        recipe.student.model,
+        trust_remote_code=recipe.student.trust_remote_code,
+        need_chat_template=False,
+    )
     if recipe.quality.kind == "reward_model" and recipe.quality.reward_model:
         _check_reward_model(recipe)
 

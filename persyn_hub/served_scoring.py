@@ -97,7 +97,9 @@ def vllm_token_logprobs(body: Any, ids: list[int]) -> list[Optional[float]]:
     if not isinstance(entries, list):
         raise _malformed("choices[0].prompt_logprobs is not a list (was prompt_logprobs sent?)", body)
     if len(entries) != len(ids):
-        raise ServedScoringError(f"the server scored {len(entries)} prompt tokens, the student has {len(ids)}")
+        raise ServedScoringError(
+            f"the server scored {len(entries)} prompt tokens, the student has {len(ids)}"
+        )
     values: list[Optional[float]] = [None]
     for position in range(1, len(ids)):
         entry = entries[position]
@@ -212,7 +214,11 @@ class ServedScorer:
             except Exception as error:  # classify() re-raises what is not a server/transport failure
                 failure = classify(error, url)
             if not failure.retryable:
-                hint = " (wrong route? set student.endpoint_api)" if failure.reason.startswith("HTTP 404") else ""
+                hint = (
+                    " (wrong route? set student.endpoint_api)"
+                    if failure.reason.startswith("HTTP 404")
+                    else ""
+                )
                 raise ServedScoringError(failure.message(hint))
             if attempt == self.student.max_retries:
                 raise ServedScoringError(failure.message(f" after {attempt + 1} attempts"))
@@ -252,7 +258,11 @@ class ServedScorer:
         if added_bos and not self.strip_bos:
             return False
         at = first_difference(server_ids, ids) or 0
-        note = " (the server adds a BOS token the student's template does not write)" if server_ids[1:] == ids else ""
+        note = (
+            " (the server adds a BOS token the student's template does not write)"
+            if server_ids[1:] == ids
+            else ""
+        )
         raise ServedScoringError(
             f"the server tokenized the text differently from {self.student.model!r}'s tokenizer at token "
             f"{at}: server {server_ids[max(0, at - 2) : at + 3]} vs local {ids[max(0, at - 2) : at + 3]} "
@@ -261,7 +271,9 @@ class ServedScorer:
 
     async def _token_logprobs(self, http: Any, ids: list[int]) -> list[Optional[float]]:
         if self.api == "vllm":
-            payload = self._with_model({"prompt": ids, "max_tokens": 1, "prompt_logprobs": 1, "temperature": 0})
+            payload = self._with_model(
+                {"prompt": ids, "max_tokens": 1, "prompt_logprobs": 1, "temperature": 0}
+            )
             return await self._call(
                 http, "POST", "/v1/completions", payload, lambda body: vllm_token_logprobs(body, ids)
             )
