@@ -237,7 +237,10 @@ def persyn_routed(
 ) -> Baseline:
     """The router's choice per prompt (`routing`: rows with prompt_id + teacher, or a dict id -> teacher).
 
-    `labeling_cost` = (requests, tokens) spent labeling the router's training subset.
+    `labeling_cost` = (requests, tokens) spent labeling the router's training subset. When it is given, the
+    pool IS that labeled subset: every routed answer was already paid for while labeling, so PerSyn's cost
+    is the labeling's and nothing more (at scale it is N_labeled x K + the routed rest, as `persyn run`
+    reports). Without it, each routed row is charged like a fixed-choice strategy's.
     """
     _check_pool(pool)
     prompts, order, grid = _grid(pool, teachers)
@@ -258,6 +261,8 @@ def persyn_routed(
         raise BaselineError(f"routing: routed teacher(s) {unknown} are not in the pool's teachers {order}.")
     choice = np.array([order.index(routing[p]) for p in prompts], dtype=np.int64)
     baseline = _fixed_choice("persyn", pool, choice, grid)
+    if labeling_cost[0]:
+        baseline.cost.requests, baseline.cost.tokens = 0, 0
     baseline.cost.labeling_requests, baseline.cost.labeling_tokens = (
         int(labeling_cost[0]),
         int(labeling_cost[1]),

@@ -302,7 +302,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     note = (
         f"\nStudent `{comparison['student']}`; pool of {comparison['pool_rows']} labeled rows; "
         f"evaluated on {ev['limit'] or 'all'} held-out rows per task (max {ev['max_gen_toks']} new tokens). "
-        "Cost counts teacher requests/tokens to build each set; PerSyn adds the labeling of the router's subset.\n"
+        "Cost counts teacher requests/tokens to build each set. PerSyn's answers come from the labeled pool, so its cost is that labeling (every teacher on the router's subset); at scale it is N_labeled x K + (N - N_labeled) generations.\n"
     )
     return "\n".join(lines) + "\n" + note
 

@@ -90,11 +90,12 @@ def test_costs_follow_what_each_strategy_generates():
     assert single.tokens == sum(v for (pid, t), v in row_tokens.items() if t == "b")
     labeling = pool_cost(pool)
     routed = build_baseline(pool, "persyn", routing={"p1": "c", "p2": "a", "p3": "b"}, labeling_cost=labeling)
-    assert routed.cost.requests == 3 and routed.cost.labeling_requests == 9
-    assert (
-        routed.cost.total_tokens
-        == row_tokens[("p1", "c")] + row_tokens[("p2", "a")] + row_tokens[("p3", "b")] + labeling[1]
-    )
+    # Every routed answer was generated while labeling: PerSyn pays the labeling, nothing twice.
+    assert routed.cost.requests == 0 and routed.cost.labeling_requests == 9
+    assert routed.cost.total_tokens == labeling[1] == sum(row_tokens.values())
+    unlabeled = build_baseline(pool, "persyn", routing={"p1": "c", "p2": "a", "p3": "b"}).cost
+    assert unlabeled.requests == 3
+    assert unlabeled.tokens == row_tokens[("p1", "c")] + row_tokens[("p2", "a")] + row_tokens[("p3", "b")]
     assert routed.teacher_counts == {"a": 1, "b": 1, "c": 1}
 
 
