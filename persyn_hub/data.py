@@ -91,6 +91,12 @@ def prompt_hash(text: str) -> str:
 
 def _row_messages(row: dict[str, Any], config: PromptsConfig, row_index: int) -> list[dict[str, str]]:
     if config.prompt_template:
+        for name in _template_fields(config.prompt_template):
+            if row[name] is None or isinstance(row[name], (list, dict)):
+                raise PromptDataError(
+                    f"row {row_index} of {config.source!r}: column {name!r} (prompts.prompt_template) is "
+                    f"{row[name]!r}, not text; fix the row or drop it."
+                )
         value: Any = config.prompt_template.format(**row)
     else:
         value = row[config.prompt_column]

@@ -86,12 +86,25 @@ def generation_identity(teacher: TeacherConfig) -> dict[str, Any]:
 
 
 def _generation_stage(
-    cache: StageCache, name: str, key: str, prompts: Dataset, teacher: TeacherConfig, seed: int
+    cache: StageCache,
+    name: str,
+    key: str,
+    prompts: Dataset,
+    teacher: TeacherConfig,
+    seed: int,
+    rows_key: str,
 ) -> tuple[Dataset, dict[str, Any]]:
+    """Generate `prompts` with `teacher`; rows are checkpointed per teacher, not per stage.
+
+    A row's answer depends on the prompt and the teacher only, so both phases of a teacher share one
+    checkpoint (`stages/rows--<teacher>-<rows_key>/`): when a re-run routes differently (a label row
+    that failed is now answered, new budgets) no row a teacher already answered is requested again.
+    """
     stats_holder: dict[str, Any] = {}
+    checkpoint_dir = cache.folder(f"rows/{teacher.name}", rows_key)
 
     def compute(folder: Path) -> Dataset:
-        result, stats = generate_responses(prompts, teacher, checkpoint_dir=folder / "checkpoint", seed=seed)
+        result, stats = generate_responses(prompts, teacher, checkpoint_dir=checkpoint_dir, seed=seed)
         stats_holder.update(stats.to_dict())
         cache.write_json(name, key, "stats.json", stats_holder)
         return result
@@ -145,17 +158,36 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
     labeled_prompts = prompts.select(range(num_labeled))
     label_parts, generation_stats = [], {}
     label_keys = []
+    rows_keys = {
+        teacher.name: cache.key("rows", prompts_key, generation_identity(teacher), recipe.seed)
+        for teacher in recipe.teachers
+    }
     for teacher in recipe.teachers:
         key = cache.key("label-generate", prompts_key, num_labeled, generation_identity(teacher), recipe.seed)
         label_keys.append(key)
         part, stats = _generation_stage(
-            cache, f"label-generate/{teacher.name}", key, labeled_prompts, teacher, recipe.seed
+            cache,
+            f"label-generate/{teacher.name}",
+            key,
+            labeled_prompts,
+            teacher,
+            recipe.seed,
+            rows_keys[teacher.name],
         )
         label_parts.append(part)
         generation_stats.setdefault(teacher.name, []).append({"phase": "labeling", **stats})
     pool = concatenate_datasets(label_parts)
 
-    learn_key = cache.key("learnability", label_keys, recipe.student)
+    # Rows still failed are part of the key: once a re-run generates them, scoring, the router and the
+    # routing are recomputed with them instead of being reused from the run that lacked them.
+    label_failures = sorted(
+        f"{teacher}/{prompt_id}"
+        for teacher, prompt_id, error in zip(pool["teacher"], pool["prompt_id"], pool["error"])
+        if error is not None
+    )
+    learn_key = cache.key(
+        "learnability", label_keys, recipe.student, *([label_failures] if label_failures else [])
+    )
     pool = cache.dataset_stage("learnability", learn_key, lambda _: score_learnability(pool, recipe.student))
     quality_key = cache.key("quality", learn_key, recipe.quality)
     pool = cache.dataset_stage("quality", quality_key, lambda _: score_quality(pool, recipe.quality))
@@ -209,10 +241,13 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
             desc=f"Selecting {teacher.name}'s prompts",
         ).select_columns(["prompt_id", "messages"])
         key = cache.key("generate", route_key, num_labeled, generation_identity(teacher), recipe.seed)
-        part, stats = _generation_stage(cache, f"generate/{teacher.name}", key, own, teacher, recipe.seed)
+        part, stats = _generation_stage(
+            cache, f"generate/{teacher.name}", key, own, teacher, recipe.seed, rows_keys[teacher.name]
+        )
         generated_parts.append(part)
         generation_stats.setdefault(teacher.name, []).append({"phase": "routed", **stats})
 
+    logger.info("stage assemble: started (%s)", run_dir / "artifacts" / "dataset")
     responses = collect_responses(*label_parts, *generated_parts)
     final, failed = assemble_dataset(routed, responses, labeled_ids)
     _export(final, run_dir / "artifacts" / "dataset")

@@ -102,6 +102,24 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
     )
     if recipe.quality.kind == "reward_model" and recipe.quality.reward_model:
         _check_reward_model(recipe)
+    if recipe.routing.router:
+        _check_router(recipe)
+
+
+def _check_router(recipe: PersynRecipe) -> None:
+    """A given router loads (safetensors only) and scores exactly the recipe's teachers."""
+    from persyn_hub.router import RouterMismatchError, load_router
+
+    name = recipe.routing.router or ""
+    try:
+        load_router(name, expected_teachers=recipe.teacher_names())
+    except RouterMismatchError as error:
+        raise PreflightError(f"routing.router: {error}") from error
+    except Exception as error:  # noqa: BLE001 - every load failure gets the same clear report
+        raise PreflightError(
+            f"routing.router: cannot load {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
+            "Point it at a router folder or Hub repo saved by `persyn run` (model.safetensors + config.json)."
+        ) from error
 
 
 def _check_reward_model(recipe: PersynRecipe) -> None:

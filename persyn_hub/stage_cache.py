@@ -3,12 +3,15 @@
 A stage's key chains its own parameters with the keys of the stages it reads, so changing `alpha`
 re-runs `combine` and everything after it, and nothing before. Each stage writes into
 `stages/<name>-<key>/`: the data set is saved to a temporary folder and renamed into place, then a
-`_SUCCESS` marker is written, so a crash never leaves an output that looks finished. Stages that
-checkpoint rows (generation) keep their `checkpoint/` folder there across crashes.
+`_SUCCESS` marker is written, so a crash never leaves an output that looks finished. The marker holds
+the sha256 of every output file, so a damaged cache is reported instead of read as wrong data.
+Generation checkpoints its rows in a folder of its own (`stages/rows--<teacher>-<key>/`, see
+`pipeline.py`), kept across crashes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -69,6 +72,30 @@ def load_dataset_folder(path: Path) -> Dataset:
     return load_from_disk(str(path))
 
 
+def file_digest(file: Path) -> str | None:
+    """sha256 of a file, None when it is missing."""
+    if not file.is_file():
+        return None
+    sha = hashlib.sha256()
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def folder_digest(path: Path) -> dict[str, str | None]:
+    """sha256 of every file under `path`, by relative name: what `_SUCCESS` vouches for."""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    return {file.relative_to(path).as_posix(): file_digest(file) for file in files}
+
+
+def _corrupt(folder: Path, problem: str) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"The cached stage {folder} is unreadable ({problem}). Delete that folder and run again; only this "
+        "stage will be recomputed (generated rows are kept apart, in stages/rows--*, and reused)."
+    )
+
+
 @dataclass
 class StageCache:
     root: Path
@@ -87,14 +114,27 @@ class StageCache:
     def is_done(self, name: str, key: str) -> bool:
         return (self.folder(name, key) / SUCCESS).is_file()
 
+    def _verify(self, folder: Path, output: Path) -> None:
+        """Raise `CorruptCacheError` when the files under `output` are not the ones `_SUCCESS` vouches for."""
+        try:
+            expected = json.loads((folder / SUCCESS).read_text()).get("files")
+        except (OSError, ValueError, AttributeError) as error:
+            raise _corrupt(folder, f"{SUCCESS}: {type(error).__name__}: {error}") from error
+        if expected is None:
+            return  # written before markers held checksums
+        # Files added later (`datasets` cache files next to a loaded set) are not the stage's output.
+        damaged = sorted(name for name, digest in expected.items() if file_digest(output / name) != digest)
+        if damaged:
+            raise _corrupt(
+                folder, f"{damaged[:5]} under {output.name}/ changed or went missing since it was written"
+            )
+
     def _load(self, folder: Path) -> Dataset:
+        self._verify(folder, folder / "data")
         try:
             return load_dataset_folder(folder / "data")
         except Exception as error:  # noqa: BLE001 - any unreadable cache is reported the same way
-            raise CorruptCacheError(
-                f"The cached stage {folder} is unreadable ({type(error).__name__}: {error}). "
-                f"Delete that folder and run again; only this stage will be recomputed."
-            ) from error
+            raise _corrupt(folder, f"{type(error).__name__}: {error}") from error
 
     def dataset_stage(
         self,
@@ -117,12 +157,14 @@ class StageCache:
             self.records.append(StageRecord(name, time.perf_counter() - started, True, key))
             logger.info("stage %s: cached (%s)", name, folder)
             return dataset
+        logger.info("stage %s: started (%s)", name, folder)
         folder.mkdir(parents=True, exist_ok=True)
         dataset = compute(folder)
         save_dataset_folder(dataset, folder / "data")
         dataset = load_dataset_folder(folder / "data")
         if complete(dataset):
-            (folder / SUCCESS).write_text(json.dumps({"key": key, "rows": len(dataset)}))
+            marker = {"key": key, "rows": len(dataset), "files": folder_digest(folder / "data")}
+            (folder / SUCCESS).write_text(json.dumps(marker))
         self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
         return dataset
 
@@ -132,15 +174,18 @@ class StageCache:
         started = time.perf_counter()
         output = folder / "output"
         if (folder / SUCCESS).is_file():
+            self._verify(folder, output)
             self.records.append(StageRecord(name, time.perf_counter() - started, True, key))
+            logger.info("stage %s: cached (%s)", name, folder)
             return output
+        logger.info("stage %s: started (%s)", name, folder)
         staging = folder / "output.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         compute(staging)
         shutil.rmtree(output, ignore_errors=True)
         os.replace(staging, output)
-        (folder / SUCCESS).write_text(json.dumps({"key": key}))
+        (folder / SUCCESS).write_text(json.dumps({"key": key, "files": folder_digest(output)}))
         self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
         return output
 

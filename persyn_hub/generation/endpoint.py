@@ -423,6 +423,32 @@ def check_teacher(teacher: TeacherConfig) -> None:
         raise ValueError(f"{where}.max_concurrency: must be positive.")
 
 
+def check_endpoints(teacher: TeacherConfig, timeout: float = 10.0) -> None:
+    """Before any work: the URLs are well formed and at least one server answers HTTP (any status).
+
+    A dead replica among live ones only costs retries, so only a pool where none answers is refused.
+    The probe sends no token.
+    """
+    import httpx
+
+    check_teacher(teacher)
+    unreachable = []
+    for url in teacher.endpoints:
+        root = endpoint_root(url)
+        try:
+            httpx.get(f"{root}/v1/models", timeout=min(timeout, teacher.timeout))
+        except httpx.HTTPError as error:
+            unreachable.append(f"{root} ({type(error).__name__}: {error})")
+    if unreachable and len(unreachable) == len(teacher.endpoints):
+        raise ValueError(
+            f"no endpoint answers: {'; '.join(unreachable)}. Start the server or fix the URL; nothing was generated."
+        )
+    for problem in unreachable:
+        logger.warning(
+            "teachers.%s.endpoints: %s does not answer; its share goes to the others", teacher.name, problem
+        )
+
+
 def generate_with_endpoints(
     dataset: Dataset,
     teacher: TeacherConfig,

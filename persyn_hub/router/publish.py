@@ -138,7 +138,7 @@ def load_router(
     """
     register_auto_classes()
     kwargs = {"revision": revision, "token": token}
-    model = AutoModel.from_pretrained(name_or_path, **kwargs)
+    model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, **kwargs)  # never a pickle
     if not isinstance(model, PersynRouter):
         raise RouterMismatchError(
             f"{name_or_path!r} is a {type(model).__name__} (model_type {model.config.model_type!r}), not a "
