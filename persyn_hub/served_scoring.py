@@ -34,12 +34,12 @@ from functools import partial
 from typing import Any, Optional
 
 from datasets import Dataset, Features, Value
-from huggingface_hub import get_token
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import StudentConfig
 from persyn_hub.fingerprint import fingerprint
+from persyn_hub.generation.auth import token_for
 from persyn_hub.generation.endpoint import endpoint_root, run_coroutine
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.learnability import _IDS, _START, SCORE_FEATURES, _tokenize_batch, _usable
@@ -197,7 +197,7 @@ class ServedScorer:
         self.bos = tokenizer.bos_token_id
         self.strip_bos = False
         """Learned from the server: it adds a BOS itself, so texts are sent without their leading one."""
-        self.token = get_token()  # the standard Hub token sources; never logged
+        self.token = token_for(self.root)  # Hugging Face hosts only (generation.auth); never logged
 
     # ---- one HTTP call, with retries -----------------------------------------------------------
     async def _call(

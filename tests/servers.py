@@ -160,6 +160,8 @@ class FaultProxy:
         self.plan: dict[str, list[str]] = {}
         self.default: list[str] = []
         self.requests: Counter = Counter()
+        self.authorizations: set[str] = set()
+        """Every Authorization header value the proxy saw (a leaked token would show here)."""
         self.successes: Counter = Counter()
         self.injected: Counter = Counter()
         self.request_times: dict[str, list[float]] = defaultdict(list)
@@ -242,6 +244,7 @@ class FaultProxy:
         """Answer one request; False closes the connection."""
         fault = None
         key = ""
+        self.authorizations.add(str({k.lower(): v for k, v in headers.items()}.get("authorization")))
         if method == "POST":
             try:
                 key = prompt_key(json.loads(body or b"{}"))

@@ -316,3 +316,26 @@ def test_client_killed_mid_stage_resumes_without_duplicates(proxy, prompts, refe
     assert sum(proxy.requests.values()) == ROWS - done
     assert len(set(result["prompt_id"])) == ROWS and result["prompt_id"] == prompts["prompt_id"]
     assert responses(result) == responses(reference)
+
+
+def test_the_hub_token_goes_to_hugging_face_hosts_only(monkeypatch):
+    from persyn_hub.generation.auth import token_for
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_for_tests")
+    monkeypatch.delenv("PERSYN_HF_TOKEN_HOSTS", raising=False)
+    assert token_for("https://abc123.us-east-1.aws.endpoints.huggingface.cloud") == "hf_secret_for_tests"
+    assert token_for("https://router.huggingface.co/v1") == "hf_secret_for_tests"
+    for url in ("http://127.0.0.1:8080", "https://tgi.some-lab.org", "https://huggingface.co.evil.com"):
+        assert token_for(url) is None, url
+    monkeypatch.setenv("PERSYN_HF_TOKEN_HOSTS", "tgi.some-lab.org")
+    assert token_for("https://tgi.some-lab.org") == "hf_secret_for_tests"
+
+
+def test_a_non_hugging_face_endpoint_never_receives_the_hub_token(proxy, prompts, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_for_tests")
+    monkeypatch.delenv("PERSYN_HF_TOKEN_HOSTS", raising=False)
+    for prompt_format in ("chat", "completion"):
+        teacher = teacher_for(proxy.url, prompt_format=prompt_format)
+        result, _ = generate(prompts.select(range(2)), teacher, tmp_path / prompt_format)
+        assert result["error"] == [None, None]
+    assert proxy.authorizations and not any("hf_secret_for_tests" in a for a in proxy.authorizations)

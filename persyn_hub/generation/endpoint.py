@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from datasets import Dataset, Features, Value
-from huggingface_hub import AsyncInferenceClient, get_token
+from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
 from persyn_hub.config import TeacherConfig
 from persyn_hub.fingerprint import fingerprint
+from persyn_hub.generation.auth import client_token, token_for
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
@@ -98,6 +99,8 @@ class Endpoint:
     """One server: its root URL and the clients that talk to it (opened per map batch)."""
 
     root: str
+    token: Optional[str]
+    """The Hub token for Hugging Face hosts only (`generation.auth`); never logged."""
     chat: AsyncInferenceClient
     http: Any
     """huggingface_hub's async HTTP session (an `httpx2.AsyncClient`), for `/v1/completions`."""
@@ -205,7 +208,6 @@ class EndpointGenerator:
         self.checkpoint = checkpoint
         self.stats = stats
         self.stop = default_stop(teacher)
-        self.token = get_token()  # the standard Hub token sources; never logged
         self.api = "tgi" if teacher.endpoint_api == "tgi" else "openai"
 
     # ---- one request -------------------------------------------------------------------------
@@ -254,7 +256,7 @@ class EndpointGenerator:
         response = await endpoint.http.post(
             f"{endpoint.root}/v1/completions",
             json=payload,
-            headers=build_hf_headers(token=self.token or False),
+            headers=build_hf_headers(token=endpoint.token or False),
         )
         hf_raise_for_status(response)
         raw = response.text
@@ -371,13 +373,16 @@ class EndpointGenerator:
     # ---- one map batch -----------------------------------------------------------------------
     async def _open(self, stack: AsyncExitStack, url: str) -> Endpoint:
         root = endpoint_root(url)
+        token = token_for(root)
         if self.api == "tgi":
-            chat = AsyncInferenceClient(model=root, token=self.token, timeout=self.teacher.timeout)
+            chat = AsyncInferenceClient(model=root, token=client_token(root), timeout=self.teacher.timeout)
         else:
-            chat = AsyncInferenceClient(base_url=f"{root}/v1", token=self.token, timeout=self.teacher.timeout)
+            chat = AsyncInferenceClient(
+                base_url=f"{root}/v1", token=client_token(root), timeout=self.teacher.timeout
+            )
         await stack.enter_async_context(chat)
         http = await stack.enter_async_context(get_async_session())
-        return Endpoint(root=root, chat=chat, http=http)
+        return Endpoint(root=root, token=token, chat=chat, http=http)
 
     async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         writer = CheckpointWriter(self.checkpoint)
