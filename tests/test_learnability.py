@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+import persyn_hub.learnability as learnability
 from persyn_hub.config import StudentConfig
 from persyn_hub.learnability import load_student, score_learnability
 
@@ -135,3 +136,124 @@ def test_missing_columns_are_named(student):
             model=model,
             tokenizer=tokenizer,
         )
+
+
+@pytest.fixture(scope="module")
+def shared_pool(asdiv_prompts):
+    """Three ASDiv prompts x four teachers: a long answer (cut by max_length below), a short one, an empty
+    one, a medium one; plus a failed row, and a prompt answered once (no prefix to share)."""
+    rows = []
+    for row in asdiv_prompts.select(range(3)):
+        base = {k: row[k] for k in ("prompt_id", "messages", "prompt", "answer")}
+        long = "Let's read the problem carefully and work through every quantity it mentions. " * 6
+        for teacher, response in (
+            ("long", long + f"The answer is {row['answer']}."),
+            ("short", "It is 3."),
+            ("empty", ""),
+            ("medium", f"Answer: {row['answer']}. I checked the arithmetic twice."),
+        ):
+            rows.append({**base, "teacher": teacher, "response": response, "error": None})
+    rows[5] = {**rows[5], "response": None, "error": "timeout after 120 s: <no output>"}
+    lone = asdiv_prompts[3]
+    rows.append(
+        {
+            **{k: lone[k] for k in ("prompt_id", "messages", "prompt", "answer")},
+            "teacher": "short",
+            "response": "It is 3.",
+            "error": None,
+        }
+    )
+    return Dataset.from_list(rows)
+
+
+def test_prefix_shared_path_matches_full_softmax_loop(student, shared_pool, monkeypatch):
+    """K=4 responses per prompt scored from one cached prompt equal the independent full-forward numbers,
+    with an empty response, a failed row, a truncated row and a row with no other row to share with."""
+    _, model, tokenizer = student
+    assert learnability.supports_prefix_cache(model)
+    references = [
+        None if row["error"] else reference_scores(model, tokenizer, row["messages"], row["response"])
+        for row in shared_pool
+    ]
+    longest_prompt = max(ref[1] for ref in references if ref)
+    fits = max(
+        len(ref[0]) - ref[1] for ref, row in zip(references, shared_pool) if ref and row["teacher"] != "long"
+    )
+    max_length = longest_prompt + fits  # the short, empty and medium answers fit; the long ones do not
+    assert all(
+        len(ref[0]) > max_length for ref, row in zip(references, shared_pool) if row["teacher"] == "long"
+    )
+    calls = []
+    shared = learnability.prefix_shared_logprob_sums
+
+    def spy(model, prefixes, segments, *args):
+        calls.append((len(prefixes), len(segments)))
+        return shared(model, prefixes, segments, *args)
+
+    monkeypatch.setattr(learnability, "prefix_shared_logprob_sums", spy)
+    config = StudentConfig(max_length=max_length, batch_tokens=256)  # several prefix and segment batches
+    scored = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
+    assert calls and sum(n for _, n in calls) == 11  # 3 prompts x 4 teachers, less the failed row
+    assert scored["prompt_id"] == shared_pool["prompt_id"] and scored["teacher"] == shared_pool["teacher"]
+    for row, ref in zip(scored, references):
+        if ref is None:
+            assert row["learnability"] is None and row["learnability_sum"] is None
+            assert row["num_response_tokens"] is None and row["truncated"] is False
+            continue
+        ids, start, token_logprobs = ref
+        kept = token_logprobs[: max(0, max_length - start)]
+        assert row["truncated"] is (len(ids) > max_length)
+        assert row["num_response_tokens"] == len(kept) > 0
+        assert row["learnability"] == pytest.approx(kept.mean().item(), abs=1e-4)
+        assert row["learnability_sum"] == pytest.approx(kept.sum().item(), abs=1e-3)
+    assert scored["truncated"] == [row["teacher"] == "long" for row in shared_pool]
+    assert [n for n, t in zip(scored["num_response_tokens"], shared_pool["teacher"]) if t == "empty"] == [
+        2,
+        2,
+        2,
+    ]
+
+    # the plain path (no prefix sharing) gives the same numbers
+    monkeypatch.setattr(learnability, "supports_prefix_cache", lambda model: False)
+    plain = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
+    assert plain["num_response_tokens"] == scored["num_response_tokens"]
+    assert plain["truncated"] == scored["truncated"]
+    for a, b in zip(plain["learnability"], scored["learnability"]):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)
+
+
+def test_prefix_shared_batches_and_waves_agree(student, shared_pool, monkeypatch):
+    """Tiny token and cache budgets (one prefix per batch, one cached batch per wave) change nothing."""
+    config, model, tokenizer = student
+    big = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
+    monkeypatch.setattr(learnability, "KV_BUDGET_BYTES", 1)
+    small = score_learnability(shared_pool, StudentConfig(batch_tokens=16), model=model, tokenizer=tokenizer)
+    assert small["num_response_tokens"] == big["num_response_tokens"]
+    for a, b in zip(big["learnability"], small["learnability"]):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)
+
+
+class _CacheIgnoringModel(torch.nn.Module):
+    """A student whose forward accepts a cache but never fills it (as some remote-code models do)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):  # fmt: skip
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+
+
+def test_model_that_ignores_the_cache_falls_back_to_full_rows(student, shared_pool, monkeypatch):
+    config, model, tokenizer = student
+    expected = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
+    wrapped = _CacheIgnoringModel(model)
+    assert not learnability.supports_prefix_cache(wrapped)  # not a transformers model: plain path
+    monkeypatch.setattr(learnability, "supports_prefix_cache", lambda model: True)  # pretend it is
+    scored = score_learnability(shared_pool, config, model=wrapped, tokenizer=tokenizer)
+    assert wrapped in learnability._NO_PREFIX_CACHE
+    assert scored["num_response_tokens"] == expected["num_response_tokens"]
+    for a, b in zip(scored["learnability"], expected["learnability"]):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)
