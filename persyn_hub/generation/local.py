@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import logging
 import zlib
-from typing import Any
 
 import torch
 from datasets import Dataset
@@ -21,16 +20,9 @@ from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
 from persyn_hub.generation.stats import GenerationStats
+from persyn_hub.learnability import torch_dtype
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def torch_dtype(name: str) -> Any:
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}.")
-    return DTYPES[name]
 
 
 def load_teacher(teacher: TeacherConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
