@@ -52,20 +52,19 @@ def _validate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _route(args: argparse.Namespace, extra: list[str]) -> int:
     """Route a new prompt set with a trained router; no teacher generates anything."""
-    from persyn_hub.config import PromptsConfig, parse_overrides
+    from persyn_hub.config import PromptsConfig, _apply_override, _build_dataclass, parse_overrides
     from persyn_hub.data import load_prompts
-    from persyn_hub.router import load_router, route_prompts
+    from persyn_hub.preflight import open_router
+    from persyn_hub.router import route_prompts
 
-    prompt_config = PromptsConfig(source=args.prompts, prompt_column=args.prompt_column, split=args.split)
-    for key, value in parse_overrides(extra):
-        if not hasattr(prompt_config, key):
-            raise SystemExit(f"--{key}: not a prompts setting; see `persyn route --help`.")
-        setattr(prompt_config, key, type(getattr(prompt_config, key) or "")(value) if value else None)
-    prompt_config.num_prompts = args.num_prompts
+    values = {"source": args.prompts, "prompt_column": args.prompt_column, "split": args.split}
+    values["num_prompts"] = args.num_prompts
+    for key, value in parse_overrides(extra):  # any prompts setting: --drop_duplicates true, --id_column id
+        _apply_override(values, key, value)
+    prompt_config = _build_dataclass(PromptsConfig, values, "prompts")  # typed; unknown keys named
+    teachers = args.teachers.split(",") if args.teachers else None
+    router, tokenizer = open_router(args.router, teachers, field="--router")  # before any prompt loads
     prompts = load_prompts(prompt_config, seed=args.seed)
-    router, tokenizer = load_router(
-        args.router, expected_teachers=args.teachers.split(",") if args.teachers else None
-    )
     budgets = json.loads(args.budgets) if args.budgets else None
     routed = route_prompts(prompts, router, tokenizer, budgets=budgets, batch_size=args.batch_size)
     routed.save_to_disk(args.output)

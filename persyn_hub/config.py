@@ -278,6 +278,11 @@ def validate_recipe(recipe: PersynRecipe) -> None:
             )
     if not 0.0 < recipe.router.eval_fraction < 1.0:
         raise RecipeError(f"router.eval_fraction: {recipe.router.eval_fraction} must be in (0, 1).")
+    if recipe.routing.router and recipe.output.hub.router_repo:
+        raise RecipeError(
+            "output.hub.router_repo: this recipe routes with a given router (routing.router) and trains none, "
+            "so there is no router to publish. Remove one of the two."
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,6 +127,15 @@ def _export(dataset: Dataset, path: Path) -> None:
     save_dataset_folder(dataset, path)
 
 
+def _export_folder(source: Path, path: Path) -> None:
+    """Copy a folder stage (the trained router) to `artifacts/`, swapped in whole like the data sets."""
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(staging, path)
+
+
 def run_pipeline(recipe: PersynRecipe) -> dict[str, Any]:
     """Run a recipe end to end and return (and write) its summary."""
     started = time.perf_counter()
@@ -141,7 +151,7 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
     from persyn_hub.combine import combine_rewards
     from persyn_hub.learnability import score_learnability
     from persyn_hub.quality import score_quality
-    from persyn_hub.router import load_router, route_prompts, train_router
+    from persyn_hub.router import load_router, route_prompts, router_identity, train_router
 
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     cache = StageCache(run_dir)
@@ -197,8 +207,9 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
 
     router_metrics: dict[str, Any] | None = None
     if recipe.routing.router:
-        router_key = cache.key("router", recipe.routing.router)
+        router_key = cache.key("router", recipe.routing.router, router_identity(recipe.routing.router))
         router_source = recipe.routing.router
+        shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
     else:
         router_key = cache.key("router", combine_key, recipe.router, recipe.seed, names, recipe.student.model)
 
@@ -218,6 +229,7 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
         router_dir = cache.folder_stage("router", router_key, train)
         router_metrics = json.loads((router_dir / "router_metrics.json").read_text())
         router_source = str(router_dir)
+        _export_folder(router_dir, run_dir / "artifacts" / "router")  # what `router_repo` publishes
     router, tokenizer = load_router(router_source, expected_teachers=names)
 
     route_key = cache.key("route", prompts_key, router_key, recipe.routing.budgets)

@@ -108,16 +108,20 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
 
 def _check_router(recipe: PersynRecipe) -> None:
     """A given router loads (safetensors only) and scores exactly the recipe's teachers."""
+    open_router(recipe.routing.router or "", recipe.teacher_names(), field="routing.router")
+
+
+def open_router(name: str, expected_teachers: list[str] | None, field: str) -> tuple[Any, Any]:
+    """Load a router, or raise one PreflightError naming `field` and the fix (a wrong pool, no files)."""
     from persyn_hub.router import RouterMismatchError, load_router
 
-    name = recipe.routing.router or ""
     try:
-        load_router(name, expected_teachers=recipe.teacher_names())
+        return load_router(name, expected_teachers=expected_teachers)
     except RouterMismatchError as error:
-        raise PreflightError(f"routing.router: {error}") from error
+        raise PreflightError(f"{field}: {error}") from error
     except Exception as error:  # noqa: BLE001 - every load failure gets the same clear report
         raise PreflightError(
-            f"routing.router: cannot load {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
+            f"{field}: cannot load {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
             "Point it at a router folder or Hub repo saved by `persyn run` (model.safetensors + config.json)."
         ) from error
 

@@ -83,6 +83,13 @@ def test_recipe_round_trips_through_yaml(tmp_path):
         (lambda v: v["quality"].update(kind="reward_model"), r"quality\.reward_model: .*no model is named"),
         (lambda v: v["teachers"][1].update(completion_template="Q: x"), r"completion_template: must contain"),
         (lambda v: v["labeling"].update(num_prompts=1000), r"prompts\.num_prompts \(256\) is smaller"),
+        (
+            lambda v: (
+                v["routing"].update(router="org/router"),
+                v["output"].update(hub={"router_repo": "org/r"}),
+            ),
+            r"output\.hub\.router_repo: this recipe routes with a given router \(routing\.router\)",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key_and_the_fix(tmp_path, mutate, message):

@@ -274,13 +274,13 @@ LOAD_ROUTER = """
 import json, sys
 from datasets import load_dataset
 from trl.data_utils import is_conversational
-from persyn_hub.router import load_router, score_texts
+from persyn_hub.router import load_router, router_identity, score_texts
 final = load_dataset(sys.argv[3], split="train")
 router, tokenizer = load_router(sys.argv[1], expected_teachers=["gemma", "smollm2"], revision=sys.argv[2])
 scores = score_texts(["Tom has 3 apples and buys 4 more. How many now?", "What is 12 / 4?"], router, tokenizer)
 print(json.dumps({"router_teachers": list(router.config.teachers), "scores_shape": list(scores.shape),
                   "router_label_revision": router.config.label_revision, "conversational": is_conversational(final[0]),
-                  "final_rows_local_hub": len(final)}))
+                  "final_rows_local_hub": len(final), "router_identity": router_identity(sys.argv[1], revision=sys.argv[2])}))
 """
 
 
@@ -382,6 +382,8 @@ def test_publish_run_then_load_every_artifact(api, local_hub, olah_url, run_v1, 
     assert loaded["compare_pool_same"] is True
     assert loaded["router_teachers"] == TEACHERS and loaded["scores_shape"] == [2, 2]
     assert loaded["router_label_revision"] == published["labels"]["revision"]
+    # a Hub router's cache identity is the commit it resolves to, so a re-push is a new routing
+    assert loaded["router_identity"] == f"{repos['router_repo']}@{published['router']['revision']}"
 
     # The token authenticated the pushes, and appears nowhere: not in a pushed file, not in a log line.
     assert local_hub.tokens_seen == {TOKEN}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import load_from_disk
 
 ROOT = Path(__file__).parents[1]
+TEACHERS = ["smollm2-135m-instruct", "gemma-3-270m"]
 SMALL = [
     "--prompts.num_prompts",
     "24",
@@ -101,6 +104,10 @@ def test_the_run_produces_the_dataset_and_the_summary(finished_run):
         assert len(row["router_scores"]) == 2
     labels = load_from_disk(str(output_dir / "artifacts" / "labels"))
     assert len(labels) == 16 * 2
+    from persyn_hub.router import load_router  # the trained router, ready for `router_repo` or `persyn route`
+
+    router, _ = load_router(str(output_dir / "artifacts" / "router"), expected_teachers=TEACHERS)
+    assert router.config.student == "bundled:smollm2-135m-instruct"
     assert {"learnability", "quality", "reward", "excluded"} <= set(labels.column_names)
 
 
@@ -123,3 +130,36 @@ def test_a_concurrent_run_on_the_same_directory_is_refused(finished_run):
         result = persyn_run(output_dir)
     assert result.returncode == 2
     assert "is in use by" in result.stderr and "--output.dir" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_given_router_routes_and_one_retrained_in_place_routes_again(finished_run, tmp_path):
+    from persyn_hub.router import load_router, save_router
+
+    output_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], output_dir)
+    router_dir = tmp_path / "router"
+    shutil.copytree(output_dir / "artifacts" / "router", router_dir)
+
+    given = persyn_run(output_dir, "--routing.router", str(router_dir))
+    assert given.returncode == 0, given.stderr[-4000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    cached = {stage["name"]: stage["cached"] for stage in summary["stages"]}
+    assert "router" not in cached and cached["route"] is False and cached["combine"] is True
+    assert summary["requests_this_run"] == 0  # the same weights route the same way: no new generation
+    assert summary["teacher_counts"] == finished_run[2]["teacher_counts"]
+
+    # Retrained in place: same path, new weights (here every prompt goes to gemma), so it routes again.
+    router, tokenizer = load_router(str(router_dir), expected_teachers=TEACHERS)
+    with torch.no_grad():
+        router.score.bias.copy_(
+            torch.tensor([-1e4 if t != "gemma-3-270m" else 1e4 for t in router.config.teachers])
+        )
+    save_router(router, tokenizer, router_dir, {})
+    again = persyn_run(output_dir, "--routing.router", str(router_dir))
+    assert again.returncode == 0, again.stderr[-4000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    cached = {stage["name"]: stage["cached"] for stage in summary["stages"]}
+    assert cached["route"] is False and cached["combine"] is True
+    routing = load_from_disk(str(output_dir / "artifacts" / "routing"))
+    assert set(routing["teacher"]) == {"gemma-3-270m"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from persyn_hub.cli import main as cli_main
 from persyn_hub.router import (
     BudgetError,
     PersynRouter,
@@ -21,6 +23,7 @@ from persyn_hub.router import (
     load_router,
     pivot_rewards,
     route_prompts,
+    router_identity,
     routing_metrics,
     save_router,
     split_by_prompt,
@@ -245,6 +248,56 @@ def test_a_router_for_another_pool_is_refused_naming_both_lists(fresh_router, tm
     save_router(router, tokenizer, tmp_path, {})
     with pytest.raises(RouterMismatchError, match=r"scores teachers \['a', 'b'\].*teachers are \['a', 'c'\]"):
         load_router(str(tmp_path), expected_teachers=["a", "c"])
+
+
+def test_persyn_route_names_a_wrong_pool_or_a_missing_router_in_one_line(fresh_router, tmp_path, capsys):
+    router, tokenizer = fresh_router
+    save_router(router, tokenizer, tmp_path / "router", {})
+    common = ["--prompts", "bundled:asdiv", "--num-prompts", "4", "--output", str(tmp_path / "out")]
+
+    code = cli_main(["route", "--router", str(tmp_path / "router"), "--teachers", "a,c", *common])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert "--router:" in error and "['a', 'b']" in error and "['a', 'c']" in error
+
+    code = cli_main(["route", "--router", str(tmp_path / "nothing-here"), *common])
+    error = capsys.readouterr().err
+    assert code == 2 and "--router: cannot load" in error and "model.safetensors" in error
+    assert not (tmp_path / "out").exists()
+
+    code = cli_main(
+        ["route", "--router", str(tmp_path / "router"), "--teachers", "b,a", *common, "--prompt_colum", "q"]
+    )
+    assert (
+        code == 2
+        and "prompts.prompt_colum: unknown key. Did you mean 'prompt_column'?" in capsys.readouterr().err
+    )
+
+    # ASDiv repeats some questions: a prompts setting passed through as an override, typed from YAML
+    routed = [
+        "route",
+        "--router",
+        str(tmp_path / "router"),
+        "--teachers",
+        "b,a",
+        *common,
+        "--drop_duplicates",
+        "true",
+    ]
+    assert cli_main(routed) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 4 and (tmp_path / "out").is_dir()
+
+
+def test_a_router_retrained_in_place_has_a_new_identity(fresh_router, tmp_path):
+    router, tokenizer = fresh_router
+    save_router(router, tokenizer, tmp_path, {})
+    first = router_identity(str(tmp_path))
+    save_router(router, tokenizer, tmp_path, {"top1_agreement": 1.0})  # same weights, new metrics
+    assert router_identity(str(tmp_path)) == first and "model.safetensors:" in first
+    changed = PersynRouter(router.config)
+    changed.load_state_dict({k: v + 1e-3 for k, v in router.state_dict().items()})
+    save_router(changed, tokenizer, tmp_path, {})
+    assert router_identity(str(tmp_path)) != first
 
 
 def test_routing_needs_a_prompt_column(fresh_router):

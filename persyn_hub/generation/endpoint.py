@@ -20,12 +20,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import Coroutine
-from contextlib import AsyncExitStack
+from collections.abc import Coroutine, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from datasets import Dataset, Features, Value
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, tqdm
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
@@ -39,8 +40,9 @@ from persyn_hub.generation.stats import GenerationStats
 
 logger = logging.getLogger(__name__)
 
-MAP_BATCH_SIZE = 256
-"""Rows per `Dataset.map` batch; each batch runs its rows concurrently."""
+MAP_BATCH_SIZE = 1024
+"""Rows per `Dataset.map` batch; each batch runs its rows concurrently. Batches end with a barrier
+(the last slow request holds the next batch), so they are large; progress is counted per row."""
 FLUSH_ROWS = 16
 FLUSH_SECONDS = 0.25
 """Finished rows are written to the checkpoint in groups of at most this many rows / seconds."""
@@ -102,8 +104,8 @@ class Endpoint:
     token: Optional[str]
     """The Hub token for Hugging Face hosts only (`generation.auth`); never logged."""
     chat: AsyncInferenceClient
-    http: Any
-    """huggingface_hub's async HTTP session (an `httpx2.AsyncClient`), for `/v1/completions`."""
+    http: Any = None
+    """huggingface_hub's async HTTP session (an `httpx2.AsyncClient`), for `/v1/completions` only."""
 
 
 class SlotPool:
@@ -203,12 +205,26 @@ def _cut_at_stop(text: str, stop: list[str]) -> str:
 class EndpointGenerator:
     """Callable for `Dataset.map(batched=True)`: generates the rows the checkpoint does not have."""
 
-    def __init__(self, teacher: TeacherConfig, checkpoint: GenerationCheckpoint, stats: GenerationStats):
+    def __init__(
+        self,
+        teacher: TeacherConfig,
+        checkpoint: GenerationCheckpoint,
+        stats: GenerationStats,
+        progress: Optional[tqdm] = None,
+    ):
         self.teacher = teacher
         self.checkpoint = checkpoint
         self.stats = stats
         self.stop = default_stop(teacher)
         self.api = "tgi" if teacher.endpoint_api == "tgi" else "openai"
+        self.progress = progress
+        """Advanced per finished row, so a slow teacher shows progress within a map batch."""
+
+    def _advance(self, rows: int) -> None:
+        if self.progress is not None:
+            self.progress.update(rows)
+            if self.stats.failures:
+                self.progress.set_postfix(failed=self.stats.failures, refresh=False)
 
     # ---- one request -------------------------------------------------------------------------
     async def _chat(self, endpoint: Endpoint, messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -322,6 +338,7 @@ class EndpointGenerator:
         if record["error"]:
             self.stats.add_failure(record["error"])
         writer.add(record)
+        self._advance(1)
         return record
 
     async def _with_retries(self, prompt_id: str, messages: list[dict], pool: SlotPool) -> dict[str, Any]:
@@ -381,7 +398,9 @@ class EndpointGenerator:
                 base_url=f"{root}/v1", token=client_token(root), timeout=self.teacher.timeout
             )
         await stack.enter_async_context(chat)
-        http = await stack.enter_async_context(get_async_session())
+        http = None
+        if self.teacher.prompt_format == "completion" and self.api != "tgi":  # /v1/completions
+            http = await stack.enter_async_context(get_async_session())
         return Endpoint(root=root, token=token, chat=chat, http=http)
 
     async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -405,6 +424,7 @@ class EndpointGenerator:
             else:
                 records[row["prompt_id"]] = done
                 self.stats.reused += 1
+        self._advance(len(rows) - len(todo))
         if todo:
             records.update({record["prompt_id"]: record for record in run_coroutine(self._generate(todo))})
         out: dict[str, list] = {"teacher": [self.teacher.name] * len(rows)}
@@ -481,14 +501,29 @@ def generate_with_endpoints(
             "Load prompts with persyn_hub.data.load_prompts."
         )
     check_teacher(teacher)
-    generator = EndpointGenerator(teacher, checkpoint, stats)
     features = Features({**dataset.features, **OUTPUT_FEATURES})
-    return dataset.map(
-        generator,
-        batched=True,
-        batch_size=MAP_BATCH_SIZE,
-        features=features,
-        desc=f"Generating with {teacher.name}",
-        load_from_cache_file=False,
-        new_fingerprint=fingerprint("generate-endpoint", teacher, dataset._fingerprint),
-    )
+    with (
+        tqdm(total=len(dataset), desc=f"Generating with {teacher.name}", unit="row") as progress,
+        _map_progress_hidden(),
+    ):
+        return dataset.map(
+            EndpointGenerator(teacher, checkpoint, stats, progress),
+            batched=True,
+            batch_size=MAP_BATCH_SIZE,
+            features=features,
+            load_from_cache_file=False,
+            new_fingerprint=fingerprint("generate-endpoint", teacher, dataset._fingerprint),
+        )
+
+
+@contextmanager
+def _map_progress_hidden() -> Iterator[None]:
+    """`datasets`' own bar moves once per map batch; the per-row bar above replaces it."""
+    if are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()

@@ -22,6 +22,7 @@ from persyn_hub.router.publish import (
     load_router,
     push_router,
     render_router_card,
+    router_identity,
     save_router,
 )
 from persyn_hub.router.routing import route_prompts, score_texts
@@ -44,6 +45,7 @@ __all__ = [
     "push_router",
     "render_router_card",
     "route_prompts",
+    "router_identity",
     "routing_metrics",
     "save_router",
     "score_texts",

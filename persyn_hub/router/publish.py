@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
 from transformers import AutoModel, AutoTokenizer
 
 from persyn_hub.router.modeling import PersynRouter, PersynRouterConfig, register_auto_classes
+from persyn_hub.stage_cache import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,18 @@ def load_router(
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def router_identity(name_or_path: str, *, revision: str | None = None) -> str:
+    """What the router *is*, for cache keys: the sha256 of a local folder's weights and config, or the
+    Hub commit a repo id resolves to. A router retrained in place then routes again; the path alone
+    would reuse the old routing."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) + [path / "config.json"]
+        return ",".join(f"{file.name}:{file_digest(file)}" for file in files)
+    config = hf_hub_download(name_or_path, "config.json", revision=revision)  # cached, works offline
+    return f"{name_or_path}@{Path(config).parent.name}"  # .../snapshots/<commit sha>/config.json
 
 
 def push_router(
