@@ -182,6 +182,32 @@ def test_budgeted_assignment_beats_greedy_truncation_on_a_hand_checked_case():
     assert scores[np.arange(4), greedy].sum() == 22.0
 
 
+def test_budgeted_assignment_equals_the_milp_optimum_with_ties_and_at_scale():
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    rng = np.random.default_rng(3)
+    teachers = ["a", "b", "c", "d"]
+    budgets = {"a": 0.1, "b": 0.25}
+    for scores in (
+        np.zeros((40, 4)),
+        rng.integers(0, 3, size=(300, 4)).astype(float),
+        rng.normal(size=(300, 4)),
+    ):
+        n = len(scores)
+        caps = teacher_capacities(n, teachers, budgets)
+        solved = assign_with_budgets(scores, teachers, budgets)
+        assert (np.bincount(solved, minlength=4) <= caps).all() and solved.shape == (n,)
+        one_each = np.kron(np.eye(n), np.ones((1, 4)))
+        per_teacher = np.kron(np.ones((1, n)), np.eye(4))
+        reference = milp(
+            -scores.ravel(),
+            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(per_teacher, 0, caps)],
+            integrality=np.ones(n * 4),
+            bounds=Bounds(0, 1),
+        )
+        assert scores[np.arange(n), solved].sum() == pytest.approx(-reference.fun)
+
+
 def test_budgeted_assignment_matches_brute_force():
     rng = np.random.default_rng(7)
     teachers = ["a", "b", "c"]

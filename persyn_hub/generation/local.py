@@ -12,7 +12,14 @@ import zlib
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
@@ -67,15 +74,21 @@ class LocalGenerator:
         self.stop = default_stop(teacher)
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._stopping: StoppingCriteriaList | None = None
 
     def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if self._model is None:
             self._model, self._tokenizer = load_teacher(self.teacher)
+            # `generate(stop_strings=...)` rebuilds this from the whole vocabulary on every call: about
+            # 1.3 s per batch with Gemma's 262k tokens. It holds no state between calls, so build it once.
+            self._stopping = (
+                StoppingCriteriaList([StopStringCriteria(self._tokenizer, self.stop)]) if self.stop else None
+            )
         assert self._tokenizer is not None
         return self._model, self._tokenizer
 
     def release(self) -> None:
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._stopping = None
         gc.collect()
 
     @torch.inference_mode()
@@ -95,8 +108,7 @@ class LocalGenerator:
             temperature=config.temperature if sampling else None,
             top_p=config.top_p if sampling else None,
             top_k=None,
-            stop_strings=self.stop or None,
-            tokenizer=tokenizer,
+            stopping_criteria=self._stopping,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos_ids or None,
         )

@@ -4,8 +4,11 @@ A budget caps a teacher's share of the prompts (`{"big-teacher": 0.3}`: at most 
 transportation problem: maximize sum_i score[i, t(i)] subject to each teacher t getting at most
 cap_t prompts. Greedy truncation (take each prompt's argmax until a teacher is full) can be far from the
 optimum, because it gives a full teacher's slots to prompts that would lose little by going elsewhere.
-We solve it exactly with `scipy.optimize.milp` (HiGHS); the constraint matrix is totally unimodular,
-so the LP relaxation is already integral and the solve is fast. Bradley-Terry scores are only defined
+The constraint matrix is totally unimodular, so a basic optimal solution of the LP relaxation is
+already integral: we solve the LP with HiGHS' dual simplex (`scipy.optimize.linprog`, which returns a
+vertex), about 15x faster than handing the same problem to the MILP solver (20,000 prompts x 4
+teachers: 0.8 s vs 13 s, `benchmarks/bench_routing.py`), and fall back to `milp` should a solution
+ever come back fractional. Bradley-Terry scores are only defined
 up to a per-prompt offset; that offset adds the same constant to every feasible assignment, so the
 optimum does not depend on it.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 
 class BudgetError(ValueError):
@@ -81,16 +84,12 @@ def assign_with_budgets(
     per_teacher = sparse.kron(
         np.ones((1, num_prompts)), sparse.identity(num_teachers, format="csr"), format="csr"
     )
-    constraints = [
-        LinearConstraint(one_each, lb=1.0, ub=1.0),
-        LinearConstraint(per_teacher[limited], lb=0.0, ub=caps[limited].astype(np.float64)),
-    ]
-    result = milp(
-        c=-scores.ravel(),
-        constraints=constraints,
-        integrality=np.ones(variables),
-        bounds=Bounds(0.0, 1.0),
-    )
+    cost, capped = -scores.ravel(), caps[limited].astype(np.float64)
+    result = linprog(cost, A_ub=per_teacher[limited], b_ub=capped, A_eq=one_each, b_eq=np.ones(num_prompts),
+                     bounds=(0.0, 1.0), method="highs-ds")  # fmt: skip
+    if result.success and np.abs(result.x - np.round(result.x)).max() > 1e-6:  # not a vertex: solve as a MILP
+        rows = [LinearConstraint(one_each, 1.0, 1.0), LinearConstraint(per_teacher[limited], 0.0, capped)]
+        result = milp(cost, constraints=rows, integrality=np.ones(variables), bounds=Bounds(0.0, 1.0))
     if not result.success:
         raise BudgetError(
             f"budgets: no assignment satisfies the capacities {dict(zip(teachers, caps.tolist()))} ({result.message})."
