@@ -128,7 +128,8 @@ class TransformersServer(LlamaServer):
                     f"transformers serve exited ({self.process.returncode}); see {self.log_path}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as response:
+                # /health, not /v1/models: listing models scans the HF cache and fails (500) without one
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
                         return self
             except OSError:
