@@ -113,7 +113,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"    {stage['name']:<40} {stage['seconds']:>8.1f} s  {'cached' if stage['cached'] else ''}"
         )
-    lines.append(f"  output: {summary['output_dir']}  (summary.json, artifacts/: dataset, labels, routing, router)")
+    lines.append(
+        f"  output: {summary['output_dir']}  (summary.json, artifacts/: dataset, labels, routing, router)"
+    )
     for artifact, info in (summary.get("hub") or {}).items():
         lines.append(f"  hub {artifact}: {info}")
     return "\n".join(lines)
