@@ -22,18 +22,6 @@ import numpy as np
 import torch
 
 
-def greedy_truncation(scores: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Prompts in order take their best teacher that still has room."""
-    left = caps.copy()
-    choice = np.empty(len(scores), dtype=np.int64)
-    for i, row in enumerate(scores):
-        for k in np.argsort(-row):
-            if left[k] > 0:
-                choice[i], left[k] = k, left[k] - 1
-                break
-    return choice
-
-
 def milp_assignment(scores: np.ndarray, caps: np.ndarray) -> np.ndarray:
     from scipy import sparse
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -71,7 +59,13 @@ def main() -> None:
     from persyn_hub.bundled import resolve_model
     from persyn_hub.config import PromptsConfig
     from persyn_hub.data import load_prompts
-    from persyn_hub.router import PersynRouter, assign_with_budgets, route_prompts, teacher_capacities
+    from persyn_hub.router import (
+        PersynRouter,
+        assign_with_budgets,
+        greedy_truncation,
+        route_prompts,
+        teacher_capacities,
+    )
 
     teachers = [f"teacher-{k}" for k in range(args.teachers)]
     prompts = load_prompts(

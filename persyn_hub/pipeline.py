@@ -26,7 +26,7 @@ from persyn_hub.config import PersynRecipe, TeacherConfig
 from persyn_hub.data import load_prompts
 from persyn_hub.generation import generate_responses
 from persyn_hub.preflight import check_before_work, source_identity
-from persyn_hub.stage_cache import StageCache, save_dataset_folder
+from persyn_hub.stage_cache import StageCache, save_dataset_folder, write_folder_whole
 from persyn_hub.summary import build_summary, package_versions
 
 logger = logging.getLogger("persyn_hub")
@@ -129,11 +129,7 @@ def _export(dataset: Dataset, path: Path) -> None:
 
 def _export_folder(source: Path, path: Path) -> None:
     """Copy a folder stage (the trained router) to `artifacts/`, swapped in whole like the data sets."""
-    staging = path.with_name(path.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(staging, path)
+    write_folder_whole(path, lambda staging: shutil.copytree(source, staging))
 
 
 def run_pipeline(recipe: PersynRecipe) -> dict[str, Any]:

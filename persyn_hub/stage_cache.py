@@ -46,21 +46,30 @@ class StageRecord:
 EMPTY_MARKER = "empty_features.json"
 
 
+def write_folder_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` into a staging sibling, then swap it in: readers never see half of `path`."""
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(staging, path)
+
+
 def save_dataset_folder(dataset: Dataset, path: Path) -> None:
     """`save_to_disk`, swapped in whole (readers never see half of it), that also keeps 0-row sets.
 
     `datasets` writes no shard for a 0-row table and then cannot load it back; an empty stage (a
     teacher the router gave no prompt) is stored as its features alone.
     """
-    staging = path.with_name(path.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    if len(dataset) == 0:
-        staging.mkdir(parents=True)
-        (staging / EMPTY_MARKER).write_text(json.dumps(dataset.features.to_dict()))
-    else:
-        dataset.save_to_disk(str(staging))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(staging, path)
+
+    def write(staging: Path) -> None:
+        if len(dataset) == 0:
+            staging.mkdir(parents=True)
+            (staging / EMPTY_MARKER).write_text(json.dumps(dataset.features.to_dict()))
+        else:
+            dataset.save_to_disk(str(staging))
+
+    write_folder_whole(path, write)
 
 
 def load_dataset_folder(path: Path) -> Dataset:
@@ -179,12 +188,12 @@ class StageCache:
             logger.info("stage %s: cached (%s)", name, folder)
             return output
         logger.info("stage %s: started (%s)", name, folder)
-        staging = folder / "output.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        compute(staging)
-        shutil.rmtree(output, ignore_errors=True)
-        os.replace(staging, output)
+
+        def write(staging: Path) -> None:
+            staging.mkdir(parents=True)
+            compute(staging)
+
+        write_folder_whole(output, write)
         (folder / SUCCESS).write_text(json.dumps({"key": key, "files": folder_digest(output)}))
         self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
         return output

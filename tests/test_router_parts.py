@@ -20,6 +20,7 @@ from persyn_hub.router import (
     RouterMismatchError,
     assign_with_budgets,
     bradley_terry_loss,
+    greedy_truncation,
     load_router,
     pivot_rewards,
     route_prompts,
@@ -153,19 +154,6 @@ def test_metrics_on_a_hand_checked_case():
 
 
 # -- budgets ------------------------------------------------------------------------------------------
-
-
-def greedy_truncation(scores: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Each prompt in order takes its best teacher that still has room (the baseline we must beat)."""
-    left = caps.copy()
-    out = []
-    for row in scores:
-        for k in np.argsort(-row, kind="stable"):
-            if left[k] > 0:
-                left[k] -= 1
-                out.append(k)
-                break
-    return np.array(out)
 
 
 def test_budgeted_assignment_beats_greedy_truncation_on_a_hand_checked_case():

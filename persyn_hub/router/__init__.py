@@ -8,7 +8,13 @@ Importing this package registers `PersynRouter` with `AutoConfig`/`AutoModel` (m
     routed = route_prompts(prompts, router, tokenizer, budgets={"big-teacher": 0.3})
 """
 
-from persyn_hub.router.budgets import BudgetError, assign_with_budgets, calibration_table, teacher_capacities
+from persyn_hub.router.budgets import (
+    BudgetError,
+    assign_with_budgets,
+    calibration_table,
+    greedy_truncation,
+    teacher_capacities,
+)
 from persyn_hub.router.labels import RouterDataError, pivot_rewards, split_by_prompt
 from persyn_hub.router.metrics import routing_metrics
 from persyn_hub.router.modeling import (
@@ -40,6 +46,7 @@ __all__ = [
     "assign_with_budgets",
     "bradley_terry_loss",
     "calibration_table",
+    "greedy_truncation",
     "load_router",
     "pivot_rewards",
     "push_router",
