@@ -1,11 +1,32 @@
-"""Assembly: routed prompts + their teacher's response -> the SFT-ready personalized data set."""
+"""Assembly: each prompt + the answer of the teacher it was assigned -> the SFT-ready personalized data set.
+
+Labeled prompts were assigned their best labeled answer (Generate-then-Select, already paid for), the
+others the router's teacher; assembly joins each with that teacher's response and keeps what cannot be
+trained on apart, counted: failed generations, answers cut at `max_new_tokens`, prompts no teacher
+answered.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pyarrow as pa
 from datasets import Dataset
 
+from persyn_hub.config import QualityConfig
+
 RESPONSE_COLUMNS = ["prompt_id", "teacher", "response", "finish_reason", "num_tokens", "error"]
+ASSIGNED_COLUMNS = ("prompt_id", "messages", "teacher")
+NO_ANSWER = "no usable answer: every teacher failed on this labeled prompt"
+
+
+@dataclass
+class Assembly:
+    """The training set and what was left out of it (with reasons), for the summary and the card."""
+
+    final: Dataset
+    failed: Dataset
+    truncated: int
 
 
 def collect_responses(*parts: Dataset) -> pa.Table:
@@ -27,38 +48,61 @@ def _to_messages(batch: dict[str, list]) -> dict[str, list]:
     return {"messages": messages}
 
 
-def assemble_dataset(routed: Dataset, responses: pa.Table, labeled_ids: set[str]) -> tuple[Dataset, Dataset]:
-    """Join each routed prompt with its routed teacher's response.
+def assemble_dataset(
+    assigned: Dataset,
+    responses: pa.Table,
+    *,
+    drop_truncated: bool = True,
+    quality: QualityConfig | None = None,
+) -> Assembly:
+    """Join each prompt with its assigned teacher's response.
 
-    Reads `routed[prompt_id, messages, teacher, router_scores, ...]`. Returns `(final, failed)`:
-    `final` has `messages` (prompt turns + assistant answer), `prompt_id`, `teacher`, `router_scores`,
-    `num_tokens`, `finish_reason`, `labeled` and any carried columns; `failed` holds the routed rows
-    whose generation failed (with `error`), kept out of the training set but never dropped silently.
+    Reads `assigned[prompt_id, messages, teacher, ...]` (teacher None: nobody answered) and keeps every
+    other column (`router_scores`, `selected_by`, `answer`, ...). `final` has `messages` (prompt turns +
+    assistant answer) first, then the rest; with a verifiable `quality` kind every row is checked again
+    (`quality`, `quality_detail`), so the card can say how much of the set is verified correct.
+    `failed` holds rows without a usable answer, with `error`. Truncated answers (`finish_reason`
+    `length`) are dropped when `drop_truncated`, and counted either way.
     """
+    missing = [c for c in ASSIGNED_COLUMNS if c not in assigned.column_names]
+    if missing:
+        raise ValueError(
+            f"assemble_dataset: the assigned prompts lack {missing}; run the routing stage first."
+        )
     lookup = {
         (p, t): i
         for i, (p, t) in enumerate(zip(responses["prompt_id"].to_pylist(), responses["teacher"].to_pylist()))
     }
-    rows = [lookup.get((p, t)) for p, t in zip(routed["prompt_id"], routed["teacher"])]
-    missing = [p for p, row in zip(routed["prompt_id"], rows) if row is None]
-    if missing:
-        raise RuntimeError(
-            f"assembly: no generation found for routed prompt(s) {missing[:5]}; re-run to resume."
-        )
+    rows = []
+    for p, t in zip(assigned["prompt_id"], assigned["teacher"]):
+        if t is not None and (p, t) not in lookup:
+            raise RuntimeError(
+                f"assembly: no generation found for prompt {p!r} and teacher {t!r}; re-run to resume."
+            )
+        rows.append(None if t is None else lookup[(p, t)])
     picked = responses.take(pa.array(rows, type=pa.int64()))
-    joined = routed
+    joined = assigned
     for column in ("response", "finish_reason", "num_tokens", "error"):
-        joined = joined.add_column(column, picked[column].to_pylist())
-    joined = joined.add_column("labeled", [p in labeled_ids for p in joined["prompt_id"]])
-    ok = [
-        i
-        for i, (error, text) in enumerate(zip(joined["error"], joined["response"]))
-        if error is None and text
-    ]
-    ok_set = set(ok)
-    failed = joined.select([i for i in range(len(joined)) if i not in ok_set])
-    final = joined.select(ok).map(_to_messages, batched=True, desc="Assembling messages")
-    final = final.remove_columns(["response", "error", "prompt"]).flatten_indices()
-    leading = ["prompt_id", "messages", "teacher", "router_scores"]
-    final = final.select_columns(leading + [c for c in final.column_names if c not in leading])
-    return final, failed
+        values = picked[column].to_pylist()
+        if column == "error":
+            values = [NO_ANSWER if row is None else value for row, value in zip(rows, values)]
+        joined = joined.add_column(column, values)
+    usable = [error is None and bool(text) for error, text in zip(joined["error"], joined["response"])]
+    truncated = [ok and reason == "length" for ok, reason in zip(usable, joined["finish_reason"])]
+    keep = [i for i, ok in enumerate(usable) if ok and not (drop_truncated and truncated[i])]
+    failed = joined.select([i for i, ok in enumerate(usable) if not ok])
+    final = joined.select(keep).flatten_indices()
+    if quality is not None and quality.kind != "reward_model" and len(final):
+        from persyn_hub.quality import score_quality
+
+        final = score_quality(
+            final.remove_columns([c for c in ("quality", "quality_detail") if c in final.column_names]),
+            quality,
+        )
+    final = final.map(_to_messages, batched=True, desc="Assembling messages")
+    final = final.remove_columns([c for c in ("response", "error", "prompt") if c in final.column_names])
+    leading = [c for c in ("prompt_id", "messages", "teacher", "router_scores") if c in final.column_names]
+    final = final.select_columns(
+        leading + [c for c in final.column_names if c not in leading]
+    ).flatten_indices()
+    return Assembly(final=final, failed=failed, truncated=int(sum(truncated)))

@@ -36,6 +36,8 @@ from typing import Any, Optional
 import numpy as np
 from datasets import Dataset
 
+from persyn_hub.errors import PersynError
+
 STRATEGIES = (
     "best_single",
     "random",
@@ -49,7 +51,7 @@ POOL_COLUMNS = ("prompt_id", "messages", "teacher", "response", "error")
 SCORE_COLUMN = {"gts_quality": "quality", "gts_learnability": "learnability", "gts_reward": "reward"}
 
 
-class BaselineError(ValueError):
+class BaselineError(PersynError, ValueError):
     """The pool or the routing table cannot support the asked strategy; the message says why."""
 
 

@@ -27,6 +27,8 @@ ROUTER_METRIC_KEYS = (
     "reward_recovered",
     "reward_recovered_best_single",
     "reward_recovered_random",
+    "regret",
+    "best_single_teacher",
     "num_train_prompts",
     "num_eval_prompts",
 )
@@ -63,6 +65,7 @@ def _quality_text(recipe: PersynRecipe) -> str:
     return {
         "math_answer": "math answer verified against the gold answer",
         "instruction_following": "instruction checks passed",
+        "reasoning_gym": "each task type's own reasoning-gym checker on the final answer",
     }.get(recipe.quality.kind, recipe.quality.kind)
 
 
@@ -210,6 +213,12 @@ def render_dataset_card(
         rows=rows,
         prompts=summary.get("prompts", rows),
         labeled_prompts=summary.get("labeled_prompts", "n/a"),
+        routed_prompts=summary.get("routed_prompts", "n/a"),
+        verified_share=(summary.get("quality") or {}).get("verified_correct_share"),
+        truncated={"answers": 0, "dropped": 0, **(summary.get("truncated") or {})},
+        categories=(summary.get("categories") or {}).get("published") or None,
+        category_column=(summary.get("categories") or {}).get("column") or "category",
+        has_quality=dataset is not None and "quality" in dataset.column_names,
         generations_made=summary.get("generations_made", "n/a"),
         generations_gts=summary.get("generations_generate_then_select", "n/a"),
         savings=summary.get("generation_savings"),

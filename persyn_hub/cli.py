@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 DESCRIPTION = """\
 PerSyn: personalized distillation data via router-guided multi-teacher distillation.
 
-  persyn run recipes/demo/asdiv-smollm2.yaml                 run a recipe end to end
-  persyn run RECIPE --labeling.alpha 0.7 --output.dir runs/x  override any recipe key
+  persyn run recipes/demo/task-mix-smollm2.yaml              run the default recipe end to end
+  persyn run RECIPE --labeling.alpha 0.2 --output.dir runs/x  override any recipe key
   persyn validate RECIPE                                      parse and print a recipe
+  persyn migrate OLD.yaml -o NEW.yaml                         rewrite an older recipe format
   persyn route --router DIR_OR_REPO --prompts SOURCE --output DIR   route new prompts
   persyn sft --config recipes/demo/sft.yaml                  fine-tune the student (TRL SFTTrainer)
   persyn evaluate --model DIR --tasks persyn_asdiv --output DIR   lm-evaluation-harness
@@ -37,7 +41,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     from persyn_hub.summary import format_summary
 
     recipe = load_recipe(args.recipe, extra)
-    summary = run_pipeline(recipe)
+    summary = run_pipeline(recipe, retry_failed=args.retry_failed)
     print(format_summary(summary))
     return 0
 
@@ -62,16 +66,63 @@ def _route(args: argparse.Namespace, extra: list[str]) -> int:
     for key, value in parse_overrides(extra):  # any prompts setting: --drop_duplicates true, --id_column id
         _apply_override(values, key, value)
     prompt_config = _build_dataclass(PromptsConfig, values, "prompts")  # typed; unknown keys named
+    budgets = _parse_budgets(args.budgets)
     teachers = args.teachers.split(",") if args.teachers else None
     router, tokenizer = open_router(args.router, teachers, field="--router")  # before any prompt loads
+    if budgets:
+        from persyn_hub.router.budgets import check_budgets
+
+        check_budgets(budgets, list(router.config.teachers))  # a wrong name fails before prompts load
     prompts = load_prompts(prompt_config, seed=args.seed)
-    budgets = json.loads(args.budgets) if args.budgets else None
     routed = route_prompts(prompts, router, tokenizer, budgets=budgets, batch_size=args.batch_size)
     routed.save_to_disk(args.output)
     counts: dict[str, int] = {}
     for teacher in routed["teacher"]:
         counts[teacher] = counts.get(teacher, 0) + 1
     print(json.dumps({"rows": len(routed), "teacher_counts": counts, "output": args.output}, indent=2))
+    return 0
+
+
+BUDGETS_EXAMPLE = """--budgets '{"gemma-3-270m": 0.3}'"""
+
+
+def _parse_budgets(text: str | None) -> dict[str, float] | None:
+    """`--budgets` JSON -> {teacher: max share}; a typo is one BudgetError naming the flag, not a traceback."""
+    if not text:
+        return None
+    from persyn_hub.router.budgets import BudgetError
+
+    try:
+        budgets = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BudgetError(
+            f"--budgets: {text!r} is not valid JSON ({error.msg} at character {error.pos}); give the max share "
+            f"of prompts per teacher as a JSON object, e.g. {BUDGETS_EXAMPLE}."
+        ) from None
+    if not isinstance(budgets, dict):
+        raise BudgetError(
+            f"--budgets: {text!r} is not a JSON object; give the max share of prompts per teacher, "
+            f"e.g. {BUDGETS_EXAMPLE}."
+        )
+    for name, share in budgets.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)):
+            raise BudgetError(f"--budgets: {name}: {share!r} is not a number; e.g. {BUDGETS_EXAMPLE}.")
+    return budgets
+
+
+def _migrate(args: argparse.Namespace, extra: list[str]) -> int:
+    """Rewrite an older recipe into the current format, saying every change (comments are not kept)."""
+    from persyn_hub.migrate import migrate_file
+
+    text, changes = migrate_file(args.recipe)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    for change in changes or ["already current; nothing to change"]:
+        print(f"migrate: {change}", file=sys.stderr)
     return 0
 
 
@@ -83,16 +134,38 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _delegate(module: str, function: str):
-    """Subcommands implemented by other modules' `main(argv)` (SFT, evaluation, comparison)."""
+DELEGATED: dict[str, tuple[str, str, bool]] = {
+    "sft": ("persyn_hub.sft", "fine-tune the student with TRL (args as `python -m persyn_hub.sft`)", True),
+    "evaluate": ("persyn_hub.evaluation", "evaluate a model with lm-evaluation-harness", True),
+    "compare": ("persyn_hub.compare", "build baselines, train and evaluate a student on each", False),
+}
+"""Subcommands implemented by another module's `main(argv)`: name -> (module, help, has its own --help)."""
 
-    def run(args: argparse.Namespace, extra: list[str]) -> int:
-        import importlib
+GLOBAL_FLAGS = ("-v", "--verbose")
 
-        entry = getattr(importlib.import_module(module), function)
-        return int(entry(args.arguments + extra) or 0)
 
-    return run
+def split_delegated(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """`[-v] sft --config x.yaml` -> (`[-v]`, "sft", `[--config, x.yaml]`); (argv, None, []) otherwise.
+
+    A delegated command's arguments go to its module verbatim: argparse must not see them, because
+    `parse_known_args` hands back unknown flags apart from their values (`[x.yaml] + [--config]`).
+    """
+    for index, token in enumerate(argv):
+        if token in GLOBAL_FLAGS:
+            continue
+        if token in DELEGATED:
+            return argv[:index], token, argv[index + 1 :]
+        break
+    return argv, None, []
+
+
+def _delegate(name: str, arguments: list[str]) -> int:
+    module_name, _, has_help = DELEGATED[name]
+    module = importlib.import_module(module_name)
+    if not has_help and arguments[:1] in (["-h"], ["--help"]):
+        print(module.__doc__)
+        return 0
+    return int(module.main(arguments) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Finished stages are reused from output.dir; an interrupted run resumes where it stopped.",
     )
     run.add_argument("recipe", help="recipe YAML file")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="ask the rows whose generation failed in an earlier run again (finished stages are otherwise reused)",
+    )
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="parse a recipe (with overrides) and print it")
@@ -131,41 +209,51 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--output", required=True, help="where to save the routed data set")
     route.set_defaults(handler=_route)
 
+    migrate = commands.add_parser(
+        "migrate", help="rewrite a recipe of an older format (e.g. version 1 alpha) into the current one"
+    )
+    migrate.add_argument("recipe")
+    migrate.add_argument("-o", "--output", default=None, help="write here instead of printing")
+    migrate.set_defaults(handler=_migrate)
+
     prepare = commands.add_parser("prepare", help="convert the bundled GGUF models to safetensors once")
     prepare.set_defaults(handler=_prepare)
 
-    for name, module, function, text in (
-        (
-            "sft",
-            "persyn_hub.sft",
-            "main",
-            "fine-tune the student with TRL (args as `python -m persyn_hub.sft`)",
-        ),
-        ("evaluate", "persyn_hub.evaluation", "main", "evaluate a model with lm-evaluation-harness"),
-        ("compare", "persyn_hub.compare", "main", "build baselines, train and evaluate a student on each"),
-    ):
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("arguments", nargs=argparse.REMAINDER)
-        sub.set_defaults(handler=_delegate(module, function))
+    for name, (_, text, _) in DELEGATED.items():
+        commands.add_parser(name, help=text, add_help=False)  # listed in --help; main() hands it argv
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    _configure_logging(args.verbose)
-    from persyn_hub.config import RecipeError
-    from persyn_hub.data import PromptDataError
-    from persyn_hub.pipeline import RunLockedError
-    from persyn_hub.preflight import PreflightError
-    from persyn_hub.stage_cache import CorruptCacheError
+MAX_MESSAGE = 800
+"""Characters of an error message printed; longer ones keep their start and their end (the fix)."""
 
-    if extra and args.command not in ("run", "validate", "route", "sft", "evaluate", "compare"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+def one_line(message: str) -> str:
+    """An error message as one line: wrapped text (a YAML error, a library's message) joined by spaces.
+
+    Package messages end with their fix, so a message too long to read keeps its first part (the field
+    and the problem) and its last part (the fix) around an ellipsis.
+    """
+    text = " ".join(message.split())
+    if len(text) <= MAX_MESSAGE:
+        return text
+    half = MAX_MESSAGE // 2
+    head = text[:half].rsplit(" ", 1)[0]
+    tail = text[-half:].split(" ", 1)[-1]
+    return f"{head} … {tail}"
+
+
+def report_errors(call: Callable[[], Any]) -> int:
+    """Run a subcommand: a PersynError is one `persyn: error:` line and exit status 2.
+
+    Any other exception keeps its traceback: it is a bug, and the traceback is what fixes it.
+    """
+    from persyn_hub.errors import PersynError
+
     try:
-        return args.handler(args, extra)
-    except (RecipeError, PromptDataError, PreflightError, RunLockedError, CorruptCacheError) as error:
-        print(f"persyn: error: {error}", file=sys.stderr)
+        return int(call() or 0)
+    except PersynError as error:
+        print(f"persyn: error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -173,6 +261,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    head, delegated, arguments = split_delegated(argv)
+    if delegated is not None:
+        args = parser.parse_args([*head, delegated])  # global flags only; `arguments` stay verbatim
+        _configure_logging(args.verbose)
+        return report_errors(lambda: _delegate(delegated, arguments))
+    args, extra = parser.parse_known_args(argv)
+    _configure_logging(args.verbose)
+    if extra and args.command not in ("run", "validate", "route"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return report_errors(lambda: args.handler(args, extra))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Combine: one reward per (prompt, teacher) from quality and learnability (PerSyn eq. r = a*q + (1-a)*l).
+"""Combine: one reward per (prompt, teacher), the paper's r = (1 - alpha) * quality + alpha * learnability.
 
 Both signals are normalized per prompt across its teachers (z-score, min-max, or none), so the reward
-only ranks teachers within a prompt, which is all the router's pairwise loss uses. Rows that cannot be
+only ranks teachers within a prompt, which is all the router's pairwise loss uses. alpha weights
+LEARNABILITY (default 0.4): the paper found 0.1-0.4 best and dropping quality the most harmful. Rows that cannot be
 ranked are excluded with a reason, never given a zero: a failed generation, a missing score, or a
 prompt left with fewer than two usable teachers. All teachers equal on a signal -> that signal is 0 for
 all of them (a tie), never NaN. Grouping is numpy over arrow columns: no Python loop over rows.
@@ -89,13 +90,13 @@ def combine_rewards(dataset: Dataset, labeling: LabelingConfig) -> Dataset:
     """Add `quality_norm`, `learnability_norm`, `reward` (float|None) and `excluded` (str|None).
 
     Reads `prompt_id`, `teacher`, `quality`, `learnability` and, when present, `error`. Params:
-    `labeling.alpha` (weight of quality), `labeling.normalization` (zscore | minmax | none, per prompt).
+    `labeling.alpha` (weight of learnability), `labeling.normalization` (zscore | minmax | none, per prompt).
     Excluded rows (reason in `excluded`) have None in the three numeric columns.
 
     Example:
         >>> pool = Dataset.from_dict({"prompt_id": ["p", "p"], "teacher": ["a", "b"],
         ...                           "quality": [1.0, 0.0], "learnability": [-1.0, -2.0]})
-        >>> combine_rewards(pool, LabelingConfig(alpha=0.5, normalization="minmax"))["reward"]
+        >>> combine_rewards(pool, LabelingConfig(alpha=0.4, normalization="minmax"))["reward"]
         [1.0, 0.0]
     """
     _check(dataset, labeling)
@@ -120,7 +121,7 @@ def combine_rewards(dataset: Dataset, labeling: LabelingConfig) -> Dataset:
     groups = np.where(usable, prompt_codes, -1)
     quality_norm = normalize_per_group(quality, groups, num_prompts, labeling.normalization)
     learn_norm = normalize_per_group(learn, groups, num_prompts, labeling.normalization)
-    reward = labeling.alpha * quality_norm + (1.0 - labeling.alpha) * learn_norm
+    reward = (1.0 - labeling.alpha) * quality_norm + labeling.alpha * learn_norm
     mask = ~usable
     columns = {
         "quality_norm": pa.array(quality_norm, mask=mask, type=pa.float64()),

@@ -18,19 +18,24 @@ import pyarrow.compute as pc
 from datasets import Dataset, load_dataset, load_from_disk
 
 from persyn_hub.bundled import bundled_data, bundled_data_file, is_bundled
-from persyn_hub.config import PromptsConfig
+from persyn_hub.config import REASONING_GYM, PromptsConfig
+from persyn_hub.errors import PersynError
 
 logger = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-class PromptDataError(ValueError):
+class PromptDataError(PersynError, ValueError):
     """The prompt source does not have the shape the recipe says; the message names row/column."""
 
 
-def _read_source(config: PromptsConfig) -> Dataset:
+def _read_source(config: PromptsConfig, seed: int) -> Dataset:
     source = config.source
+    if source == REASONING_GYM:
+        from persyn_hub.procedural import generate_tasks
+
+        return generate_tasks(config.tasks, seed)
     if is_bundled(source):
         return load_dataset("json", data_files=str(bundled_data_file(source)), split="train")
     path = Path(source)
@@ -178,7 +183,7 @@ def load_prompts(config: PromptsConfig, seed: int = 42) -> Dataset:
     Example: `load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=8))`.
     """
     config = apply_bundled_defaults(config)
-    dataset = _read_source(config)
+    dataset = _read_source(config, seed)
     _check_columns(dataset, config)
     if len(dataset) == 0:
         raise PromptDataError(f"prompts.source: {config.source!r} has no rows.")

@@ -27,6 +27,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from persyn_hub.cards import CHART_FILE, render_dataset_card, render_labels_card, teacher_distribution_png
 from persyn_hub.config import PersynRecipe
+from persyn_hub.errors import PersynError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ MAX_SHARD_BYTES = 500 * 1024 * 1024
 ROUTER_SKIP = ("checkpoints/", "runs/", ".lock")
 
 
-class PublishError(RuntimeError):
+class PublishError(PersynError, RuntimeError):
     """A run directory lacks an artifact the recipe asks to publish."""
 
 

@@ -38,6 +38,7 @@ from datasets import Dataset, Features, List, Value
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import StudentConfig
+from persyn_hub.dtypes import resolve_dtype
 from persyn_hub.fingerprint import fingerprint
 
 logger = logging.getLogger(__name__)
@@ -48,19 +49,11 @@ SCORE_FEATURES = {
     "learnability_sum": Value("float64"),
     "num_response_tokens": Value("int64"),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 LOGITS_BUDGET_BYTES = 1 << 30
 """Most bytes of logits one scoring batch may hold (rows x kept positions x vocabulary x 4)."""
 KV_BUDGET_BYTES = 1 << 30
 """Most bytes of prompt key/value cache one response batch may copy (rows x cache length x bytes/token)."""
 _IDS, _START, _ROW = "_persyn_ids", "_persyn_response_start", "_persyn_row"
-
-
-def torch_dtype(name: str) -> Any:
-    """Recipe dtype name -> torch dtype; a clear error names the valid choices."""
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}.")
-    return DTYPES[name]
 
 
 def load_student(student: StudentConfig) -> tuple[Any, Any]:
@@ -70,7 +63,7 @@ def load_student(student: StudentConfig) -> tuple[Any, Any]:
     path = resolve_model(student.model)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=student.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(student.dtype), trust_remote_code=student.trust_remote_code
+        path, dtype=resolve_dtype(student.dtype), trust_remote_code=student.trust_remote_code
     )
     model.eval()
     return model, tokenizer
@@ -219,7 +212,8 @@ def supports_prefix_cache(model: Any) -> bool:
     """Whether `model` can score responses continuing from a batch of cached prompt prefixes.
 
     Needs a decoder-only model implemented in transformers (remote code may treat a cache differently)
-    whose forward takes `past_key_values`, `position_ids`, `attention_mask` and `logits_to_keep`, whose
+    whose forward takes a cache (`cache`, or `past_key_values` before transformers 5.24), `position_ids`,
+    `attention_mask` and `logits_to_keep`, whose
     cache layers are all plain full-attention `DynamicLayer`s (a sliding-window or recurrent layer would
     not survive the masked gaps batched prefixes leave), and whose rotary embedding does not depend on
     the length of the call (dynamic NTK, LongRoPE).
@@ -238,13 +232,20 @@ def supports_prefix_cache(model: Any) -> bool:
         rope_types = _rope_types(text_config)
     except Exception:  # noqa: BLE001 - an unusual model simply takes the plain path
         return False
-    needed = {"past_key_values", "position_ids", "attention_mask", "logits_to_keep"}
+    needed = {"position_ids", "attention_mask", "logits_to_keep"}
     return (
         needed <= set(parameters)
+        and _cache_argument(model) is not None
         and bool(layers)
         and all(type(layer) is DynamicLayer for layer in layers)
         and not rope_types & _LENGTH_DEPENDENT_ROPE
     )
+
+
+def _cache_argument(model: Any) -> str | None:
+    """The forward's cache argument: `cache` since transformers 5.24, `past_key_values` before."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
 def _forward_overhead_tokens(device: torch.device) -> int:
@@ -327,11 +328,11 @@ def _forward_segments(
         input_ids=input_ids,
         attention_mask=full_mask,
         position_ids=base.unsqueeze(1) + torch.arange(width, device=device),
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=logits_to_keep,
+        **{_cache_argument(model): cache},
     )
-    cache = out.past_key_values
+    cache = out.get("cache", out.get("past_key_values"))
     if not isinstance(cache, DynamicCache) or cache.get_seq_length() != full_mask.shape[1]:
         raise PrefixCacheUnsupported(f"{type(model).__name__} did not extend the DynamicCache it was given")
     return out.logits, _Context(cache, full_mask, base + mask.sum(dim=1))

@@ -22,8 +22,10 @@ from datasets import Dataset, concatenate_datasets
 from filelock import FileLock, Timeout
 
 from persyn_hub.assemble import assemble_dataset, collect_responses
+from persyn_hub.assignment import ROUTED
 from persyn_hub.config import PersynRecipe, TeacherConfig
 from persyn_hub.data import load_prompts
+from persyn_hub.errors import PersynError
 from persyn_hub.generation import generate_responses
 from persyn_hub.preflight import check_before_work, source_identity
 from persyn_hub.stage_cache import StageCache, save_dataset_folder, write_folder_whole
@@ -32,7 +34,7 @@ from persyn_hub.summary import build_summary, package_versions
 logger = logging.getLogger("persyn_hub")
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(PersynError, RuntimeError):
     """Another `persyn run` is writing the same output directory."""
 
 
@@ -83,6 +85,8 @@ def generation_identity(teacher: TeacherConfig) -> dict[str, Any]:
         "few_shot_separator": teacher.few_shot_separator,
         "generation": teacher.generation,
         "dtype": teacher.dtype,
+        "system_prompt": teacher.system_prompt,
+        "reference": teacher.response_template if teacher.backend == "reference" else None,
     }
 
 
@@ -94,12 +98,16 @@ def _generation_stage(
     teacher: TeacherConfig,
     seed: int,
     rows_key: str,
+    retry_failed: bool = False,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Generate `prompts` with `teacher`; rows are checkpointed per teacher, not per stage.
 
     A row's answer depends on the prompt and the teacher only, so both phases of a teacher share one
-    checkpoint (`stages/rows--<teacher>-<rows_key>/`): when a re-run routes differently (a label row
-    that failed is now answered, new budgets) no row a teacher already answered is requested again.
+    checkpoint (`stages/rows--<teacher>-<rows_key>/`): when a re-run routes differently (new budgets, a
+    retried label row) no row a teacher already answered is requested again. A stage whose every row
+    was attempted is done, failed rows included (their reasons are data): a prompt longer than the
+    context or an empty greedy answer would fail the same way on every run. `retry_failed` asks the
+    failed rows again.
     """
     stats_holder: dict[str, Any] = {}
     checkpoint_dir = cache.folder(f"rows/{teacher.name}", rows_key)
@@ -110,10 +118,9 @@ def _generation_stage(
         cache.write_json(name, key, "stats.json", stats_holder)
         return result
 
-    def complete(result: Dataset) -> bool:
-        return len(result) == 0 or all(error is None for error in result["error"])
-
-    dataset = cache.dataset_stage(name, key, compute, complete=complete)
+    if retry_failed and cache.is_done(name, key) and cache.failed_rows(name, key):
+        cache.forget(name, key)
+    dataset = cache.dataset_stage(name, key, compute)
     stats = stats_holder or cache.read_json(name, key, "stats.json") or {}
     if not stats_holder:
         stats = {**stats, "requests_this_run": 0}
@@ -132,22 +139,27 @@ def _export_folder(source: Path, path: Path) -> None:
     write_folder_whole(path, lambda staging: shutil.copytree(source, staging))
 
 
-def run_pipeline(recipe: PersynRecipe) -> dict[str, Any]:
-    """Run a recipe end to end and return (and write) its summary."""
+def run_pipeline(recipe: PersynRecipe, *, retry_failed: bool = False) -> dict[str, Any]:
+    """Run a recipe end to end and return (and write) its summary.
+
+    `retry_failed`: ask the rows whose generation failed in an earlier run again (otherwise a finished
+    stage, failed rows included, is reused as it is)."""
     started = time.perf_counter()
     run_dir = Path(recipe.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for key, value in recipe.env.items():
         os.environ[key] = str(value)
     with run_lock(run_dir), run_log(run_dir):
-        return _run(recipe, run_dir, started)
+        return _run(recipe, run_dir, started, retry_failed)
 
 
-def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
+def _run(recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool) -> dict[str, Any]:
+    from persyn_hub.assignment import assign_teachers
     from persyn_hub.combine import combine_rewards
     from persyn_hub.learnability import score_learnability
     from persyn_hub.quality import score_quality
-    from persyn_hub.router import load_router, route_prompts, router_identity, train_router
+    from persyn_hub.router import load_router, router_identity, train_router
+    from persyn_hub.selection import select_best
 
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     cache = StageCache(run_dir)
@@ -179,6 +191,7 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
             teacher,
             recipe.seed,
             rows_keys[teacher.name],
+            retry_failed,
         )
         label_parts.append(part)
         generation_stats.setdefault(teacher.name, []).append({"phase": "labeling", **stats})
@@ -202,9 +215,10 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
     _export(labels, run_dir / "artifacts" / "labels")
 
     router_metrics: dict[str, Any] | None = None
-    if recipe.routing.router:
-        router_key = cache.key("router", recipe.routing.router, router_identity(recipe.routing.router))
-        router_source = recipe.routing.router
+    if recipe.routing.reuse_router:
+        source = recipe.routing.reuse_router
+        router_key = cache.key("router", source, router_identity(source))
+        router_source = source
         shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
     else:
         router_key = cache.key("router", combine_key, recipe.router, recipe.seed, names, recipe.student.model)
@@ -228,36 +242,48 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
         _export_folder(router_dir, run_dir / "artifacts" / "router")  # what `router_repo` publishes
     router, tokenizer = load_router(router_source, expected_teachers=names)
 
-    route_key = cache.key("route", prompts_key, router_key, recipe.routing.budgets)
-    routed = cache.dataset_stage(
+    # Labeled prompts keep their best labeled answer (Generate-then-Select, already paid for); only the
+    # other prompts are routed, and only their routed teacher generates.
+    route_key = cache.key("route", prompts_key, combine_key, router_key, recipe.routing.budgets, num_labeled)
+    labeled_ids = set(labeled_prompts["prompt_id"])
+    assigned = cache.dataset_stage(
         "route",
         route_key,
-        lambda _: route_prompts(
-            prompts, router, tokenizer, budgets=recipe.routing.budgets, batch_size=recipe.routing.batch_size
+        lambda _: assign_teachers(
+            prompts, labeled_ids, select_best(labels, "reward", names), router, tokenizer, recipe
         ),
     )
-    _export(routed, run_dir / "artifacts" / "routing")
+    _export(assigned, run_dir / "artifacts" / "routing")
 
-    labeled_ids = set(labeled_prompts["prompt_id"])
     generated_parts = []
     for teacher in recipe.teachers:
-        own = routed.filter(
+        own = assigned.filter(
             lambda batch, name=teacher.name: [
-                t == name and p not in labeled_ids for t, p in zip(batch["teacher"], batch["prompt_id"])
+                t == name and s == ROUTED for t, s in zip(batch["teacher"], batch["selected_by"])
             ],
             batched=True,
             desc=f"Selecting {teacher.name}'s prompts",
-        ).select_columns(["prompt_id", "messages"])
-        key = cache.key("generate", route_key, num_labeled, generation_identity(teacher), recipe.seed)
+        ).select_columns([c for c in prompts.column_names])
+        key = cache.key("generate", route_key, generation_identity(teacher), recipe.seed)
         part, stats = _generation_stage(
-            cache, f"generate/{teacher.name}", key, own, teacher, recipe.seed, rows_keys[teacher.name]
+            cache,
+            f"generate/{teacher.name}",
+            key,
+            own,
+            teacher,
+            recipe.seed,
+            rows_keys[teacher.name],
+            retry_failed,
         )
         generated_parts.append(part)
         generation_stats.setdefault(teacher.name, []).append({"phase": "routed", **stats})
 
     logger.info("stage assemble: started (%s)", run_dir / "artifacts" / "dataset")
     responses = collect_responses(*label_parts, *generated_parts)
-    final, failed = assemble_dataset(routed, responses, labeled_ids)
+    assembly = assemble_dataset(
+        assigned, responses, drop_truncated=recipe.output.drop_truncated, quality=recipe.quality
+    )
+    final, failed = assembly.final, assembly.failed
     _export(final, run_dir / "artifacts" / "dataset")
 
     summary = build_summary(
@@ -265,7 +291,11 @@ def _run(recipe: PersynRecipe, run_dir: Path, started: float) -> dict[str, Any]:
         run_dir=run_dir,
         final=final,
         failed=failed,
+        truncated=assembly.truncated,
         labels=labels,
+        assigned=assigned,
+        label_parts=label_parts,
+        generated_parts=generated_parts,
         num_prompts=len(prompts),
         num_labeled=num_labeled,
         stages=cache.summary(),

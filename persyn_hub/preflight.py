@@ -8,17 +8,20 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.bundled import is_bundled, package_version, resolve_model
-from persyn_hub.config import PersynRecipe, PromptsConfig, RecipeError, TeacherConfig
+from persyn_hub.config import REASONING_GYM, PersynRecipe, PromptsConfig, RecipeError, TeacherConfig
+from persyn_hub.errors import PersynError
 
 IFBENCH_COLUMNS = ("instruction_id_list", "kwargs")
 
 
-class PreflightError(RuntimeError):
+class PreflightError(PersynError, RuntimeError):
     """Something the run needs is missing; nothing has been generated yet."""
 
 
 def source_identity(config: PromptsConfig) -> dict[str, Any]:
     """What makes a prompt source's content differ between runs (for the stage cache key)."""
+    if config.source == REASONING_GYM:
+        return {"generator": "reasoning-gym", "version": package_version("reasoning-gym")}
     if is_bundled(config.source):
         from persyn_hub.bundled import bundled_data
 
@@ -52,11 +55,20 @@ def _check_local_model(field: str, name: str, *, trust_remote_code: bool, need_c
         )
 
 
-def _check_teacher(index: int, teacher: TeacherConfig) -> None:
+def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str]) -> None:
     field = f"teachers[{index}] ({teacher.name!r})"
     from persyn_hub.generation import backend_for
 
-    if backend_for(teacher) == "transformers":
+    if backend_for(teacher) == "reference":
+        from persyn_hub.generation.reference import template_columns
+
+        missing = [c for c in template_columns(teacher.response_template or "") if c not in columns]
+        if missing:
+            raise RecipeError(
+                f"{field}.response_template: column(s) {missing} are not in the prompts (columns: "
+                f"{sorted(columns)}); add them to prompts.keep_columns or fix the template."
+            )
+    elif backend_for(teacher) == "transformers":
         _check_local_model(
             f"{field}.model",
             teacher.model or "",
@@ -92,7 +104,7 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
             "teacher. Raise a share or leave one teacher unbudgeted."
         )
     for index, teacher in enumerate(recipe.teachers):
-        _check_teacher(index, teacher)
+        _check_teacher(index, teacher, columns)
     # A served student is scored through the local tokenizer of student.model, so it must load too.
     _check_local_model(
         "student.model",
@@ -102,13 +114,13 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
     )
     if recipe.quality.kind == "reward_model" and recipe.quality.reward_model:
         _check_reward_model(recipe)
-    if recipe.routing.router:
+    if recipe.routing.reuse_router:
         _check_router(recipe)
 
 
 def _check_router(recipe: PersynRecipe) -> None:
     """A given router loads (safetensors only) and scores exactly the recipe's teachers."""
-    open_router(recipe.routing.router or "", recipe.teacher_names(), field="routing.router")
+    open_router(recipe.routing.reuse_router or "", recipe.teacher_names(), field="routing.reuse_router")
 
 
 def open_router(name: str, expected_teachers: list[str] | None, field: str) -> tuple[Any, Any]:

@@ -2,7 +2,8 @@
 
 `score_quality` dispatches on `quality.kind`: `math_answer` (final answer vs the gold `answer`,
 math-verify), `instruction_following` (IFEval/IFBench checkers, fraction of checked instructions
-passed) or `reward_model` (a sequence-classification reward model's score). Failed generations get
+passed), `reasoning_gym` (each task type's own reasoning-gym checker on the final answer) or
+`reward_model` (a sequence-classification reward model's score). Failed generations get
 `quality=None` with the reason in `quality_detail`: a failure is data, never a zero score.
 """
 
@@ -20,6 +21,7 @@ NEEDED_COLUMNS = {
     "math_answer": ("response", "answer"),
     "instruction_following": ("response", "instruction_id_list", "kwargs", "prompt"),
     "reward_model": ("response", "messages"),
+    "reasoning_gym": ("response", "prompt", "answer", "metadata"),
 }
 COLUMN_HINTS = {
     "answer": "set prompts.answer_column to the gold answer column",
@@ -90,6 +92,24 @@ def _instructions_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
+def _procedural_batch(batch: dict[str, list]) -> dict[str, list]:
+    from persyn_hub.procedural import score_procedural
+
+    out: dict[str, list] = {"quality": [], "quality_detail": []}
+    errors = batch.get("error") or [None] * len(batch["response"])
+    rows = zip(batch["response"], errors, batch["prompt"], batch["answer"], batch["metadata"])
+    for response, error, prompt, answer, metadata in rows:
+        reason = _failed_reason(response, error)
+        if reason:
+            out["quality"].append(None)
+            out["quality_detail"].append(reason)
+            continue
+        score, detail = score_procedural(response, prompt, answer, metadata)
+        out["quality"].append(score)
+        out["quality_detail"].append(detail)
+    return out
+
+
 def _reward_batch(batch: dict[str, list], model: Any, tokenizer: Any, max_length: int) -> dict[str, list]:
     from persyn_hub.reward_model import reward_scores
 
@@ -149,7 +169,11 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
             new_fingerprint=key,
             desc="Scoring with the reward model",
         )
-    function = _math_batch if quality.kind == "math_answer" else _instructions_batch
+    function = {
+        "math_answer": _math_batch,
+        "instruction_following": _instructions_batch,
+        "reasoning_gym": _procedural_batch,
+    }[quality.kind]
     return dataset.map(
         function,
         batched=True,

@@ -15,10 +15,11 @@ import torch
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import QualityConfig
-from persyn_hub.learnability import torch_dtype
+from persyn_hub.dtypes import resolve_dtype
+from persyn_hub.errors import PersynError
 
 
-class RewardModelError(ValueError):
+class RewardModelError(PersynError, ValueError):
     """The configured reward model cannot give one score per conversation."""
 
 
@@ -39,7 +40,7 @@ def load_reward_model(quality: QualityConfig) -> tuple[Any, Any]:
         )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=quality.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=torch_dtype(quality.dtype), trust_remote_code=quality.trust_remote_code
+        path, dtype=resolve_dtype(quality.dtype), trust_remote_code=quality.trust_remote_code
     )
     model.eval()
     if tokenizer.pad_token is None:

@@ -38,6 +38,7 @@ from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import StudentConfig
+from persyn_hub.errors import PersynError
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.auth import token_for
 from persyn_hub.generation.endpoint import endpoint_root, run_coroutine
@@ -53,7 +54,7 @@ LLAMA_CPP_SHIFT = 1
 APIS = ("tgi", "vllm", "llama_cpp")
 
 
-class ServedScoringError(RuntimeError):
+class ServedScoringError(PersynError, RuntimeError):
     """The served student's answer cannot be matched to the local tokens: the stage stops, naming the row."""
 
 

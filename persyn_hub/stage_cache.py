@@ -24,6 +24,7 @@ from typing import Any
 
 from datasets import Dataset, Features, load_from_disk
 
+from persyn_hub.errors import PersynError
 from persyn_hub.fingerprint import fingerprint
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 
 
-class CorruptCacheError(RuntimeError):
+class CorruptCacheError(PersynError, RuntimeError):
     """A finished-looking stage folder cannot be read back."""
 
 
@@ -123,6 +124,17 @@ class StageCache:
     def is_done(self, name: str, key: str) -> bool:
         return (self.folder(name, key) / SUCCESS).is_file()
 
+    def failed_rows(self, name: str, key: str) -> int:
+        """Rows of a finished stage that carry an `error` (0 when it has no such column)."""
+        dataset = self._load(self.folder(name, key))
+        if "error" not in dataset.column_names:
+            return 0
+        return sum(1 for error in dataset["error"] if error is not None)
+
+    def forget(self, name: str, key: str) -> None:
+        """Unmark a finished stage so the next `dataset_stage` call computes it again."""
+        (self.folder(name, key) / SUCCESS).unlink(missing_ok=True)
+
     def _verify(self, folder: Path, output: Path) -> None:
         """Raise `CorruptCacheError` when the files under `output` are not the ones `_SUCCESS` vouches for."""
         try:
@@ -150,14 +162,11 @@ class StageCache:
         name: str,
         key: str,
         compute: Callable[[Path], Dataset],
-        *,
-        complete: Callable[[Dataset], bool] = lambda _: True,
     ) -> Dataset:
         """Load `name`'s output for `key`, or compute it, save it atomically and mark it done.
 
-        `compute` gets the stage folder (for checkpoints). When `complete(result)` is false (e.g.
-        some generations failed) the output is used for this run but not marked done, so the next
-        run enters the stage again and retries only what is missing.
+        `compute` gets the stage folder (for checkpoints); a crash before the marker leaves the stage
+        unfinished, so the next run enters it again and resumes from those checkpoints.
         """
         folder = self.folder(name, key)
         started = time.perf_counter()
@@ -171,9 +180,8 @@ class StageCache:
         dataset = compute(folder)
         save_dataset_folder(dataset, folder / "data")
         dataset = load_dataset_folder(folder / "data")
-        if complete(dataset):
-            marker = {"key": key, "rows": len(dataset), "files": folder_digest(folder / "data")}
-            (folder / SUCCESS).write_text(json.dumps(marker))
+        marker = {"key": key, "rows": len(dataset), "files": folder_digest(folder / "data")}
+        (folder / SUCCESS).write_text(json.dumps(marker))
         self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
         return dataset
 

@@ -19,13 +19,41 @@ def package_versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **{name: package_version(name) for name in TRACKED_PACKAGES}}
 
 
+def _model_answers(parts: list[Dataset], recipe: PersynRecipe) -> int:
+    """Answers a model wrote (reference teachers write none): what generation cost, counted from the data."""
+    free = {t.name for t in recipe.teachers if t.backend == "reference"}
+    return sum(sum(1 for t in part["teacher"] if t not in free) for part in parts if len(part))
+
+
+def category_table(dataset: Dataset, column: str | None, teachers: list[str]) -> dict[str, dict[str, int]]:
+    """{category: {teacher: rows}}: which teacher each task type went to."""
+    if not column or column not in dataset.column_names or not len(dataset):
+        return {}
+    table: dict[str, Counter] = {}
+    for category, teacher in zip(dataset[column], dataset["teacher"]):
+        table.setdefault(str(category), Counter())[teacher] += 1
+    return {c: {t: counts.get(t, 0) for t in teachers} for c, counts in sorted(table.items())}
+
+
+def verified_correct_share(final: Dataset) -> float | None:
+    """Share of the published rows whose verifier score is full marks (None: no verifier ran)."""
+    if "quality" not in final.column_names or not len(final):
+        return None
+    scores = [q for q in final["quality"]]
+    return round(sum(1 for q in scores if q is not None and q >= 1.0 - 1e-9) / len(scores), 4)
+
+
 def build_summary(
     *,
     recipe: PersynRecipe,
     run_dir: Path,
     final: Dataset,
     failed: Dataset,
+    truncated: int,
     labels: Dataset,
+    assigned: Dataset,
+    label_parts: list[Dataset],
+    generated_parts: list[Dataset],
     num_prompts: int,
     num_labeled: int,
     stages: list[dict[str, Any]],
@@ -34,20 +62,24 @@ def build_summary(
     seconds: float,
     versions: dict[str, Any],
 ) -> dict[str, Any]:
-    """Counts are structural (what the method needs), so a fully cached re-run reports the same numbers."""
+    """Counts come from the data (what was answered, kept, left out), so a cached re-run reports the same."""
     teachers = recipe.teacher_names()
     counts = Counter(final["teacher"])
-    made = num_labeled * len(teachers) + (num_prompts - num_labeled)
-    generate_then_select = num_prompts * len(teachers)
+    model_teachers = sum(1 for t in recipe.teachers if t.backend != "reference")
+    made = _model_answers(label_parts, recipe) + _model_answers(generated_parts, recipe)
+    generate_then_select = num_prompts * model_teachers
     excluded = (
         [reason for reason in labels["excluded"] if reason] if "excluded" in labels.column_names else []
     )
+    category = recipe.prompts.category_column
+    labeled_rows = assigned.filter(lambda rows: rows["labeled"], batched=True) if len(assigned) else assigned
     return {
         "name": recipe.name,
         "rows": len(final),
         "teacher_counts": {name: counts.get(name, 0) for name in teachers},
         "prompts": num_prompts,
         "labeled_prompts": num_labeled,
+        "routed_prompts": len(assigned) - len(labeled_rows),
         "generations_made": made,
         "generations_generate_then_select": generate_then_select,
         "generation_savings": round(1 - made / generate_then_select, 4) if generate_then_select else 0.0,
@@ -57,6 +89,22 @@ def build_summary(
         "stages": stages,
         "generation": generation,
         "router": router,
+        "quality": {
+            "kind": recipe.quality.kind,
+            "verified_correct_share": verified_correct_share(final),
+        },
+        "categories": {
+            "column": category,
+            "published": category_table(final, category, teachers),
+            "labeled_oracle": category_table(
+                labeled_rows.filter(lambda r: [t is not None for t in r["teacher"]], batched=True),
+                category,
+                teachers,
+            )
+            if len(labeled_rows)
+            else {},
+        },
+        "truncated": {"answers": truncated, "dropped": truncated if recipe.output.drop_truncated else 0},
         "failures": {
             "generation": len(failed),
             "failed_prompt_ids": failed["prompt_id"][:50] if len(failed) else [],
@@ -69,6 +117,7 @@ def build_summary(
         "seconds": round(seconds, 2),
         "seed": recipe.seed,
         "alpha": recipe.labeling.alpha,
+        "reward_formula": "r = (1 - alpha) * quality + alpha * learnability (per-prompt normalized)",
         "student": recipe.student.model,
         "teachers": teachers,
         "output_dir": str(run_dir),
@@ -77,15 +126,51 @@ def build_summary(
     }
 
 
+def _interval(router: dict[str, Any], key: str) -> str:
+    low_high = (router.get("intervals") or {}).get(key)
+    return f" [{low_high[0]:.2f}, {low_high[1]:.2f}]" if low_high else ""
+
+
+def _router_lines(router: dict[str, Any]) -> list[str]:
+    sizes = router.get("split_sizes") or {}
+    hits = ", ".join(f"hit@{k} {v:.2f}" for k, v in (router.get("hit_at_k") or {}).items())
+    lines = [
+        f"  router on {sizes.get('test', router.get('num_eval_prompts', '?'))} test prompts (trained on "
+        f"{sizes.get('train', '?')}, early-stopped on {sizes.get('validation', '?')}; 95% bootstrap intervals):",
+        f"    reward recovered {router['reward_recovered']:.2f}{_interval(router, 'reward_recovered')}"
+        f"  best single teacher ({router.get('best_single_teacher')}) "
+        f"{router['reward_recovered_best_single']:.2f}{_interval(router, 'reward_recovered_best_single')}"
+        f"  random {router['reward_recovered_random']:.2f}{_interval(router, 'reward_recovered_random')}",
+        f"    top-1 agreement {router['top1_agreement']:.2f}{_interval(router, 'top1_agreement')}"
+        + (f", {hits}" if hits else "")
+        + (f", regret {router['regret']:.3f}" if "regret" in router else ""),
+    ]
+    if "reward_recovered_minus_best_single" in (router.get("intervals") or {}):
+        low, high = router["intervals"]["reward_recovered_minus_best_single"]
+        verdict = "significant" if low > 0 or high < 0 else "not significant"
+        lines.append(f"    router - best single: [{low:+.2f}, {high:+.2f}] ({verdict} at 95%)")
+    if router.get("oracle_share"):
+        shares = ", ".join(f"{t} {v:.0%}" for t, v in router["oracle_share"].items())
+        lines.append(f"    oracle teacher on the labeled prompts: {shares}")
+    return lines
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The human-readable end-of-run report printed by `persyn run`."""
     lines = [
         f"PerSyn run {summary['name']!r} finished in {summary.get('wall_seconds', summary['seconds'])} s"
     ]
-    lines.append(f"  rows in the personalized data set: {summary['rows']} (of {summary['prompts']} prompts)")
+    lines.append(
+        f"  rows in the personalized data set: {summary['rows']} (of {summary['prompts']} prompts: "
+        f"{summary.get('labeled_prompts', 0)} labeled kept their best answer, "
+        f"{summary.get('routed_prompts', 0)} routed)"
+    )
     total = max(summary["rows"], 1)
     for name, count in summary["teacher_counts"].items():
         lines.append(f"    {name:<32} {count:>6}  {count / total:6.1%}")
+    share = (summary.get("quality") or {}).get("verified_correct_share")
+    if share is not None:
+        lines.append(f"  verified correct ({summary['quality']['kind']}): {share:.1%} of the published rows")
     lines.append(
         f"  generations: {summary['generations_made']} made vs {summary['generations_generate_then_select']} "
         f"for Generate-then-Select ({summary['generation_savings']:.0%} saved); "
@@ -93,20 +178,28 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     router = summary.get("router")
     if router:
-        lines.append(
-            "  router (held-out): top-1 agreement {:.2f}, reward recovered {:.2f} "
-            "(best single teacher {:.2f}, random {:.2f})".format(
-                router.get("top1_agreement", float("nan")),
-                router.get("reward_recovered", float("nan")),
-                router.get("reward_recovered_best_single", float("nan")),
-                router.get("reward_recovered_random", float("nan")),
+        lines += _router_lines(router)
+    categories = (summary.get("categories") or {}).get("published") or {}
+    if categories:
+        teachers = summary["teachers"]
+        lines.append(f"  routing per {summary['categories']['column']} (published rows per teacher):")
+        lines.append("    " + f"{'':<24}" + "".join(f"{t[:18]:>20}" for t in teachers))
+        for category, counts in categories.items():
+            lines.append(
+                "    " + f"{category[:24]:<24}" + "".join(f"{counts.get(t, 0):>20}" for t in teachers)
             )
+    truncated = summary.get("truncated") or {}
+    if truncated.get("answers"):
+        lines.append(
+            f"  truncated answers (cut at max_new_tokens): {truncated['answers']}, "
+            f"{truncated['dropped']} left out of the data set"
         )
     failures = summary["failures"]
     if failures["generation"] or failures["label_rows_excluded"]:
         lines.append(
-            f"  failures: {failures['generation']} routed rows failed generation {failures['failed_reasons']}; "
-            f"{failures['label_rows_excluded']} labeled rows excluded. Re-run to retry only those."
+            f"  failures: {failures['generation']} rows without a usable answer {failures['failed_reasons']}; "
+            f"{failures['label_rows_excluded']} labeled rows excluded. `persyn run RECIPE --retry-failed` asks the "
+            "failed rows again."
         )
     lines.append("  stages:")
     for stage in summary["stages"]:

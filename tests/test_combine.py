@@ -43,7 +43,8 @@ def test_zscore_alpha_and_exclusions():
     expect_l = by_hand_zscore([-1.0, -2.0, -4.0])
     assert q[:3] == pytest.approx(list(expect_q))
     assert lr[:3] == pytest.approx(list(expect_l))
-    assert r[:3] == pytest.approx(list(0.3 * expect_q + 0.7 * expect_l))
+    # alpha weights learnability: r = (1 - alpha) * quality + alpha * learnability
+    assert r[:3] == pytest.approx(list(0.7 * expect_q + 0.3 * expect_l))
     # p2: all teachers tie on both signals -> 0 for everyone, never NaN
     assert q[3:6] == [0.0, 0.0, 0.0] and lr[3:6] == [0.0, 0.0, 0.0] and r[3:6] == [0.0, 0.0, 0.0]
     # p3: teacher b has no quality -> excluded; a is then alone -> excluded too
@@ -63,13 +64,13 @@ def test_minmax_and_none():
     assert mm["reward"][:3] == pytest.approx([1.0, 1 / 3, 0.5])
     assert mm["reward"][3:6] == [0.0, 0.0, 0.0]
     raw = combine_rewards(pool(), LabelingConfig(alpha=0.25, normalization="none"))
-    assert raw["reward"][:3] == pytest.approx([0.25 * 1 + 0.75 * -1, 0.75 * -2, 0.25 - 3.0])
+    assert raw["reward"][:3] == pytest.approx([0.75 * 1 + 0.25 * -1, 0.25 * -2, 0.75 - 1.0])
     assert raw["excluded"] == mm["excluded"]
 
 
 def test_alpha_extremes_pick_one_signal():
-    only_q = combine_rewards(pool(), LabelingConfig(alpha=1.0))
-    only_l = combine_rewards(pool(), LabelingConfig(alpha=0.0))
+    only_q = combine_rewards(pool(), LabelingConfig(alpha=0.0))
+    only_l = combine_rewards(pool(), LabelingConfig(alpha=1.0))
     assert only_q["reward"][:3] == pytest.approx(only_q["quality_norm"][:3])
     assert only_l["reward"][:3] == pytest.approx(only_l["learnability_norm"][:3])
 

@@ -30,8 +30,10 @@ def test_demo_recipe_parses_into_typed_dataclasses():
     assert gemma.prompt_format == "completion"
     assert gemma.few_shot[0].response.endswith("The answer is 12.")
     assert gemma.generation.stop == ["\nQuestion:"]
-    assert recipe.labeling.alpha == 0.5 and recipe.labeling.num_prompts == 64
+    assert recipe.recipe_version == 2
+    assert recipe.labeling.alpha == 0.4 and recipe.labeling.num_prompts == 64
     assert recipe.router.learning_rate == pytest.approx(5e-4)
+    assert (recipe.router.validation_fraction, recipe.router.test_fraction) == (0.2, 0.2)
 
 
 def test_overrides_take_precedence_over_yaml():
@@ -85,10 +87,34 @@ def test_recipe_round_trips_through_yaml(tmp_path):
         (lambda v: v["labeling"].update(num_prompts=1000), r"prompts\.num_prompts \(256\) is smaller"),
         (
             lambda v: (
-                v["routing"].update(router="org/router"),
+                v["routing"].update(reuse_router="org/router"),
                 v["output"].update(hub={"router_repo": "org/r"}),
             ),
-            r"output\.hub\.router_repo: this recipe routes with a given router \(routing\.router\)",
+            r"output\.hub\.router_repo: this recipe routes with a given router \(routing\.reuse_router\)",
+        ),
+        # renamed keys are refused with their new name and the migration command
+        (
+            lambda v: v["router"].update(eval_fraction=0.25),
+            r"router\.eval_fraction: renamed; use router\.validation_fraction .*router\.test_fraction.*persyn migrate",
+        ),
+        (
+            lambda v: v["routing"].update(router="org/router"),
+            r"routing\.router: renamed; use routing\.reuse_router .*persyn migrate",
+        ),
+        # a recipe without recipe_version that sets alpha meant the quality weight: refused, not flipped
+        (
+            lambda v: v.pop("recipe_version"),
+            r"labeling\.alpha: .*LEARNABILITY.*persyn migrate.*alpha becomes 0\.6",
+        ),
+        (lambda v: v.update(recipe_version=3), r"recipe_version: 3 is newer"),
+        (lambda v: v["router"].update(test_fraction=0.0), r"router\.test_fraction: 0\.0 must be in \(0, 1\)"),
+        (
+            lambda v: v["router"].update(validation_fraction=1.0),
+            r"router\.validation_fraction: 1\.0 must be in",
+        ),
+        (
+            lambda v: v["router"].update(validation_fraction=0.5, test_fraction=0.45),
+            r"router\.validation_fraction \+ router\.test_fraction = 0\.95 leaves under 10%",
         ),
     ],
 )
@@ -97,6 +123,14 @@ def test_bad_recipes_name_the_key_and_the_fix(tmp_path, mutate, message):
     mutate(values)
     with pytest.raises(RecipeError, match=message):
         load_recipe(write(tmp_path, values))
+
+
+def test_a_recipe_without_version_loads_when_it_leaves_alpha_at_the_default(tmp_path):
+    values = demo_values()
+    values.pop("recipe_version")
+    values["labeling"].pop("alpha")
+    recipe = load_recipe(write(tmp_path, values))
+    assert recipe.labeling.alpha == 0.4 and recipe.recipe_version == 2
 
 
 def test_override_errors_are_clear():

@@ -400,7 +400,12 @@ def test_endpoint_faults_through_the_pipeline_leave_the_data_unchanged(reference
             "fewer than 2 usable teachers for this prompt": 1,
         }
 
-        second = persyn(tmp_path / "faulty", *served, verbose=True)  # retries only the failed row
+        # The failed row is recorded and its stage finished: a plain re-run reuses it, --retry-failed asks again.
+        again = persyn(tmp_path / "faulty", *served)
+        assert again.returncode == 0, again.stderr[-4000:]
+        summary = json.loads((tmp_path / "faulty/summary.json").read_text())
+        assert summary["requests_this_run"] == 0 and all(stage["cached"] for stage in summary["stages"])
+        second = persyn(tmp_path / "faulty", *served, "--retry-failed", verbose=True)  # only the failed row
         assert second.returncode == 0, second.stderr[-4000:]
         summary = json.loads((tmp_path / "faulty/summary.json").read_text())
         cached = {stage["name"]: stage["cached"] for stage in summary["stages"]}
@@ -504,12 +509,12 @@ def test_a_router_for_other_teachers_is_refused_before_any_generation(reference,
     router = stage_folder(reference.dir, "router") / "output"
     result = persyn(
         tmp_path / "run",
-        "--routing.router", str(router),
+        "--routing.reuse_router", str(router),
         "--teachers.1.name", "qwen-teacher",
         "--routing.budgets", "{}",
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "routing.router: The router" in result.stderr
+    assert "routing.reuse_router: The router" in result.stderr
     assert f"scores teachers ['{CHAT}', '{FEWSHOT}']" in result.stderr and "qwen-teacher" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "run/stages").glob("label-generate*")), "refused before any generation"

@@ -16,7 +16,7 @@ from persyn_hub.learnability import load_student, score_learnability
 
 @pytest.fixture(scope="module")
 def student():
-    config = StudentConfig(model="bundled:smollm2-135m-instruct")
+    config = StudentConfig(model="bundled:smollm2-135m-instruct", dtype="float32")
     model, tokenizer = load_student(config)
     return config, model, tokenizer
 

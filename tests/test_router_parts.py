@@ -95,9 +95,20 @@ def test_pivot_drops_unusable_rows_and_prompts():
     assert table.prompts == ["text of p1", "text of p2"]
     np.testing.assert_array_equal(np.isnan(table.rewards), [[False, False, True], [True, False, False]])
     assert table.rewards[1, 2] == pytest.approx(0.2)
+    # training rows rank an unusable answer one unit below the prompt's worst usable reward
+    np.testing.assert_allclose(table.training_rewards(), [[1.0, 0.0, -1.0], [-0.9, 0.1, 0.2]])
     rows = table.to_dataset()
     assert rows.column_names == ["prompt_id", "prompt", "rewards"]
-    assert math.isnan(rows[0]["rewards"][2])
+    np.testing.assert_allclose(rows["rewards"], [[1.0, 0.0, -1.0], [-0.9, 0.1, 0.2]], rtol=1e-6)
+
+
+def test_two_unusable_answers_tie_below_every_usable_one():
+    labels = pool(
+        [("p1", "a", 0.5, None), ("p1", "b", -0.5, None), ("p1", "c", None, None), ("p1", "d", 0.2, "failed")]
+    )
+    table = pivot_rewards(labels, ["a", "b", "c", "d"])
+    np.testing.assert_allclose(table.training_rewards(), [[0.5, -0.5, -1.5, -1.5]])
+    assert np.isnan(table.rewards[0, 2:]).all()  # the table itself keeps NaN for metrics
 
 
 def test_pivot_stops_when_no_prompt_has_two_usable_teachers():
@@ -119,16 +130,37 @@ def test_pivot_names_bad_teachers_duplicates_and_missing_columns():
         pivot_rewards(pool([("p1", "a", 1.0, None)]).remove_columns("reward"), ["a", "b"])
 
 
-def test_split_is_by_prompt_seeded_and_never_empty():
+def test_split_is_three_way_by_prompt_seeded_and_never_empty():
     labels = pool([(f"p{i}", t, float(i % 3 + (t == "a")), None) for i in range(10) for t in ("a", "b")])
     table = pivot_rewards(labels, ["a", "b"])
-    train, held = split_by_prompt(table, 0.25, seed=3)
-    assert len(held) == 2 and len(train) == 8
-    assert not set(train.prompt_ids) & set(held.prompt_ids)
-    assert split_by_prompt(table, 0.25, seed=3)[1].prompt_ids == held.prompt_ids
-    assert len(split_by_prompt(table.subset(np.arange(2)), 0.01, seed=0)[1]) == 1
-    with pytest.raises(RouterDataError, match="at least 2"):
-        split_by_prompt(table.subset(np.arange(1)), 0.25, seed=0)
+    splits = split_by_prompt(table, validation_fraction=0.2, test_fraction=0.3, seed=3)
+    assert splits.sizes() == {"train": 5, "validation": 2, "test": 3}
+    parts = [set(part.prompt_ids) for part in (splits.train, splits.validation, splits.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set.union(*parts) == set(table.prompt_ids)
+    for part in (splits.train, splits.validation, splits.test):  # each row keeps its own rewards
+        rows = [table.prompt_ids.index(p) for p in part.prompt_ids]
+        np.testing.assert_array_equal(part.rewards, table.rewards[rows])
+    again = split_by_prompt(table, 0.2, 0.3, seed=3)
+    assert again.test.prompt_ids == splits.test.prompt_ids
+    assert again.validation.prompt_ids == splits.validation.prompt_ids
+    other_seeds = [split_by_prompt(table, 0.2, 0.3, seed=s).test.prompt_ids for s in range(4, 9)]
+    assert any(ids != splits.test.prompt_ids for ids in other_seeds)
+    # tiny fractions still leave one prompt in each part; big ones still leave one to train on
+    assert split_by_prompt(table.subset(np.arange(3)), 0.01, 0.01, seed=0).sizes() == {
+        "train": 1,
+        "validation": 1,
+        "test": 1,
+    }
+    crowded = split_by_prompt(table.subset(np.arange(4)), 0.45, 0.45, seed=0).sizes()
+    assert crowded["train"] >= 1 and crowded["validation"] >= 1 and crowded["test"] >= 1
+    assert sum(crowded.values()) == 4
+    with pytest.raises(RouterDataError, match="at least 3"):
+        split_by_prompt(table.subset(np.arange(2)), 0.2, 0.2, seed=0)
+    with pytest.raises(RouterDataError, match=r"router\.test_fraction: 0\.0 must be in \(0, 1\)"):
+        split_by_prompt(table, 0.2, 0.0, seed=0)
+    with pytest.raises(RouterDataError, match=r"router\.validation_fraction: 1\.0"):
+        split_by_prompt(table, 1.0, 0.2, seed=0)
 
 
 # -- metrics ------------------------------------------------------------------------------------------

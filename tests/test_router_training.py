@@ -31,7 +31,8 @@ SETTINGS = RouterSettings(
     max_length=64,
     per_device_train_batch_size=8,
     early_stopping_patience=3,
-    eval_fraction=0.25,
+    validation_fraction=0.2,
+    test_fraction=0.25,
 )
 
 
@@ -97,16 +98,28 @@ def test_the_router_beats_random_and_the_best_single_teacher_on_held_out_prompts
     metrics = result.metrics
     for key in (
         "top1_agreement",
+        "hit_at_k",
         "reward_recovered",
         "reward_recovered_best_single",
         "reward_recovered_random",
+        "regret",
+        "intervals",
         "teacher_distribution",
+        "oracle_share",
+        "oracle_share_test",
+        "validation_loss",
+        "split_sizes",
+        "test_prompt_ids",
         "num_train_prompts",
         "num_eval_prompts",
     ):
         assert key in metrics
-    assert metrics["num_train_prompts"] + metrics["num_eval_prompts"] == 40  # the lonely prompt is dropped
-    assert metrics["num_eval_prompts"] == 10
+    # 40 usable prompts (the lonely one is dropped): 10 test, 8 validation, 22 train
+    assert metrics["split_sizes"] == {"train": 22, "validation": 8, "test": 10}
+    assert (metrics["num_train_prompts"], metrics["num_eval_prompts"]) == (22, 10)
+    assert len(set(metrics["test_prompt_ids"])) == 10
+    assert sum(metrics["oracle_share"].values()) == pytest.approx(1.0)
+    assert sum(metrics["oracle_share_test"].values()) == pytest.approx(1.0)
     assert metrics["reward_recovered"] > metrics["reward_recovered_random"] + 0.2, metrics
     assert metrics["reward_recovered"] > metrics["reward_recovered_best_single"], metrics
     assert metrics["top1_agreement"] >= 0.7, metrics

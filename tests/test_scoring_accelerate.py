@@ -65,7 +65,7 @@ def test_two_cpu_processes_match_in_process_scores(tmp_path, asdiv_prompts):
     assert "process 0/2 done" in done.stdout and "process 1/2 done" in done.stdout
     sharded = load_from_disk(str(tmp_path / "out"))
 
-    model, tokenizer = load_student(StudentConfig())
+    model, tokenizer = load_student(StudentConfig(dtype="float32"))
     local = score_learnability(pool, StudentConfig(), model=model, tokenizer=tokenizer)
     assert sharded["prompt_id"] == pool["prompt_id"] and sharded["teacher"] == pool["teacher"]
     assert sharded["num_response_tokens"] == local["num_response_tokens"]

@@ -54,7 +54,7 @@ FAULTS = ["503", "malformed", "drop"]
 
 @pytest.fixture(scope="module")
 def student():
-    model, tokenizer = load_student(StudentConfig(model=STUDENT))
+    model, tokenizer = load_student(StudentConfig(model=STUDENT, dtype="float32"))
     return model, tokenizer
 
 

@@ -59,6 +59,12 @@ def generate_responses(
         return with_generation_types(Dataset.from_dict({**dataset.to_dict(), **empty})), stats
     backend = backend_for(teacher)
     started = time.perf_counter()
+    if backend == "reference":  # no model: nothing to pay for, so nothing to checkpoint
+        from persyn_hub.generation.reference import write_references
+
+        result = write_references(dataset, teacher, stats)
+        stats.seconds = time.perf_counter() - started
+        return with_generation_types(result), stats
     with GenerationCheckpoint(checkpoint_dir) as checkpoint:
         if backend == "transformers":
             from persyn_hub.generation.local import generate_locally

@@ -23,11 +23,11 @@ from transformers import (
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
+from persyn_hub.dtypes import resolve_dtype
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.learnability import torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def load_teacher(teacher: TeacherConfig) -> tuple[PreTrainedModel, PreTrainedTok
     path = resolve_model(teacher.model or "")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=teacher.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(teacher.dtype), trust_remote_code=teacher.trust_remote_code
+        path, dtype=resolve_dtype(teacher.dtype), trust_remote_code=teacher.trust_remote_code
     )
     model.eval()
     tokenizer.padding_side = "left"

@@ -6,8 +6,12 @@ from persyn_hub.config import TeacherConfig
 
 
 def chat_messages(teacher: TeacherConfig, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Chat teachers answer the conversation as it is (system prompt included)."""
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    """Chat teachers answer the conversation as it is, under their own system turn when they have one."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if teacher.system_prompt is None:
+        return turns
+    turns = [turn for turn in turns if turn["role"] != "system"]
+    return [{"role": "system", "content": teacher.system_prompt}, *turns] if teacher.system_prompt else turns
 
 
 def completion_text(teacher: TeacherConfig, messages: list[dict[str, str]]) -> str:

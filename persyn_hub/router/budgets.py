@@ -19,8 +19,10 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
+from persyn_hub.errors import PersynError
 
-class BudgetError(ValueError):
+
+class BudgetError(PersynError, ValueError):
     """Budgets that name unknown teachers, are not shares, or cannot cover every prompt."""
 
 

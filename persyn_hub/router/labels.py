@@ -16,12 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 
+from persyn_hub.errors import PersynError
+
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("prompt_id", "prompt", "teacher", "reward", "excluded")
 
 
-class RouterDataError(ValueError):
+class RouterDataError(PersynError, ValueError):
     """The labeled pool cannot train a router; the message names the column/row and the fix."""
 
 
@@ -45,9 +47,20 @@ class RewardTable:
             self.teachers,
         )
 
+    def training_rewards(self) -> np.ndarray:
+        """Rewards with every unusable answer ranked one unit below the prompt's worst usable one.
+
+        A failed or unscorable answer is worse than any usable answer to the same prompt; left as NaN
+        it would give no pair at all, and a teacher that always fails on some prompt type (a dead
+        replica, a reference without an answer there) would never be learned to be avoided. Two
+        unusable answers tie, so they give no pair between them.
+        """
+        worst = np.nanmin(self.rewards, axis=1, keepdims=True)
+        return np.where(np.isfinite(self.rewards), self.rewards, worst - 1.0)
+
     def to_dataset(self) -> Dataset:
-        """`prompt_id`, `prompt`, `rewards` (list of floats in teacher order, NaN for unusable)."""
-        flat = pa.array(self.rewards.astype(np.float32).ravel(), type=pa.float32())
+        """`prompt_id`, `prompt`, `rewards` (list of floats in teacher order, `training_rewards`)."""
+        flat = pa.array(self.training_rewards().astype(np.float32).ravel(), type=pa.float32())
         rewards = pa.FixedSizeListArray.from_arrays(flat, len(self.teachers)).cast(pa.list_(pa.float32()))
         table = pa.table(
             {"prompt_id": pa.array(self.prompt_ids), "prompt": pa.array(self.prompts), "rewards": rewards}
@@ -129,15 +142,45 @@ def pivot_rewards(labels: Dataset, teachers: list[str]) -> RewardTable:
     return pivoted.subset(keep)
 
 
-def split_by_prompt(table: RewardTable, eval_fraction: float, seed: int) -> tuple[RewardTable, RewardTable]:
-    """Seeded held-out split by prompt: at least one prompt on each side."""
-    if len(table) < 2:
+@dataclass
+class RouterSplits:
+    """Labeled prompts split by prompt: train (fit), validation (early stopping), test (metrics only)."""
+
+    train: RewardTable
+    validation: RewardTable
+    test: RewardTable
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def split_by_prompt(
+    table: RewardTable, validation_fraction: float, test_fraction: float, seed: int
+) -> RouterSplits:
+    """Seeded three-way split by prompt, at least one prompt in each part.
+
+    The test part never drives training or checkpoint choice, so metrics measured on it are what the
+    router does on prompts it has not seen, the way it will be used.
+    """
+    if len(table) < 3:
         raise RouterDataError(
-            f"Only {len(table)} prompt has two usable teachers; the router needs at least 2 (one to train "
-            "on, one held out). Label more prompts (labeling.num_prompts)."
+            f"Only {len(table)} labeled prompt(s) have two usable teachers; the router needs at least 3 (train, "
+            "validation, test). Label more prompts (labeling.num_prompts)."
         )
-    if not 0.0 < eval_fraction < 1.0:
-        raise RouterDataError(f"router.eval_fraction: {eval_fraction} must be in (0, 1).")
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise RouterDataError(f"router.{name}: {value} must be in (0, 1).")
     order = np.random.default_rng(seed).permutation(len(table))
-    num_eval = min(max(1, round(eval_fraction * len(table))), len(table) - 1)
-    return table.subset(np.sort(order[num_eval:])), table.subset(np.sort(order[:num_eval]))
+    num_test = max(1, round(test_fraction * len(table)))
+    num_validation = max(1, round(validation_fraction * len(table)))
+    while num_test + num_validation > len(table) - 1:  # keep at least one prompt to train on
+        if num_test >= num_validation and num_test > 1:
+            num_test -= 1
+        else:
+            num_validation -= 1
+    test = order[:num_test]
+    validation = order[num_test : num_test + num_validation]
+    train = order[num_test + num_validation :]
+    return RouterSplits(
+        table.subset(np.sort(train)), table.subset(np.sort(validation)), table.subset(np.sort(test))
+    )

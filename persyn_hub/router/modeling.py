@@ -1,4 +1,8 @@
-"""`PersynRouter`: a text encoder plus a linear head that gives one score per teacher.
+"""`PersynRouter`: a text backbone plus a linear head that gives one score per teacher.
+
+The backbone is an encoder (MiniLM by default: small, fast on CPU) or, as in the paper, a decoder LM
+whose LM head is replaced by the teacher head: `from_encoder("Qwen/Qwen2.5-1.5B", ...)` loads the base
+model without its LM head and reads the last prompt token (`pooling="last"`, the default for causal LMs).
 
 The router is a plain transformers `PreTrainedModel` whose config holds the encoder's config as a
 sub-config (`encoder_config`), so `from_pretrained` rebuilds the whole model from one `config.json` and
@@ -11,6 +15,7 @@ Scores are Bradley-Terry logits: only differences between teachers of one prompt
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -19,29 +24,62 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "persyn_router"
+POOLINGS = ("mean", "cls", "last")
+
+
+def is_causal_lm_config(config: PreTrainedConfig | dict | None) -> bool:
+    """Whether a backbone config is a decoder-only LM (Llama, Qwen2, GPT-2, ...) rather than an encoder.
+
+    Decides the default pooling: a causal LM's tokens only see what precedes them, so only the last
+    token has read the whole prompt. BERT-likes sit in both auto mappings (`BertLMHeadModel`), hence
+    the masked-LM check.
+    """
+    if config is None:
+        return False
+    values = config if isinstance(config, dict) else config.to_dict()
+    if values.get("is_encoder_decoder"):
+        return False
+    if values.get("is_decoder"):
+        return True
+    architectures = values.get("architectures") or []
+    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        return True
+    if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architectures):
+        return False
+    model_type = values.get("model_type")
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 class PersynRouterConfig(PreTrainedConfig):
-    """What a router is (encoder config, pooling, head size) and what it was trained for."""
+    """What a router is (backbone config, pooling, head size) and what it was trained for."""
 
     model_type = MODEL_TYPE
     sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
 
     encoder_config: dict | PreTrainedConfig | None = None
     encoder_name: str | None = None
-    """The encoder checkpoint the router started from (Hub id, path or `bundled:NAME`)."""
+    """The backbone checkpoint the router started from (Hub id, path or `bundled:NAME`), encoder or causal LM."""
     teachers: list[str] | None = None
     """Teacher names in score order: `router_scores[i]` belongs to `teachers[i]`."""
     student: str | None = None
     alpha: float | None = None
     label_repo: str | None = None
     label_revision: str | None = None
-    pooling: str = "mean"
-    """`mean` (attention-masked mean of the last hidden states) or `cls` (first token)."""
+    pooling: str | None = None
+    """`mean` (attention-masked mean of the last hidden states), `cls` (first non-padding token) or
+    `last` (last non-padding token, whatever the padding side). Unset: `last` for a causal-LM backbone
+    (the paper's router), `mean` for an encoder; the resolved value is saved, so a saved router keeps it."""
     max_length: int = 256
     tie_margin: float = 1e-6
     classifier_dropout: float = 0.0
@@ -49,10 +87,17 @@ class PersynRouterConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.teachers = list(self.teachers or [])
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"PersynRouterConfig.pooling: {self.pooling!r} is not 'mean' or 'cls'.")
+        if self.pooling is None:
+            self.pooling = "last" if self.is_causal_backbone else "mean"
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"PersynRouterConfig.pooling: {self.pooling!r} is not one of {POOLINGS}.")
         if len(set(self.teachers)) != len(self.teachers):
             raise ValueError(f"PersynRouterConfig.teachers: names repeat in {self.teachers}.")
+
+    @property
+    def is_causal_backbone(self) -> bool:
+        """True for a decoder-only LM backbone (see `is_causal_lm_config`)."""
+        return is_causal_lm_config(self.encoder_config)
 
 
 def bradley_terry_loss(scores: torch.Tensor, rewards: torch.Tensor, tie_margin: float) -> torch.Tensor:
@@ -83,9 +128,17 @@ class PersynRouter(PreTrainedModel):
         super().__init__(config)
         if len(config.teachers) < 2:
             raise ValueError(f"PersynRouter needs at least 2 teachers, the config lists {config.teachers}.")
-        self.encoder = _encoder_without_pooler(AutoModel.from_config(config.encoder_config))
+        # The head is built in the default dtype; the backbone must match it whatever dtype its checkpoint
+        # had (a bf16 Qwen config would otherwise give a bf16 backbone under a float32 head).
+        encoder = AutoModel.from_config(config.encoder_config, dtype=torch.get_default_dtype())
+        self.encoder = _encoder_without_pooler(encoder)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.score = nn.Linear(config.encoder_config.hidden_size, len(config.teachers))
+        accepted = inspect.signature(self.encoder.forward).parameters
+        self._encoder_takes = {
+            name for name in ("token_type_ids", "position_ids", "use_cache") if name in accepted
+        }
+        self._causal_backbone = config.is_causal_backbone
         self.post_init()
 
     @classmethod
@@ -95,7 +148,11 @@ class PersynRouter(PreTrainedModel):
         teachers: list[str],
         **config_values,
     ) -> PersynRouter:
-        """A new router on a pretrained encoder (its weights loaded, the head freshly initialized)."""
+        """A new router on a pretrained backbone (its weights loaded, the head freshly initialized).
+
+        The backbone is an encoder (MiniLM, BERT, ...) or a causal LM (SmolLM2, Qwen2.5, ...): `AutoModel`
+        gives a causal LM's base model, so its LM head (tied or not) is simply not part of the router.
+        """
         from persyn_hub.bundled import resolve_model
 
         encoder = _encoder_without_pooler(AutoModel.from_pretrained(resolve_model(encoder_name_or_path)))
@@ -113,11 +170,56 @@ class PersynRouter(PreTrainedModel):
             logger.debug("Encoder weights not used by the router: %s", unexpected)
         return router
 
+    from_backbone = from_encoder
+    """Alias of `from_encoder` that reads better for a causal-LM backbone."""
+
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.config.pooling == "cls" or attention_mask is None:
-            return hidden[:, 0] if self.config.pooling == "cls" else hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        """One vector per prompt; `cls`/`last` read the first/last position whose mask is 1, so right
+        padding, left padding and no padding give the same vector."""
+        pooling = self.config.pooling
+        if pooling == "mean":
+            if attention_mask is None:
+                return hidden.mean(dim=1)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if attention_mask is None:
+            return hidden[:, -1] if pooling == "last" else hidden[:, 0]
+        real = attention_mask.to(torch.long)
+        if pooling == "last":
+            index = (real * torch.arange(hidden.shape[1], device=hidden.device)).argmax(dim=1)
+        else:
+            index = real.argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+    def _backbone_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor | bool | None]:
+        """Keyword arguments for the backbone, so that padding (side and amount) never changes a score.
+
+        A causal LM numbers positions 0, 1, ... from the first column, so under left padding a prompt
+        would sit at other positions than alone: its positions come from the attention mask (as in
+        `generate`). An encoder's position ids are its own business (RoBERTa offsets them), so a
+        left-padded encoder batch is shifted to right padding instead. No KV cache: one read per prompt.
+        """
+        if attention_mask is not None and not self._causal_backbone:
+            input_ids, attention_mask, token_type_ids = _left_aligned(
+                input_ids, attention_mask, token_type_ids
+            )
+        inputs: dict[str, torch.Tensor | bool | None] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+        }
+        if token_type_ids is not None and "token_type_ids" in self._encoder_takes:
+            inputs["token_type_ids"] = token_type_ids
+        if self._causal_backbone:
+            if attention_mask is not None and "position_ids" in self._encoder_takes:
+                inputs["position_ids"] = (attention_mask.to(torch.long).cumsum(dim=1) - 1).clamp(min=0)
+            if "use_cache" in self._encoder_takes:
+                inputs["use_cache"] = False
+        return inputs
 
     def forward(
         self,
@@ -127,15 +229,29 @@ class PersynRouter(PreTrainedModel):
         rewards: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
         """`logits`: scores per teacher; `loss`: Bradley-Terry loss when `rewards` (NaN = unusable) is given."""
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
+        inputs = self._backbone_inputs(input_ids, attention_mask, token_type_ids)
         hidden = self.encoder(**inputs).last_hidden_state
-        logits = self.score(self.dropout(self._pool(hidden, attention_mask)))
+        logits = self.score(self.dropout(self._pool(hidden, inputs["attention_mask"])))
         loss = None
         if rewards is not None:
             loss = bradley_terry_loss(logits, rewards, self.config.tie_margin)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _left_aligned(
+    input_ids: torch.Tensor | None, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """The same three tensors with each row rotated so that its leading padding moves to the end.
+
+    Right-padded batches (the encoder tokenizers' default) come back unchanged, as the same objects.
+    """
+    leading = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)
+    if not bool(leading.any()):
+        return input_ids, attention_mask, token_type_ids
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    index = (columns + leading[:, None]) % attention_mask.shape[1]
+    rotated = [t.gather(1, index) if t is not None else None for t in (input_ids, token_type_ids)]
+    return rotated[0], attention_mask.gather(1, index), rotated[1]
 
 
 def _encoder_without_pooler(encoder: nn.Module) -> nn.Module:

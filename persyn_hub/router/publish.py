@@ -16,6 +16,7 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
 from transformers import AutoModel, AutoTokenizer
 
+from persyn_hub.errors import PersynError
 from persyn_hub.router.modeling import PersynRouter, PersynRouterConfig, register_auto_classes
 from persyn_hub.stage_cache import file_digest
 
@@ -39,7 +40,7 @@ CARD_METRICS = (
 """Metrics the card's evaluation table needs; a partial dict renders as "no held-out metrics"."""
 
 
-class RouterMismatchError(ValueError):
+class RouterMismatchError(PersynError, ValueError):
     """A router was trained for another teacher pool than the recipe's."""
 
 
@@ -85,12 +86,20 @@ def render_router_card(
         label_revision=config.label_revision,
         metrics=metrics if all(key in metrics for key in CARD_METRICS) else None,
         calibration=calibration,
-        calibration_prompts=metrics.get("num_train_prompts", 0) + metrics.get("num_eval_prompts", 0),
+        calibration_prompts=sum((metrics.get("split_sizes") or {}).values())
+        or metrics.get("num_train_prompts", 0) + metrics.get("num_eval_prompts", 0),
+        interval=lambda key: _interval_text(metrics, key),
         settings=settings,
         seed=seed,
         repo_id=repo_id or "path/or/hub-id/of/this/router",
         persyn_version=persyn_hub.__version__,
     )
+
+
+def _interval_text(metrics: dict[str, Any], key: str) -> str:
+    """` [low, high]` for a metric with a bootstrap interval, else nothing."""
+    low_high = (metrics.get("intervals") or {}).get(key)
+    return f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
 
 
 def _is_hub_id(name: str) -> bool:

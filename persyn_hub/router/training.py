@@ -1,9 +1,9 @@
 """Train a PerSyn router on the labeled pool with the transformers `Trainer`.
 
 One linear function, `train_router`, reads like the recipe's `router:` section: pivot the pool to one row
-per prompt, split by prompt (seeded), fine-tune encoder + head with a Bradley-Terry pairwise loss, stop
-early on the held-out loss, measure the router against the best single teacher and random assignment,
-and save weights, tokenizer and model card. Because it is a plain `Trainer`, the same call runs on
+per prompt, split by prompt (seeded) into train / validation / test, fine-tune backbone + head with a
+Bradley-Terry pairwise loss, stop early on the validation loss, measure the router on the test prompts
+only against the best single teacher (chosen on train) and random assignment, and save weights, tokenizer and model card. Because it is a plain `Trainer`, the same call runs on
 several GPUs under accelerate:
 
     accelerate launch -m persyn_hub.cli run recipes/demo/asdiv-smollm2.yaml
@@ -33,7 +33,7 @@ from persyn_hub.bundled import resolve_model
 from persyn_hub.config import RouterSettings
 from persyn_hub.router.budgets import calibration_table
 from persyn_hub.router.labels import RewardTable, pivot_rewards, split_by_prompt
-from persyn_hub.router.metrics import routing_metrics
+from persyn_hub.router.metrics import effective_rewards, routing_metrics
 from persyn_hub.router.modeling import PersynRouter
 from persyn_hub.router.publish import save_router
 from persyn_hub.router.routing import score_texts
@@ -87,29 +87,34 @@ def train_router(
     """Train, evaluate and save a router; returns the router, its tokenizer and held-out metrics.
 
     Reads the LABELED POOL: one row per (prompt_id, teacher) with `prompt_id`, `prompt`, `teacher`,
-    `reward` (float|None) and `excluded` (str|None). Rows with `excluded` set or no reward are unusable;
-    prompts with fewer than two usable teachers are dropped; pairs whose rewards differ by at most
-    `settings.tie_margin` give no signal. Writes `output_dir`: config.json, model.safetensors, tokenizer,
-    router_metrics.json, README.md (model card). Metrics keys: top1_agreement, reward_recovered,
-    reward_recovered_best_single, reward_recovered_random, teacher_distribution, num_train_prompts,
-    num_eval_prompts (plus oracle/mean-reward details, eval_loss and a calibration table).
+    `reward` (float|None) and `excluded` (str|None). Rows with `excluded` set or no reward are unusable
+    and rank below every usable answer to the same prompt (so the router learns to avoid a teacher that
+    fails there); prompts with fewer than two usable teachers are dropped; pairs whose rewards differ by at most
+    `settings.tie_margin` give no signal. The prompts split into train / validation (early stopping and
+    checkpoint choice) / test; every metric is measured on the test prompts only, against the best single
+    teacher chosen on the train prompts (see `persyn_hub.router.metrics`). Writes `output_dir`:
+    config.json, model.safetensors, tokenizer, router_metrics.json, README.md (model card). Metrics keys:
+    top1_agreement, hit_at_k, reward_recovered, reward_recovered_best_single, reward_recovered_random,
+    regret*, intervals (bootstrap), teacher_distribution, oracle_share (all labeled prompts), split_sizes,
+    calibration.
 
     Example:
         >>> result = train_router(labels, RouterSettings(num_train_epochs=3, max_length=64),
-        ...     teachers=["smollm2", "gemma"], student="bundled:smollm2-135m-instruct", alpha=0.5,
+        ...     teachers=["smollm2", "gemma"], student="bundled:smollm2-135m-instruct", alpha=0.4,
         ...     output_dir="runs/router", seed=0)
         >>> result.metrics["reward_recovered"], result.metrics["reward_recovered_random"]
     """
     table = pivot_rewards(labels, teachers)  # checks columns and usable pairs before any model loads
-    train_table, eval_table = split_by_prompt(table, settings.eval_fraction, seed)
+    splits = split_by_prompt(table, settings.validation_fraction, settings.test_fraction, seed)
     logger.info(
-        "Router: %d prompts with >= 2 usable teachers (%d train, %d held out), teachers %s",
+        "Router: %d prompts with >= 2 usable teachers (train %d, validation %d, test %d), teachers %s",
         len(table),
-        len(train_table),
-        len(eval_table),
+        len(splits.train),
+        len(splits.validation),
+        len(splits.test),
         teachers,
     )
-    if not _has_ordered_pair(train_table.rewards, settings.tie_margin):
+    if not _has_ordered_pair(splits.train.rewards, settings.tie_margin):
         logger.warning(
             "Router: every training pair is a tie (within %g); the router learns nothing", settings.tie_margin
         )
@@ -160,28 +165,39 @@ def train_router(
         model=router,
         args=args,
         data_collator=RewardCollator(tokenizer),
-        train_dataset=_tokenized(train_table, tokenizer, settings.max_length),
-        eval_dataset=_tokenized(eval_table, tokenizer, settings.max_length),
+        train_dataset=_tokenized(splits.train, tokenizer, settings.max_length),
+        eval_dataset=_tokenized(splits.validation, tokenizer, settings.max_length),
         processing_class=tokenizer,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
     )
     trainer.train()
     router = trainer.model
-    eval_loss = trainer.evaluate()["eval_loss"]
+    validation_loss = trainer.evaluate()["eval_loss"]
 
-    eval_scores = score_texts(eval_table.prompts, router, tokenizer)
+    # Every reported number comes from the test prompts: neither training nor early stopping saw them.
+    test_scores = score_texts(splits.test.prompts, router, tokenizer)
     metrics = routing_metrics(
-        eval_scores, eval_table.rewards, train_table.rewards, teachers, settings.tie_margin
+        test_scores,
+        splits.test.rewards,
+        splits.train.rewards,
+        teachers,
+        settings.tie_margin,
+        seed=seed,
     )
     metrics.update(
-        num_train_prompts=len(train_table),
-        num_eval_prompts=len(eval_table),
-        eval_loss=float(eval_loss),
+        split_sizes=splits.sizes(),
+        num_train_prompts=len(splits.train),
+        num_eval_prompts=len(splits.test),
+        oracle_share_test=metrics["oracle_share"],
+        oracle_share=oracle_share(table.rewards, teachers),
+        validation_loss=float(validation_loss),
         epochs_trained=float(trainer.state.epoch or 0.0),
+        test_prompt_ids=list(splits.test.prompt_ids),
         calibration=calibration_table(score_texts(table.prompts, router, tokenizer), teachers),
     )
     logger.info(
-        "Router held-out: top-1 %.3f, reward recovered %.3f (best single %.3f, random %.3f)",
+        "Router on %d test prompts: top-1 %.3f, reward recovered %.3f (best single %.3f, random %.3f)",
+        len(splits.test),
         metrics["top1_agreement"],
         metrics["reward_recovered"],
         metrics["reward_recovered_best_single"],
@@ -198,3 +214,10 @@ def _has_ordered_pair(rewards: np.ndarray, tie_margin: float) -> bool:
     finite = np.where(np.isfinite(rewards), rewards, np.nan)
     spread = np.nanmax(finite, axis=1) - np.nanmin(finite, axis=1)
     return bool((spread > tie_margin).any())
+
+
+def oracle_share(rewards: np.ndarray, teachers: list[str]) -> dict[str, float]:
+    """Share of labeled prompts each teacher is the oracle for (first best): does the oracle vary at all?"""
+    best = effective_rewards(rewards).argmax(axis=1)
+    counts = np.bincount(best, minlength=len(teachers))
+    return {name: float(count / max(len(rewards), 1)) for name, count in zip(teachers, counts)}
