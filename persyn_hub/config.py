@@ -57,6 +57,25 @@ class ProceduralTask:
 
 
 @dataclass
+class PoolConfig:
+    """Answers the prompts already have, one per teacher (a parallel-response set such as Magpie-Zoo).
+
+    `wide`: one column per teacher (named as the teacher, or its `pool_column`), each cell the answer
+    text or a dict holding it under `response_key` beside precomputed scores. `long`: one row per
+    (prompt, teacher) with `teacher_column`, `response_column` and `score_columns`; it is pivoted to wide
+    when the prompts load. A teacher answers from the pool at no generation cost; a missing or empty
+    cell is an unusable answer with a reason (or, for a teacher with a model or endpoints, generated)."""
+
+    format: Literal["wide", "long"] = "wide"
+    response_key: str = "content"
+    """Key of the answer text in a dict cell (wide format)."""
+    teacher_column: str = "teacher"
+    response_column: str = "response"
+    score_columns: list[str] = field(default_factory=list)
+    """Long format: columns with precomputed scores of each answer (usable by `quality.kind: column`)."""
+
+
+@dataclass
 class PromptsConfig:
     """Where the prompts come from and which columns hold what."""
 
@@ -83,11 +102,18 @@ class PromptsConfig:
     shuffle: bool = True
     drop_duplicates: bool = False
     """Keep the first of rows with the same prompt id instead of stopping with an error."""
+    drop_eval_items: bool = True
+    """Leave out prompts whose text is an item of a packaged evaluation task (persyn_asdiv, persyn_ifbench,
+    persyn_taskmix: `eval_tasks/heldout.py`), so `persyn sft` -> `persyn evaluate` never tests a student on
+    its own training prompts; other prompts are kept. The count is in the summary and the card."""
     tasks: list[ProceduralTask] = field(default_factory=list)
     """Task types to generate when `source` is `reasoning-gym` (each a generator, its size and difficulty)."""
     category_column: Optional[str] = None
     """Column naming each prompt's task type; the summary and card then show routing per category
     (`reasoning-gym` sources set it to `task`)."""
+    pool: Optional[PoolConfig] = None
+    """The source already holds teachers' answers (`teachers[*].pool_column`): labeling and routed prompts
+    take them from here instead of generating."""
 
     def __post_init__(self) -> None:
         if self.source == REASONING_GYM:  # the generator's columns: question, answer, metadata, task
@@ -122,7 +148,7 @@ class TeacherConfig:
     """Hub id, local path or `bundled:NAME`; required for the local backends."""
     endpoints: list[str] = field(default_factory=list)
     """Base URLs of TGI or OpenAI-compatible servers (requests are spread across them)."""
-    backend: Literal["auto", "transformers", "endpoint", "vllm", "reference"] = "auto"
+    backend: Literal["auto", "transformers", "endpoint", "vllm", "reference", "pool"] = "auto"
     """`reference`: no model; the answer is `response_template` filled from the prompt's columns (a data
     set's gold solution or a solver's worked answer: the strong, less learnable member of a pool)."""
     family: Optional[str] = None
@@ -133,6 +159,10 @@ class TeacherConfig:
     prompted two ways can be two teachers. The published data set keeps the prompt's own turns."""
     response_template: Optional[str] = None
     """`reference` teachers: the answer, e.g. `"The answer is {answer}."` (any prompt column in braces)."""
+    pool_column: Optional[str] = None
+    """Column of an answer pool (`prompts.pool`) holding this teacher's answers; `backend: pool` (or a
+    teacher with neither model nor endpoints) reads its own name's column by default. With a model or
+    endpoints too, prompts the pool lacks are generated."""
     completion_template: str = "Question: {prompt}\nAnswer:"
     """How a prompt is written for a `completion` teacher; `{prompt}` is replaced by the prompt text."""
     few_shot: list[FewShotExample] = field(default_factory=list)
@@ -187,9 +217,17 @@ class StudentConfig:
 
 @dataclass
 class QualityConfig:
-    kind: Literal["math_answer", "instruction_following", "reward_model", "reasoning_gym"] = "math_answer"
-    """`reasoning_gym`: each task type's own scorer from the reasoning-gym package (needs the `metadata`
-    column that `prompts.source: reasoning-gym` keeps)."""
+    kind: Literal[
+        "math_answer", "instruction_following", "reward_model", "reasoning_gym", "column", "auto"
+    ] = "math_answer"
+    """`reasoning_gym`: each task type's own scorer (needs the `metadata` column `prompts.source:
+    reasoning-gym` keeps). `column`: a score the answer pool already holds (`column`). `auto`: chosen per
+    row (`kind_column`, else by the columns a row has: reasoning-gym metadata, instruction ids, a gold
+    answer, a pool score, then the reward model); each row's `quality_detail` names the checker used."""
+    column: Optional[str] = None
+    """`column` / `auto`: the pool score used as quality, e.g. `Skywork-Reward-Llama-3.1-8B`."""
+    kind_column: Optional[str] = None
+    """`auto`: a prompts column naming each row's quality kind (overrides the column rule for that row)."""
     reward_model: Optional[str] = None
     batch_size: int = 8
     max_length: int = 2048
@@ -311,7 +349,8 @@ def validate_recipe(recipe: PersynRecipe) -> None:
             raise RecipeError(f"teachers[{index}].name: empty; give every teacher a unique name.")
         if names.count(teacher.name) > 1:
             raise RecipeError(f"{where}.name: {teacher.name!r} is used twice; teacher names must be unique.")
-        if not teacher.model and not teacher.endpoints and teacher.backend != "reference":
+        answers_from_data = teacher.backend in ("reference", "pool") or recipe.prompts.pool is not None
+        if not teacher.model and not teacher.endpoints and not answers_from_data:
             raise RecipeError(f"{where}: set `model` (local) or `endpoints` (served teacher).")
         if teacher.backend == "endpoint" and not teacher.endpoints:
             raise RecipeError(f"{where}.endpoints: backend is 'endpoint' but no endpoint URL is given.")
@@ -373,6 +412,43 @@ def validate_splits(router: RouterSettings) -> None:
         )
 
 
+def check_task_names(names: list[str]) -> None:
+    """Unknown reasoning-gym tasks fail when the recipe is read, with the closest name."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        return  # reported with the install hint when the prompts load
+    known = list(reasoning_gym.factory.DATASETS)
+    for index, name in enumerate(names):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"prompts.tasks[{index}] ({name!r}).name: not a reasoning-gym task.{hint}")
+
+
+def check_model_name(name: str | None, field: str) -> None:
+    """`bundled:` names and local paths are checked when the recipe is read; Hub ids when they load."""
+    if not name:
+        return
+    if name.startswith("bundled:"):
+        from persyn_hub.bundled import BUNDLED_MODELS, PREFIX
+
+        if name.removeprefix(PREFIX) not in BUNDLED_MODELS:
+            close = difflib.get_close_matches(name.removeprefix(PREFIX), list(BUNDLED_MODELS), n=1)
+            hint = (
+                f" Did you mean {PREFIX + close[0]!r}?"
+                if close
+                else f" Choose from {[PREFIX + k for k in BUNDLED_MODELS]}."
+            )
+            raise RecipeError(f"{field}: {name!r} is not a bundled model.{hint}")
+        return
+    local = name.startswith(("./", "../", "/", "~")) or name.count("/") > 1
+    if local and not Path(name).expanduser().exists():
+        raise RecipeError(
+            f"{field}: local model path {name!r} does not exist; fix the path or name a Hub model id (org/name)."
+        )
+
+
 def validate_sources(recipe: PersynRecipe) -> None:
     """Procedural prompts and reference teachers: what they need is named before anything runs."""
     prompts = recipe.prompts
@@ -385,6 +461,8 @@ def validate_sources(recipe: PersynRecipe) -> None:
         raise RecipeError(
             "prompts.tasks: only used with `source: reasoning-gym`; remove it or change source."
         )
+    if prompts.tasks:
+        check_task_names([task.name for task in prompts.tasks])
     labels = [task.label or task.name for task in prompts.tasks]
     for index, task in enumerate(prompts.tasks):
         if task.size <= 0:
@@ -399,8 +477,35 @@ def validate_sources(recipe: PersynRecipe) -> None:
                 "quality.kind: 'reasoning_gym' scores with each prompt's reasoning-gym `metadata`; use "
                 "`prompts.source: reasoning-gym` or keep a `metadata` column (prompts.keep_columns)."
             )
+    if recipe.quality.kind == "column" and not recipe.quality.column:
+        raise RecipeError(
+            "quality.column: quality.kind is 'column' but no score key is named (e.g. a reward score)."
+        )
+    if recipe.quality.kind_column and recipe.quality.kind_column not in prompts.keep_columns:
+        prompts.keep_columns = [*prompts.keep_columns, recipe.quality.kind_column]
+    check_model_name(recipe.student.model, "student.model")
+    check_model_name(recipe.router.backbone, "router.backbone")
+    if recipe.quality.reward_model:
+        check_model_name(recipe.quality.reward_model, "quality.reward_model")
     for index, teacher in enumerate(recipe.teachers):
         where = f"teachers[{index}] ({teacher.name!r})"
+        check_model_name(teacher.model, f"{where}.model")
+        if teacher.backend == "pool" or (
+            teacher.pool_column is None
+            and teacher.backend == "auto"
+            and not teacher.model
+            and not teacher.endpoints
+            and prompts.pool is not None
+        ):
+            teacher.pool_column = teacher.pool_column or teacher.name
+        if teacher.pool_column:
+            if prompts.pool is None:
+                raise RecipeError(
+                    f"{where}.pool_column: answers from a pool need `prompts.pool` (format wide or long) to say "
+                    "how the source holds them."
+                )
+            if teacher.pool_column not in prompts.keep_columns:
+                prompts.keep_columns = [*prompts.keep_columns, teacher.pool_column]
         if teacher.backend == "reference" and not teacher.response_template:
             raise RecipeError(
                 f"{where}.response_template: a reference teacher writes its answer from the prompt's columns; "

@@ -48,6 +48,56 @@ def _read_source(config: PromptsConfig, seed: int) -> Dataset:
     return load_dataset(source, config.subset, split=config.split, revision=config.revision)
 
 
+def pivot_long_pool(dataset: Dataset, config: PromptsConfig) -> Dataset:
+    """A long answer pool (one row per prompt and teacher) -> one row per prompt, one column per teacher
+    holding {response_key: answer, score columns...}; a teacher without a row for a prompt gets None."""
+    pool = config.pool
+    assert pool is not None
+    key = config.id_column or config.prompt_column
+    needed = [
+        c
+        for c in (key, pool.teacher_column, pool.response_column, *pool.score_columns)
+        if c not in dataset.column_names
+    ]
+    if needed:
+        raise PromptDataError(
+            f"prompts.pool: the long pool lacks column(s) {needed} (it has {dataset.column_names}); set "
+            "prompts.pool.teacher_column / response_column / score_columns (and prompts.prompt_column)."
+        )
+    frame = dataset.to_pandas()
+    teachers = sorted(frame[pool.teacher_column].dropna().astype(str).unique())
+    rows: dict[Any, dict[str, Any]] = {}
+    seen: set[tuple[Any, str]] = set()
+    for index, record in enumerate(frame.to_dict("records")):
+        prompt, teacher = record[key], str(record[pool.teacher_column])
+        if (prompt, teacher) in seen:
+            raise PromptDataError(
+                f"row {index} of {config.source!r}: a second answer of teacher {teacher!r} to the same prompt; "
+                "a long pool holds one row per (prompt, teacher)."
+            )
+        seen.add((prompt, teacher))
+        row = rows.setdefault(
+            prompt,
+            {
+                c: v
+                for c, v in record.items()
+                if c not in (pool.teacher_column, pool.response_column, *pool.score_columns)
+            },
+        )
+        row[teacher] = {
+            pool.response_key: record[pool.response_column],
+            **{c: record[c] for c in pool.score_columns},
+        }
+    wide = [{**{t: None for t in teachers}, **row} for row in rows.values()]
+    logger.info(
+        "prompts.pool: pivoted %d long rows into %d prompts x %d teachers",
+        len(frame),
+        len(wide),
+        len(teachers),
+    )
+    return Dataset.from_list(wide)
+
+
 def apply_bundled_defaults(config: PromptsConfig) -> PromptsConfig:
     """Bundled data sets know their own columns; fill them in when the recipe left the defaults."""
     if not is_bundled(config.source):
@@ -176,14 +226,19 @@ def _check_unique_ids(dataset: Dataset, config: PromptsConfig) -> Dataset:
     )
 
 
-def load_prompts(config: PromptsConfig, seed: int = 42) -> Dataset:
+def load_prompts(config: PromptsConfig, seed: int = 42, report: dict[str, Any] | None = None) -> Dataset:
     """Load, check and normalize the prompt source; shuffle with `seed`; keep `num_prompts` rows.
 
-    Adds: `prompt_id`, `messages`, `prompt`, and `answer` when `answer_column` is set.
+    Adds: `prompt_id`, `messages`, `prompt`, and `answer` when `answer_column` is set. Held-out
+    evaluation items are left out unless `drop_eval_items` is false; `report` (when given) receives the
+    counts: `source_rows`, `duplicates_dropped`, `eval_items_dropped`.
     Example: `load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=8))`.
     """
+    report = {} if report is None else report
     config = apply_bundled_defaults(config)
     dataset = _read_source(config, seed)
+    if config.pool is not None and config.pool.format == "long":
+        dataset = pivot_long_pool(dataset, config)
     _check_columns(dataset, config)
     if len(dataset) == 0:
         raise PromptDataError(f"prompts.source: {config.source!r} has no rows.")
@@ -197,7 +252,20 @@ def load_prompts(config: PromptsConfig, seed: int = 42) -> Dataset:
         remove_columns=remove,
         desc="Normalizing prompts",
     )
+    report["source_rows"] = len(dataset)
     dataset = _check_unique_ids(dataset, config)
+    report["duplicates_dropped"] = report["source_rows"] - len(dataset)
+    if config.drop_eval_items:
+        from persyn_hub.eval_tasks.heldout import drop_eval_items
+
+        before = len(dataset)
+        dataset = drop_eval_items(dataset, "prompt")
+        report["eval_items_dropped"] = before - len(dataset)
+        if report["eval_items_dropped"]:
+            logger.info(
+                "prompts: left out %d held-out evaluation item(s) (prompts.drop_eval_items)",
+                report["eval_items_dropped"],
+            )
     if config.shuffle:
         dataset = dataset.shuffle(seed=seed)
     if config.num_prompts is not None:

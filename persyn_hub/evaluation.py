@@ -50,13 +50,15 @@ def evaluate_model(
     gguf_file: Optional[str] = None,
     output_dir: Optional[str | Path] = None,
     seed: int = 1234,
+    per_item: bool = False,
 ) -> dict[str, Any]:
     """Run `lm_eval.simple_evaluate` and return `{"scores": [...], "results": ..., "configs": ...}`.
 
     `model`: a Hub id, a local folder, `bundled:NAME`, or an `lm_eval.api.model.LM` instance.
     `device` defaults to "cuda" when available, else "cpu" (lm-eval needs it said on CPU).
     With `gguf_file`, `model` is the folder holding it and no tokenizer is passed (lm-eval's rule).
-    Writes `results.json` and `results.md` into `output_dir` when given.
+    Writes `results.json` and `results.md` into `output_dir` when given. `per_item` adds `items`:
+    {task: {metric: [value per eval item, in doc order]}}, what `persyn compare` bootstraps over.
     """
     import torch
     from lm_eval import simple_evaluate
@@ -87,7 +89,7 @@ def evaluate_model(
         apply_chat_template=apply_chat_template,
         system_instruction=system_instruction,
         gen_kwargs=gen_kwargs,
-        log_samples=False,
+        log_samples=per_item,
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -106,9 +108,25 @@ def evaluate_model(
         "n_samples": output.get("n-samples"),
         "configs": output.get("configs"),
     }
+    if per_item:
+        report["items"] = item_scores(output.get("samples") or {}, scores)
     if output_dir is not None:
         write_results(report, Path(output_dir))
     return report
+
+
+def item_scores(samples: dict[str, list[dict[str, Any]]], scores: list[dict[str, Any]]) -> dict[str, dict]:
+    """lm-eval's logged samples -> {task: {metric: [per-item value by doc_id]}} for the reported metrics."""
+    items: dict[str, dict[str, list[float]]] = {}
+    for task, logged in samples.items():
+        metrics = {row["metric"] for row in scores if row["task"] == task}
+        ordered = sorted(logged, key=lambda sample: sample["doc_id"])
+        items[task] = {
+            metric: [float(sample[metric]) for sample in ordered]
+            for metric in metrics
+            if ordered and isinstance(ordered[0].get(metric), (int, float))
+        }
+    return items
 
 
 def score_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,7 +25,13 @@ from datasets import Dataset, load_from_disk
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-from persyn_hub.cards import CHART_FILE, render_dataset_card, render_labels_card, teacher_distribution_png
+from persyn_hub.cards import (
+    CHART_FILE,
+    comparison_card_section,
+    render_dataset_card,
+    render_labels_card,
+    teacher_distribution_png,
+)
 from persyn_hub.config import PersynRecipe
 from persyn_hub.errors import PersynError
 
@@ -215,10 +221,11 @@ def publish_dataset(
         revision=hub.revision,
         labels_repo=(labels or {}).get("repo_id"),
         labels_revision=(labels or {}).get("revision"),
-        router_repo=(router or {}).get("repo_id") or recipe.routing.router,
+        router_repo=(router or {}).get("repo_id") or recipe.routing.reuse_router,
         router_revision=(router or {}).get("revision"),
         chart_file=CHART_FILE,
         hub_url=api.endpoint,
+        comparison=comparison_card_section(run_dir),
     )
     files["README.md"] = str(card).encode()
     counts = summary.get("teacher_counts") or {}

@@ -68,6 +68,20 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str]) -> Non
                 f"{field}.response_template: column(s) {missing} are not in the prompts (columns: "
                 f"{sorted(columns)}); add them to prompts.keep_columns or fix the template."
             )
+    elif backend_for(teacher) == "pool" or teacher.pool_column:
+        column = teacher.pool_column or teacher.name
+        if column not in columns:
+            raise RecipeError(
+                f"{field}.pool_column: the pool has no column {column!r} (columns: {sorted(columns)}); name "
+                "this teacher's column with pool_column."
+            )
+        if backend_for(teacher) == "transformers" and teacher.model:
+            _check_local_model(
+                f"{field}.model",
+                teacher.model,
+                trust_remote_code=teacher.trust_remote_code,
+                need_chat_template=teacher.prompt_format == "chat",
+            )
     elif backend_for(teacher) == "transformers":
         _check_local_model(
             f"{field}.model",
@@ -112,7 +126,7 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
         trust_remote_code=recipe.student.trust_remote_code,
         need_chat_template=False,
     )
-    if recipe.quality.kind == "reward_model" and recipe.quality.reward_model:
+    if recipe.quality.kind in ("reward_model", "auto") and recipe.quality.reward_model:
         _check_reward_model(recipe)
     if recipe.routing.reuse_router:
         _check_router(recipe)

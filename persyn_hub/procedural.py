@@ -71,6 +71,9 @@ def generate_tasks(tasks: list[ProceduralTask], seed: int) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+RULES_VERSION = 2
+"""Version of `extract_final_answer`'s rules: part of the quality stage's cache key."""
+
 _TAGGED = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
 _STATED = re.compile(r"answer is\s*:?\s*(.+)", re.I)
 
@@ -82,9 +85,11 @@ def extract_final_answer(response: str) -> str:
     tagged = _TAGGED.findall(text)
     if tagged:
         return tagged[-1].strip()
-    stated = _STATED.findall(text)
-    if stated:
-        answer = stated[-1]
+    position = text.lower().rfind("answer is")
+    if position >= 0:
+        answer = (
+            _STATED.match(text, position).group(1).splitlines()[0] if _STATED.match(text, position) else ""
+        )
     else:
         lines = [line for line in text.strip().splitlines() if line.strip()]
         answer = lines[-1] if lines else ""

@@ -2,8 +2,9 @@
 
 `score_quality` dispatches on `quality.kind`: `math_answer` (final answer vs the gold `answer`,
 math-verify), `instruction_following` (IFEval/IFBench checkers, fraction of checked instructions
-passed), `reasoning_gym` (each task type's own reasoning-gym checker on the final answer) or
-`reward_model` (a sequence-classification reward model's score). Failed generations get
+passed), `reasoning_gym` (each task type's own reasoning-gym checker on the final answer), `column` (a score an
+answer pool already holds), `reward_model` (a sequence-classification reward model's score) or `auto`
+(one of these per row, by the columns the row has). Failed generations get
 `quality=None` with the reason in `quality_detail`: a failure is data, never a zero score.
 """
 
@@ -22,6 +23,8 @@ NEEDED_COLUMNS = {
     "instruction_following": ("response", "instruction_id_list", "kwargs", "prompt"),
     "reward_model": ("response", "messages"),
     "reasoning_gym": ("response", "prompt", "answer", "metadata"),
+    "column": ("response", "pool_scores"),
+    "auto": ("response",),
 }
 COLUMN_HINTS = {
     "answer": "set prompts.answer_column to the gold answer column",
@@ -110,6 +113,82 @@ def _procedural_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
+def _column_batch(batch: dict[str, list], key: str) -> dict[str, list]:
+    """The score the answer pool holds beside each answer (a generated answer has none)."""
+    import json
+
+    out: dict[str, list] = {"quality": [], "quality_detail": []}
+    errors = batch.get("error") or [None] * len(batch["response"])
+    for response, error, raw in zip(batch["response"], errors, batch["pool_scores"]):
+        reason = _failed_reason(response, error)
+        scores = json.loads(raw) if raw else {}
+        if reason or key not in scores:
+            out["quality"].append(None)
+            out["quality_detail"].append(reason or f"no {key!r} score in the pool for this answer")
+            continue
+        out["quality"].append(float(scores[key]))
+        out["quality_detail"].append(f"pool score {key}")
+    return out
+
+
+def row_kind(row: dict[str, Any], quality: QualityConfig) -> str | None:
+    """`auto`: which checker a row gets, from `kind_column` or from the columns it has."""
+    import json
+
+    if quality.kind_column and row.get(quality.kind_column):
+        return str(row[quality.kind_column])
+    metadata = row.get("metadata")
+    if isinstance(metadata, str) and '"source_dataset"' in metadata:
+        return "reasoning_gym"
+    if row.get("instruction_id_list"):
+        return "instruction_following"
+    if row.get("answer") not in (None, ""):
+        return "math_answer"
+    if quality.column and row.get("pool_scores") and quality.column in json.loads(row["pool_scores"]):
+        return "column"
+    if quality.reward_model:
+        return "reward_model"
+    return None
+
+
+def _auto_batch(
+    batch: dict[str, list], quality: QualityConfig, model: Any, tokenizer: Any
+) -> dict[str, list]:
+    """Each row scored by its own kind's batch function; `quality_detail` starts with the kind."""
+    n = len(batch["response"])
+    rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+    kinds = [row_kind(row, quality) for row in rows]
+    out: dict[str, list] = {"quality": [None] * n, "quality_detail": [""] * n}
+    for kind in sorted({k for k in kinds if k}):
+        index = [i for i, k in enumerate(kinds) if k == kind]
+        sub = {k: [batch[k][i] for i in index] for k in batch}
+        missing = [c for c in NEEDED_COLUMNS.get(kind, ("?",)) if c not in batch]
+        if kind not in NEEDED_COLUMNS or kind == "auto" or missing:
+            scored = {
+                "quality": [None] * len(index),
+                "quality_detail": [f"cannot score as {kind!r}: missing {missing}"] * len(index),
+            }
+        elif kind == "reward_model":
+            scored = _reward_batch(sub, model, tokenizer, quality.max_length)
+        elif kind == "column":
+            scored = _column_batch(sub, quality.column or "")
+        else:
+            scored = {
+                "math_answer": _math_batch,
+                "instruction_following": _instructions_batch,
+                "reasoning_gym": _procedural_batch,
+            }[kind](sub)
+        for position, i in enumerate(index):
+            out["quality"][i] = scored["quality"][position]
+            out["quality_detail"][i] = f"[{kind}] {scored['quality_detail'][position]}"
+    for i, kind in enumerate(kinds):
+        if kind is None:
+            out["quality_detail"][i] = (
+                "[none] no quality signal for this row (no gold, checks, pool score or reward model)"
+            )
+    return out
+
+
 def _reward_batch(batch: dict[str, list], model: Any, tokenizer: Any, max_length: int) -> dict[str, list]:
     from persyn_hub.reward_model import reward_scores
 
@@ -156,6 +235,31 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
     _check_columns(dataset, quality)
     features = Features({**dataset.features, **QUALITY_FEATURES})
     key = fingerprint("quality", dataset._fingerprint, quality)
+    if quality.kind == "auto":
+        model = tokenizer = None
+        if quality.reward_model and any(row_kind(row, quality) == "reward_model" for row in dataset):
+            from persyn_hub.reward_model import load_reward_model
+
+            model, tokenizer = load_reward_model(quality)
+        return dataset.map(
+            _auto_batch,
+            batched=True,
+            batch_size=quality.batch_size if model is not None else 256,
+            fn_kwargs={"quality": quality, "model": model, "tokenizer": tokenizer},
+            features=features,
+            new_fingerprint=key,
+            desc="Scoring each row with its own checker",
+        )
+    if quality.kind == "column":
+        return dataset.map(
+            _column_batch,
+            batched=True,
+            batch_size=1024,
+            fn_kwargs={"key": quality.column or ""},
+            features=features,
+            new_fingerprint=key,
+            desc="Taking quality from the pool's scores",
+        )
     if quality.kind == "reward_model":
         from persyn_hub.reward_model import load_reward_model
 

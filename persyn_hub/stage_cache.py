@@ -124,6 +124,19 @@ class StageCache:
     def is_done(self, name: str, key: str) -> bool:
         return (self.folder(name, key) / SUCCESS).is_file()
 
+    def output_digest(self, name: str, key: str) -> str:
+        """A digest of a finished stage's output files (from its marker): what later stages' keys chain on.
+
+        `state.json` is left out: it holds the `datasets` fingerprint, which records HOW rows were
+        computed; identical rows from a differently parameterized stage must chain as identical."""
+        marker = json.loads((self.folder(name, key) / SUCCESS).read_text())
+        files = {
+            file: digest
+            for file, digest in (marker.get("files") or {}).items()
+            if Path(file).name != "state.json"
+        }
+        return fingerprint(name, files or key)
+
     def failed_rows(self, name: str, key: str) -> int:
         """Rows of a finished stage that carry an `error` (0 when it has no such column)."""
         dataset = self._load(self.folder(name, key))

@@ -11,18 +11,39 @@ from datasets import Dataset
 
 from persyn_hub.bundled import package_version
 from persyn_hub.config import PersynRecipe
+from persyn_hub.stages import RunOutputs
 
 TRACKED_PACKAGES = ("persyn_hub", "torch", "transformers", "datasets", "huggingface_hub", "trl", "accelerate")
+
+
+def describe_cpu() -> dict[str, Any]:
+    """Which CPU/GPU produced the timings (bf16 runs 2-4x slower where it is only emulated)."""
+    from persyn_hub.dtypes import describe_cpu as cpu
+
+    info = cpu()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a summary never fails on hardware introspection
+        pass
+    return info
 
 
 def package_versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **{name: package_version(name) for name in TRACKED_PACKAGES}}
 
 
-def _model_answers(parts: list[Dataset], recipe: PersynRecipe) -> int:
-    """Answers a model wrote (reference teachers write none): what generation cost, counted from the data."""
-    free = {t.name for t in recipe.teachers if t.backend == "reference"}
-    return sum(sum(1 for t in part["teacher"] if t not in free) for part in parts if len(part))
+def generations_made(generation: dict[str, list[dict[str, Any]]]) -> int:
+    """Model generations the run paid for (requests, and rows a resumed run took from its checkpoint);
+    reference and pool answers cost none. Read from each stage's own accounting, so a cached re-run
+    reports the same number."""
+    return sum(
+        int(part.get("requests", 0) or 0) + int(part.get("reused", 0) or 0)
+        for parts in generation.values()
+        for part in parts
+    )
 
 
 def category_table(dataset: Dataset, column: str | None, teachers: list[str]) -> dict[str, dict[str, int]]:
@@ -47,26 +68,23 @@ def build_summary(
     *,
     recipe: PersynRecipe,
     run_dir: Path,
-    final: Dataset,
-    failed: Dataset,
-    truncated: int,
-    labels: Dataset,
-    assigned: Dataset,
-    label_parts: list[Dataset],
-    generated_parts: list[Dataset],
-    num_prompts: int,
-    num_labeled: int,
+    outputs: RunOutputs,
     stages: list[dict[str, Any]],
-    generation: dict[str, list[dict[str, Any]]],
-    router: dict[str, Any] | None,
     seconds: float,
     versions: dict[str, Any],
 ) -> dict[str, Any]:
     """Counts come from the data (what was answered, kept, left out), so a cached re-run reports the same."""
+    final, failed, labels, assigned = outputs.final, outputs.failed, outputs.labels, outputs.assigned
+    generation = outputs.generation
+    router, truncated = outputs.router_metrics, outputs.truncated
+    num_prompts = len(outputs.prompts)
+    num_labeled = min(recipe.labeling.num_prompts, num_prompts)
     teachers = recipe.teacher_names()
     counts = Counter(final["teacher"])
-    model_teachers = sum(1 for t in recipe.teachers if t.backend != "reference")
-    made = _model_answers(label_parts, recipe) + _model_answers(generated_parts, recipe)
+    from persyn_hub.generation import backend_for
+
+    model_teachers = sum(1 for t in recipe.teachers if backend_for(t) not in ("reference", "pool"))
+    made = generations_made(generation)
     generate_then_select = num_prompts * model_teachers
     excluded = (
         [reason for reason in labels["excluded"] if reason] if "excluded" in labels.column_names else []
@@ -78,6 +96,7 @@ def build_summary(
         "rows": len(final),
         "teacher_counts": {name: counts.get(name, 0) for name in teachers},
         "prompts": num_prompts,
+        "prompt_source": outputs.prompt_report,
         "labeled_prompts": num_labeled,
         "routed_prompts": len(assigned) - len(labeled_rows),
         "generations_made": made,
@@ -123,6 +142,7 @@ def build_summary(
         "output_dir": str(run_dir),
         "artifacts": {name: str(run_dir / "artifacts" / name) for name in ("labels", "routing", "dataset")},
         "versions": versions,
+        "machine": describe_cpu(),
     }
 
 
@@ -195,11 +215,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{truncated['dropped']} left out of the data set"
         )
     failures = summary["failures"]
-    if failures["generation"] or failures["label_rows_excluded"]:
+    if failures["label_rows_excluded"]:
         lines.append(
-            f"  failures: {failures['generation']} rows without a usable answer {failures['failed_reasons']}; "
-            f"{failures['label_rows_excluded']} labeled rows excluded. `persyn run RECIPE --retry-failed` asks the "
-            "failed rows again."
+            f"  labeled answers left out of the router's pairs: {failures['label_rows_excluded']} "
+            f"{failures['label_excluded_reasons']}"
+        )
+    if failures["generation"]:
+        lines.append(
+            f"  failures: {failures['generation']} prompts without a usable answer {failures['failed_reasons']}; "
+            "`persyn run RECIPE --retry-failed` asks the failed rows again."
         )
     lines.append("  stages:")
     for stage in summary["stages"]:

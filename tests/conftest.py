@@ -41,3 +41,40 @@ def asdiv_prompts():
     from persyn_hub.data import load_prompts
 
     return load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=32, drop_duplicates=True), seed=0)
+
+
+TASK_MIX_RECIPE = "recipes/demo/task-mix-smollm2.yaml"
+SMALL_TASK_MIX = {
+    **{f"prompts.tasks.{i}.size": 4 for i in range(8)},
+    "labeling.num_prompts": 16,
+    "teachers.0.generation.max_new_tokens": 24,
+    "teachers.1.generation.max_new_tokens": 24,
+    "router.num_train_epochs": 4,
+    "router.max_length": 64,
+}
+"""The default recipe, shrunk: 8 task types x 4 prompts (less the held-out ones), 16 labeled."""
+
+
+def override_args(overrides: dict) -> list[str]:
+    return [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="session")
+def small_task_mix_run(tmp_path_factory):
+    """One real `persyn run` of the shrunk default recipe: (run dir, the overrides that made it, the
+    finished process). The e2e and compare tests share it (a second run reuses every stage)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir = tmp_path_factory.mktemp("task-mix") / "run"
+    overrides = {**SMALL_TASK_MIX, "output.dir": str(run_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "persyn_hub.cli", "run", TASK_MIX_RECIPE, *override_args(overrides)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return run_dir, overrides, result

@@ -1,109 +1,175 @@
-"""Every baseline picks exactly the rows its definition says, on a small hand-checked pool."""
+"""Every strategy picks exactly the teachers its definition says, on small hand-checked pools."""
 
 from __future__ import annotations
 
-import hashlib
-
+import numpy as np
 import pytest
 from datasets import Dataset
 
-from persyn_hub.baselines import STRATEGIES, BaselineError, build_baseline, pool_cost
+from persyn_hub.baselines import (
+    STRATEGIES,
+    BaselineError,
+    car_teacher,
+    mean_quality,
+    strategy_picks,
+    strongest,
+    weakest,
+)
+from persyn_hub.comparison_report import bootstrap_cells
 
-# (prompt_id, teacher, quality, learnability, reward, error, excluded)
-ROWS = [
-    ("p1", "a", 1.0, -2.0, 0.0, None, None),
-    ("p1", "b", 1.0, -1.0, 1.0, None, None),  # p1: quality tie a/b -> a (order); learnability, reward -> b
-    ("p1", "c", 0.0, -0.5, -1.0, None, None),  # p1: best learnability overall
-    ("p2", "a", 0.0, -3.0, -1.0, None, None),
-    ("p2", "b", None, None, None, "timeout: <no output>", "failed generation"),  # b failed on p2
-    ("p2", "c", 1.0, -4.0, 1.0, None, None),  # p2: quality -> c; learnability -> a; reward -> c
-    ("p3", "a", 0.0, -1.0, 0.5, None, None),
-    ("p3", "b", 0.0, -1.0, 0.5, None, None),  # p3: all ties on learnability/reward between a, b -> a
-    ("p3", "c", 0.0, -9.0, -1.0, None, None),
-]
-# mean quality: a = 1/3, b = 1/2 (p2 unscored), c = 1/3 -> best single is b
+TEACHERS = ["big", "mid", "small", "key"]
 
 
-def make_pool() -> Dataset:
-    rows = []
-    for i, (pid, teacher, q, lrn, r, error, excluded) in enumerate(ROWS):
-        rows.append(
+def pool(rows: list[tuple]) -> Dataset:
+    """(prompt_id, teacher, quality, learnability, reward, error, excluded) -> a scored pool."""
+    return Dataset.from_list(
+        [
             {
-                "prompt_id": pid,
-                "messages": [{"role": "user", "content": f"question {pid}"}],
-                "answer": f"gold {pid}",
-                "teacher": teacher,
-                "response": None if error else f"{teacher} answers {pid}",
+                "prompt_id": p,
+                "prompt": f"question {p}",
+                "messages": [{"role": "user", "content": f"question {p}"}],
+                "teacher": t,
+                "response": None if error else f"{t} on {p}",
                 "error": error,
                 "quality": q,
                 "learnability": lrn,
                 "reward": r,
                 "excluded": excluded,
-                "num_prompt_tokens": 10,
-                "num_tokens": 1 + i,
             }
-        )
-    return Dataset.from_list(rows[::-1])  # reversed: the picks must not depend on row order
+            for p, t, q, lrn, r, error, excluded in rows
+        ][::-1]  # reversed: picks must not depend on row order
+    )
+
+
+# Labeled prompts: `big` is the most often right (strong), `small` the least (weak); on the router's
+# TRAIN prompts l1, l2 the combined reward favours `mid` on average, on the test prompt l3 `big` would.
+LABELS = pool(
+    [
+        ("l1", "big", 1.0, -2.0, 0.1, None, None),
+        ("l1", "mid", 1.0, -0.5, 0.9, None, None),
+        ("l1", "small", 0.0, -0.2, -0.6, None, None),
+        ("l1", "key", 1.0, -3.0, -0.4, None, None),
+        ("l2", "big", 1.0, -2.0, 0.2, None, None),
+        ("l2", "mid", 0.0, -0.5, 0.4, None, None),
+        ("l2", "small", 0.0, -0.2, -0.3, None, None),
+        ("l2", "key", 1.0, -3.0, -0.3, None, None),
+        ("l3", "big", 1.0, -2.0, 2.0, None, None),
+        ("l3", "mid", 0.0, -0.5, -1.0, None, None),
+        ("l3", "small", None, None, None, "timeout", "failed generation"),
+        ("l3", "key", 0.5, -3.0, -1.0, None, None),
+    ]
+)
+# mean quality: big 1.0, mid 1/3, small 0 (l3 failed, unscored), key 2.5/3 -> strong big, weak small
+
+# Training prompts: every teacher answered; the Oracle follows the reward, gts_* their signal.
+TRAIN = pool(
+    [
+        ("t1", "big", 1.0, -2.0, 0.5, None, None),
+        (
+            "t1",
+            "mid",
+            1.0,
+            -1.0,
+            1.0,
+            None,
+            None,
+        ),  # t1: reward -> mid; quality tie big/mid/key -> big (order)
+        ("t1", "small", 0.0, -0.1, -1.0, None, None),  # t1: learnability -> small
+        ("t1", "key", 1.0, -3.0, -0.5, None, None),
+        ("t2", "big", 0.0, -2.0, -0.5, None, None),
+        ("t2", "mid", None, None, None, "HTTP 503", "failed generation"),  # never picked by selection
+        ("t2", "small", 0.0, -0.5, -0.5, None, None),
+        ("t2", "key", 1.0, -4.0, 1.0, None, None),  # t2: reward and quality -> key; learnability -> small
+    ]
+)
+IDS = ["t1", "t2"]
 
 
 def picks(strategy: str, **kwargs) -> dict[str, str]:
-    baseline = build_baseline(make_pool(), strategy, **kwargs)
-    out = {}
-    for row in baseline.dataset:
-        assert row["messages"][:-1] == [{"role": "user", "content": f"question {row['prompt_id']}"}]
-        assert row["messages"][-1] == {
-            "role": "assistant",
-            "content": f"{row['teacher']} answers {row['prompt_id']}",
-        }
-        assert row["answer"] == f"gold {row['prompt_id']}"
-        out[row["prompt_id"]] = row["teacher"]
-    return out
+    arguments = {
+        "prompt_ids": IDS,
+        "pool": TRAIN,
+        "labels": LABELS,
+        "teachers": TEACHERS,
+        "seed": 0,
+        "train_ids": ["l1", "l2"],
+        "families": {"big": "qwen2", "mid": "llama", "small": "llama", "key": None},
+        "student_family": "llama",
+        "routed": {"t1": "mid", "t2": "key"},
+        **kwargs,
+    }
+    chosen, _ = strategy_picks(strategy, **arguments)
+    return chosen
 
 
-def test_generate_then_select_picks_argmax_with_teacher_order_ties():
-    assert picks("gts_quality") == {"p1": "a", "p2": "c", "p3": "a"}
-    assert picks("gts_learnability") == {"p1": "c", "p2": "a", "p3": "a"}
-    assert picks("gts_reward") == {"p1": "b", "p2": "c", "p3": "a"}
-    assert picks("gts_reward", teachers=["b", "a", "c"]) == {"p1": "b", "p2": "c", "p3": "b"}
+def test_strong_and_weak_are_the_highest_and_lowest_mean_quality():
+    assert mean_quality(LABELS, TEACHERS) == {
+        "big": 1.0,
+        "mid": pytest.approx(1 / 3),
+        "small": 0.0,
+        "key": 2.5 / 3,
+    }
+    assert strongest(LABELS, TEACHERS) == "big" and weakest(LABELS, TEACHERS) == "small"
+    assert picks("strong") == {"t1": "big", "t2": "big"}
+    assert picks("strong", strong="key") == {"t1": "key", "t2": "key"}  # the recipe may name it
 
 
-def test_best_single_fixed_mix_random_and_persyn():
-    assert picks("best_single") == {"p1": "b", "p3": "b"}  # b failed on p2: dropped, still paid for
-    assert picks("fixed_mix") == {"p1": "a", "p3": "c"}  # p1->a, p2->b (failed), p3->c
-    expected = {}
-    for pid in ("p1", "p2", "p3"):
-        teacher = "abc"[int(hashlib.sha256(f"7\x1f{pid}".encode()).hexdigest()[:12], 16) % 3]
-        if not (pid == "p2" and teacher == "b"):
-            expected[pid] = teacher
-    assert picks("random", seed=7) == expected
-    routing = {"p1": "c", "p2": "a", "p3": "b"}
-    assert picks("persyn", routing=routing) == routing
+def test_car_is_the_best_mean_reward_on_the_routers_train_prompts_only():
+    assert car_teacher(LABELS, TEACHERS, ["l1", "l2"]) == "mid"  # mid 0.65, big 0.15 on train
+    assert car_teacher(LABELS, TEACHERS, ["l1", "l2", "l3"]) == "big"  # l3 would have changed it
+    assert picks("car") == {"t1": "mid", "t2": "mid"}
+    with pytest.raises(BaselineError, match="train prompts"):
+        car_teacher(LABELS, TEACHERS, ["elsewhere"])
 
 
-def test_costs_follow_what_each_strategy_generates():
-    pool = make_pool()
-    row_tokens = {(pid, t): 10 + 1 + i for i, (pid, t, *_rest) in enumerate(ROWS)}
-    gts = build_baseline(pool, "gts_reward").cost
-    assert gts.requests == 9 and gts.tokens == sum(row_tokens.values())
-    single = build_baseline(pool, "best_single").cost
-    assert single.requests == 3
-    assert single.tokens == sum(v for (pid, t), v in row_tokens.items() if t == "b")
-    labeling = pool_cost(pool)
-    routed = build_baseline(pool, "persyn", routing={"p1": "c", "p2": "a", "p3": "b"}, labeling_cost=labeling)
-    # Every routed answer was generated while labeling: PerSyn pays the labeling, nothing twice.
-    assert routed.cost.requests == 0 and routed.cost.labeling_requests == 9
-    assert routed.cost.total_tokens == labeling[1] == sum(row_tokens.values())
-    unlabeled = build_baseline(pool, "persyn", routing={"p1": "c", "p2": "a", "p3": "b"}).cost
-    assert unlabeled.requests == 3
-    assert unlabeled.tokens == row_tokens[("p1", "c")] + row_tokens[("p2", "a")] + row_tokens[("p3", "b")]
-    assert routed.teacher_counts == {"a": 1, "b": 1, "c": 1}
+def test_family_strong_is_the_strongest_teacher_of_the_students_family():
+    assert picks("family_strong") == {"t1": "mid", "t2": "mid"}  # llama: mid (1/3) beats small (0)
+    assert picks("family_strong", student_family="qwen2") == {"t1": "big", "t2": "big"}
+    with pytest.raises(BaselineError, match="no teacher of the student's family 'gemma'"):
+        picks("family_strong", student_family="gemma")
 
 
-def test_bad_input_is_named():
-    with pytest.raises(BaselineError, match="missing column"):
-        build_baseline(make_pool().remove_columns("quality"), "best_single")
-    with pytest.raises(BaselineError, match="no routed teacher"):
-        build_baseline(make_pool(), "persyn", routing={"p1": "a"})
-    with pytest.raises(BaselineError, match="unknown"):
-        build_baseline(make_pool(), "best_of_all")
-    assert len(STRATEGIES) == 7
+def test_generate_then_select_strategies_follow_their_signal_and_skip_failed_answers():
+    assert picks("oracle") == {"t1": "mid", "t2": "key"}
+    assert picks("gts_quality") == {"t1": "big", "t2": "key"}
+    assert picks("gts_learnability") == {"t1": "small", "t2": "small"}
+
+
+def test_mix_random_and_persyn():
+    mix = picks("mix")
+    assert set(mix.values()) <= {"big", "small"} and set(mix) == set(IDS)
+    assert picks("mix") == mix and picks("random") == picks("random")  # seeded
+    many = [f"p{i}" for i in range(400)]
+    drawn = picks("random", prompt_ids=many)
+    counts = {t: sum(1 for v in drawn.values() if v == t) for t in TEACHERS}
+    assert all(70 < c < 130 for c in counts.values()), counts  # uniform over the four teachers
+    assert picks("persyn") == {"t1": "mid", "t2": "key"}
+    assert set(STRATEGIES) == {
+        "strong", "mix", "family_strong", "car", "random", "oracle", "gts_quality", "gts_learnability", "persyn",
+    }  # fmt: skip
+
+
+def test_bootstrap_cells_give_intervals_and_paired_significance():
+    rng = np.random.default_rng(0)
+    items = 300
+    good = (rng.random((2, items)) < 0.6).astype(float)
+    bad = (rng.random((2, items)) < 0.3).astype(float)
+    same = good.copy()
+    cells = bootstrap_cells(
+        {"persyn": good, "random": bad, "twin": same}, reference="persyn", resamples=500, seed=1
+    )
+    low, high = cells["persyn"]["interval"]
+    assert low < cells["persyn"]["mean"] < high and high - low < 0.15
+    assert (
+        cells["random"]["minus_persyn"]["significant"] and cells["random"]["minus_persyn"]["interval"][1] < 0
+    )
+    assert not cells["twin"]["minus_persyn"]["significant"]  # identical scores: a zero difference
+    assert cells["twin"]["minus_persyn"]["interval"] == [0.0, 0.0]
+    again = bootstrap_cells(
+        {"persyn": good, "random": bad, "twin": same}, reference="persyn", resamples=500, seed=1
+    )
+    assert again == cells
+    single_seed = bootstrap_cells(
+        {"base": good[:1], "persyn": good}, reference="persyn", resamples=200, seed=0
+    )
+    assert "interval" in single_seed["base"]

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.compare import (
-    comparison_card_section,
-    comparison_markdown,
-    load_compare_recipe,
-    plot_comparison,
-)
+from persyn_hub.baselines import STRATEGIES
+from persyn_hub.cards import comparison_card_section
+from persyn_hub.compare import load_compare_recipe
+from persyn_hub.comparison_report import comparison_markdown, plot_comparison
 from persyn_hub.config import RecipeError, load_recipe
 
 ROOT = Path(__file__).parents[1]
@@ -66,53 +64,56 @@ def test_recipe_kinds_cover_all_files():
 
 def test_compare_recipe_errors_name_the_key(tmp_path):
     bad = tmp_path / "c.yaml"
-    bad.write_text("pipeline: recipes/demo/asdiv-smollm2.yaml\nstrategies: [best_single, oracle]\n")
-    with pytest.raises(RecipeError, match="oracle"):
+    bad.write_text("pipeline: recipes/demo/task-mix-smollm2.yaml\nstrategies: [strong, best_single]\n")
+    with pytest.raises(RecipeError, match="best_single"):
         load_compare_recipe(bad)
     bad.write_text("pipeline: x.yaml\nevaluation: {limt: 3}\n")
     with pytest.raises(RecipeError, match="limt.*limit"):
         load_compare_recipe(bad)
+    bad.write_text("pipeline: x.yaml\nsft: {seed: 3}\n")
+    with pytest.raises(RecipeError, match="sft.seed"):
+        load_compare_recipe(bad)
+    bad.write_text("strategies: [strong]\n")
+    with pytest.raises(RecipeError, match="pipeline"):
+        load_compare_recipe(bad)
+
+
+def cell(mean, low, high, diff=None):
+    out = {"mean": mean, "interval": [low, high], "per_seed": [mean]}
+    if diff is not None:
+        out["minus_persyn"] = {
+            "mean": diff[0],
+            "interval": list(diff[1:]),
+            "significant": diff[1] > 0 or diff[2] < 0,
+        }
+    return out
 
 
 def test_table_and_chart_from_a_comparison(tmp_path):
-    def scores(v):
-        return [
-            {"task": "persyn_asdiv", "metric": "exact_match", "filter": "none", "value": v, "stderr": 0.1}
-        ]
-
+    key = "persyn_taskmix exact_match"
     comparison = {
         "name": "t",
         "student": "s",
-        "pool_rows": 6,
-        "evaluation": {"limit": 5, "max_gen_toks": 8},
+        "training_prompts": 6,
+        "seeds": [0, 1],
+        "bootstrap": 100,
+        "evaluation": {"tasks": ["persyn_taskmix"], "max_gen_toks": 8},
+        "scores": {key: {"items": 40}},
         "rows": [
-            {
-                "strategy": "student (no SFT)",
-                "rows": 0,
-                "total_requests": 0,
-                "total_tokens": 0,
-                "scores": scores(0.2),
-            },
-            {
-                "strategy": "gts_reward",
-                "rows": 3,
-                "total_requests": 6,
-                "total_tokens": 60,
-                "scores": scores(0.4),
-            },
-            {
-                "strategy": "persyn",
-                "rows": 3,
-                "total_requests": 9,
-                "total_tokens": 90,
-                "labeling_requests": 6,
-                "scores": scores(0.6),
-            },
+            {"strategy": "student (no SFT)", "scores": {key: cell(0.2, 0.1, 0.3, (-0.4, -0.5, -0.3))}},
+            {"strategy": "random", "rows": 6, "cost": {"generations": 6, "tokens": 60},
+             "scores": {key: cell(0.4, 0.3, 0.5, (-0.2, -0.3, -0.1))}},
+            {"strategy": "oracle", "rows": 6, "cost": {"generations": 12, "tokens": 120},
+             "scores": {key: {**cell(0.62, 0.5, 0.7, (0.02, -0.05, 0.1)),
+                              "minus_random": {"mean": 0.22, "interval": [0.1, 0.3], "significant": True}}}},
+            {"strategy": "persyn", "rows": 6, "cost": {"generations": 10, "tokens": 90}, "scores": {key: cell(0.6, 0.5, 0.7)}},
         ],
-    }
+    }  # fmt: skip
     table = comparison_markdown(comparison)
-    assert "| gts_reward | 3 | 6 | 60 |  | 0.400 |" in table
-    assert "| persyn | 3 | 9 | 90 | 6 | 0.600 |" in table
+    assert "| random | 6 | 6 | 60 | 0.400 [0.300, 0.500] | -0.200 [-0.300, -0.100] * |" in table
+    assert "| oracle | 6 | 12 | 120 | 0.620 [0.500, 0.700] | +0.020 [-0.050, +0.100] |" in table
+    assert "| persyn | 6 | 10 | 90 | 0.600 [0.500, 0.700] |  |" in table
+    assert "Oracle - random on persyn_taskmix exact_match: +0.220 [+0.100, +0.300] *." in table
     plot_comparison(comparison, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "comparison.md").write_text(table)
@@ -121,40 +122,73 @@ def test_table_and_chart_from_a_comparison(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_real_comparison(tmp_path, monkeypatch):
-    """The demo recipe, shrunk: real pipeline pool, seven strategies, TRL SFT and lm-eval for each."""
-    from persyn_hub.compare import run_comparison
+def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(small_task_mix_run, tmp_path):
+    """`persyn compare` through the CLI on the shrunk default run: nine strategies, TRL SFT and lm-eval each."""
+    import subprocess
+    import sys
 
-    monkeypatch.chdir(ROOT)
+    from datasets import load_from_disk
+
+    from persyn_hub.eval_tasks.heldout import is_heldout
+
+    run_dir, overrides = small_task_mix_run
     out = tmp_path / "cmp"
-    comparison = run_comparison(
-        "recipes/demo/compare-asdiv-smollm2.yaml",
+    result = subprocess.run(
         [
-            "--pipeline_overrides", json.dumps({
-                "prompts.num_prompts": 12, "labeling.num_prompts": 12, "router.num_train_epochs": 2,
-                "router.max_length": 64, "teachers.0.generation.max_new_tokens": 24,
-                "teachers.1.generation.max_new_tokens": 24, "output.dir": str(tmp_path / "pipeline"),
-            }),
+            sys.executable, "-m", "persyn_hub.cli", "compare", "recipes/demo/compare-task-mix-smollm2.yaml",
+            "--pipeline_overrides", json.dumps(overrides),
+            "--seeds", "[0]", "--bootstrap", "50",
             "--sft.max_steps", "1", "--sft.per_device_train_batch_size", "2",
-            "--evaluation.limit", "4", "--evaluation.max_gen_toks", "16", "--evaluation.batch_size", "4",
-            "--include_base_student", "false", "--output_dir", str(out),
+            "--evaluation.limit", "8", "--evaluation.max_gen_toks", "8", "--evaluation.batch_size", "8",
+            "--output_dir", str(out),
         ],
+        capture_output=True, text=True, cwd=ROOT, timeout=1800,
     )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    comparison = json.loads((out / "comparison.json").read_text())
     rows = {row["strategy"]: row for row in comparison["rows"]}
-    assert set(rows) == {
-        "best_single",
-        "random",
-        "fixed_mix",
-        "gts_quality",
-        "gts_learnability",
-        "gts_reward",
-        "persyn",
+    assert set(rows) == {"student (no SFT)", *STRATEGIES}
+
+    routing = load_from_disk(str(run_dir / "artifacts" / "routing"))
+    labeled = {p for p, flag in zip(routing["prompt_id"], routing["labeled"]) if flag}
+    routed = {p for p, how in zip(routing["prompt_id"], routing["selected_by"]) if how == "router"}
+    published = load_from_disk(str(run_dir / "artifacts" / "dataset"))
+    persyn_rows = {
+        p: m
+        for p, m, s in zip(published["prompt_id"], published["messages"], published["selected_by"])
+        if s == "router"
     }
-    prompts = comparison["pool_rows"] // 2
-    assert rows["gts_reward"]["requests"] == 2 * prompts and rows["best_single"]["requests"] == prompts
-    assert rows["persyn"]["labeling_requests"] == comparison["labeling_cost"]["requests"] == 24
-    for row in rows.values():
-        assert row["scores"] and 0.0 <= row["scores"][0]["value"] <= 1.0
-    assert "| persyn |" in (out / "comparison.md").read_text()
-    assert (out / "comparison.png").stat().st_size > 1000
-    assert (tmp_path / "pipeline" / "comparison.md").is_file()
+    sets = {name: load_from_disk(str(out / "data" / name)) for name in STRATEGIES}
+    common = sets["persyn"]["prompt_id"]
+    assert len(common) == comparison["training_prompts"] > 0
+    for name, data in sets.items():
+        assert data["prompt_id"] == common, f"{name} trained on other prompts"  # same prompts, same count
+        assert rows[name]["rows"] == len(common)
+        assert not set(data["prompt_id"]) & labeled  # outside the router's labeled subset
+        assert set(data["prompt_id"]) <= routed
+        texts = [m[-2]["content"] for m in data["messages"]]
+        assert not any(is_heldout(t) for t in texts)  # and outside every evaluation set
+    for prompt_id, messages in zip(common, sets["persyn"]["messages"]):
+        assert messages == persyn_rows[prompt_id]  # exactly the routed data set `persyn run` published
+    # The eval items the students were tested on are held out, so none can be a training prompt.
+    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
+
+    assert not set(task_mix_heldout()["question"]) & {m[-2]["content"] for m in sets["oracle"]["messages"]}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model_labeling = summary["labeled_prompts"] * 2  # two model teachers; reference answers are free
+    assert (
+        rows["persyn"]["cost"]["labeling_generations"]
+        == model_labeling
+        == rows["car"]["cost"]["labeling_generations"]
+    )
+    assert rows["oracle"]["cost"]["generations"] == 2 * len(set(routed))
+    assert rows["strong"]["cost"]["labeling_generations"] == 0
+    cells = rows["persyn"]["scores"]["persyn_taskmix exact_match"]
+    assert 0.0 <= cells["interval"][0] <= cells["mean"] <= cells["interval"][1] <= 1.0
+    assert "minus_persyn" in rows["random"]["scores"]["persyn_taskmix exact_match"]
+    assert (
+        "| persyn |" in (out / "comparison.md").read_text() and (out / "comparison.png").stat().st_size > 1000
+    )
+    assert (run_dir / "comparison.md").is_file()
+    card = (run_dir / "artifacts" / "dataset" / "README.md").read_text()
+    assert "## Student comparison" in card

@@ -8,6 +8,7 @@ import pytest
 
 from persyn_hub.config import PromptsConfig
 from persyn_hub.data import PromptDataError, load_prompts
+from persyn_hub.eval_tasks.heldout import asdiv_heldout, is_heldout
 
 
 def test_bundled_asdiv_is_normalized(asdiv_prompts):
@@ -42,9 +43,21 @@ def test_asdiv_duplicates_are_reported_then_dropped_on_request():
         PromptDataError, match=r"rows \[\d+, \d+\] share the same prompt text.*drop_duplicates"
     ):
         load_prompts(PromptsConfig(source="bundled:asdiv"))
-    deduplicated = load_prompts(PromptsConfig(source="bundled:asdiv", drop_duplicates=True))
-    assert 2200 < len(deduplicated) < 2305
+    report = {}
+    deduplicated = load_prompts(PromptsConfig(source="bundled:asdiv", drop_duplicates=True), report=report)
+    everything = load_prompts(
+        PromptsConfig(source="bundled:asdiv", drop_duplicates=True, drop_eval_items=False)
+    )
+    assert 2200 < len(everything) < 2305
     assert len(set(deduplicated["prompt_id"])) == len(deduplicated)
+    # the persyn_asdiv evaluation items (held out, numeric golds: about 10%) are left out by default, and counted
+    items = set(asdiv_heldout()["prompt"])
+    dropped = sum(text in items for text in everything["prompt"])
+    assert 0.05 * len(everything) < dropped < 0.15 * len(everything)
+    assert report["eval_items_dropped"] == dropped and len(deduplicated) == len(everything) - dropped
+    assert report["source_rows"] - report["duplicates_dropped"] == len(everything)
+    assert not set(deduplicated["prompt"]) & items
+    assert all(is_heldout(text) for text in items)  # the items are held-out texts; other held-out texts stay
 
 
 def test_bundled_ifbench_keeps_instruction_columns():
@@ -78,7 +91,11 @@ def test_local_jsonl_with_chat_messages(tmp_path):
             {"id": "b", "chat": [{"role": "user", "content": "2+2?"}]},
         ],
     )
-    prompts = load_prompts(PromptsConfig(source=source, prompt_column="chat", id_column="id", shuffle=False))
+    # drop_eval_items off: "Hi?" and "2+2?" happen to hash into the held-out split (see the test below)
+    config = PromptsConfig(
+        source=source, prompt_column="chat", id_column="id", shuffle=False, drop_eval_items=False
+    )
+    prompts = load_prompts(config)
     assert prompts["prompt_id"] == ["a", "b"]
     assert prompts["messages"][0][0] == {"role": "system", "content": "Be brief."}
     assert prompts["prompt"] == ["Hi?", "2+2?"]
@@ -115,7 +132,14 @@ def test_local_jsonl_with_chat_messages(tmp_path):
 def test_bad_prompt_sources_name_row_column_and_fix(tmp_path, rows, config, message):
     source = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(PromptDataError, match=message):
-        load_prompts(PromptsConfig(source=source, shuffle=False, **config))
+        load_prompts(PromptsConfig(source=source, shuffle=False, drop_eval_items=False, **config))
+
+
+def test_a_local_file_keeps_prompts_that_are_not_evaluation_items(tmp_path):
+    source = write_jsonl(tmp_path / "mine.jsonl", [{"q": "Hi?"}, {"q": "2+2?"}, {"q": "fine"}])
+    report = {}
+    prompts = load_prompts(PromptsConfig(source=source, prompt_column="q", shuffle=False), report=report)
+    assert prompts["prompt"] == ["Hi?", "2+2?", "fine"] and report["eval_items_dropped"] == 0
 
 
 def test_missing_local_file_is_named(tmp_path):

@@ -85,3 +85,31 @@ def test_real_student_through_hf_backend(smollm2_path, tmp_path):
     )
     value = score(report, "persyn_asdiv", "exact_match")
     assert 0.0 <= value <= 1.0 and report["n_samples"]["persyn_asdiv"]["effective"] == 4
+
+
+def test_taskmix_task_scores_with_each_tasks_own_checker_and_keeps_every_type(tmp_path):
+    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
+
+    items = task_mix_heldout()
+    assert len(items) == 200 and all(is_heldout(q) for q in items["question"])
+    assert len(set(items["task"][:8])) == 8  # interleaved: a `limit` keeps every task type
+    right = ScriptedLM(lambda doc: f"So the answer is {doc['answer']}.")
+    report = evaluate_model(right, ["persyn_taskmix"], limit=16, apply_chat_template=False, per_item=True)
+    assert score(report, "persyn_taskmix", "exact_match") == 1.0
+    assert report["items"]["persyn_taskmix"]["exact_match"] == [1.0] * 16  # per item, for the bootstrap
+    assert {d["task"] for d in right.seen} == set(items["task"])
+    wrong = evaluate_model(
+        ScriptedLM(lambda doc: "The answer is 123456789."),
+        ["persyn_taskmix"],
+        limit=16,
+        apply_chat_template=False,
+    )
+    assert score(wrong, "persyn_taskmix", "exact_match") == 0.0
+
+
+def test_the_default_recipe_generates_the_task_mix_the_eval_task_holds_out():
+    from persyn_hub.config import load_recipe
+    from persyn_hub.eval_tasks.task_mix import TASK_MIX
+
+    recipe = load_recipe("recipes/demo/task-mix-smollm2.yaml")
+    assert recipe.prompts.tasks == TASK_MIX and recipe.prompts.drop_eval_items

@@ -79,7 +79,7 @@ STARTED = re.compile(r"stage (\S+): started")
 KILLER = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time
-    from persyn_hub import pipeline, stage_cache
+    from persyn_hub import stage_cache
     from persyn_hub.generation import checkpoint
 
     spec = json.loads(os.environ["PERSYN_FAULT_KILL"])
@@ -125,16 +125,6 @@ KILLER = textwrap.dedent(
     stage_cache.StageCache.dataset_stage = patched_dataset_stage
     stage_cache.StageCache.folder_stage = patched_folder_stage
     checkpoint.GenerationCheckpoint.write = patched_write
-    if spec["stage"] == "assemble":
-        assemble = pipeline.assemble_dataset
-
-        def patched_assemble(*args, **kwargs):
-            arm()
-            return assemble(*args, **kwargs)
-
-        pipeline.assemble_dataset = patched_assemble
-        pipeline.build_summary = lambda **kwargs: hold()
-
     from persyn_hub.cli import main
     main(sys.argv[1:])
     sys.exit("persyn finished without being killed")

@@ -12,7 +12,7 @@ import pytest
 from persyn_hub.config import FewShotExample, GenerationConfig, TeacherConfig
 from persyn_hub.generation import GENERATION_COLUMNS, generate_responses
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
-from persyn_hub.generation.prompting import completion_text
+from persyn_hub.generation.prompting import chat_messages, completion_text
 
 
 def smol_teacher(**overrides) -> TeacherConfig:
@@ -45,18 +45,44 @@ def test_chat_teacher_generates_every_row_with_accounting(asdiv_prompts, tmp_pat
 
 
 def test_greedy_generation_matches_a_plain_transformers_loop(asdiv_prompts, tmp_path, smollm2_path):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prompts = asdiv_prompts.select(range(2))
-    result, _ = generate_responses(prompts, smol_teacher(batch_size=2), checkpoint_dir=tmp_path / "c")
+    # float32 on both sides: the teacher's default dtype "auto" is bfloat16 on a CPU with native bf16
+    teacher = smol_teacher(batch_size=2, dtype="float32")
+    result, _ = generate_responses(prompts, teacher, checkpoint_dir=tmp_path / "c")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
     for row, response in zip(prompts, result["response"]):
         ids = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, return_tensors="pt")
         ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
         expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
         assert response == expected
+
+
+def test_a_teacher_system_prompt_replaces_the_prompts_own(asdiv_prompts, tmp_path, smollm2_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+    assert chat_messages(smol_teacher(), turns) == turns
+    french = smol_teacher(system_prompt="Answer in French.")
+    assert chat_messages(french, turns) == [{"role": "system", "content": "Answer in French."}, turns[1]]
+    assert chat_messages(smol_teacher(system_prompt=""), turns) == [turns[1]]  # "" removes the system turn
+
+    prompts = asdiv_prompts.select(range(1))
+    teacher = smol_teacher(batch_size=1, dtype="float32", system_prompt="Reply with one word.")
+    result, _ = generate_responses(prompts, teacher, checkpoint_dir=tmp_path / "c")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    messages = [{"role": "system", "content": "Reply with one word."}, *prompts[0]["messages"]]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert result["response"][0] == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    assert prompts[0]["messages"] == result["messages"][0]  # the data set keeps the prompt's own turns
 
 
 def test_completion_teacher_uses_few_shot_and_stops(asdiv_prompts, tmp_path):

@@ -10,41 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_TASK_MIX, TASK_MIX_RECIPE, override_args
 from datasets import load_from_disk
 
 ROOT = Path(__file__).parents[1]
-RECIPE = "recipes/demo/task-mix-smollm2.yaml"
 TEACHERS = ["smollm2-135m-instruct", "gemma-3-270m", "answer-key", "worked-solution"]
 MODEL_TEACHERS = TEACHERS[:2]
-NUM_TASKS = 8
-SMALL = [
-    *[arg for i in range(NUM_TASKS) for arg in (f"--prompts.tasks.{i}.size", "4")],
-    "--labeling.num_prompts",
-    "16",
-    "--teachers.0.generation.max_new_tokens",
-    "24",
-    "--teachers.1.generation.max_new_tokens",
-    "24",
-    "--router.num_train_epochs",
-    "4",
-    "--router.max_length",
-    "64",
-]
 
 
 def persyn_run(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    overrides = override_args({**SMALL_TASK_MIX, "output.dir": str(output_dir)})
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "persyn_hub.cli",
-            "run",
-            RECIPE,
-            *SMALL,
-            "--output.dir",
-            str(output_dir),
-            *extra,
-        ],
+        [sys.executable, "-m", "persyn_hub.cli", "run", TASK_MIX_RECIPE, *overrides, *extra],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -53,10 +30,8 @@ def persyn_run(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("e2e") / "run"
-    first = persyn_run(output_dir)
-    assert first.returncode == 0, first.stderr[-4000:]
+def finished_run(small_task_mix_run):
+    output_dir, _, first = small_task_mix_run
     first_summary = json.loads((output_dir / "summary.json").read_text())
     second = persyn_run(output_dir)
     assert second.returncode == 0, second.stderr[-4000:]

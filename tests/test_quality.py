@@ -23,7 +23,12 @@ def _wrong(gold: str) -> str:
 
 
 def test_math_verifier_on_real_asdiv_rows(asdiv_prompts):
-    numeric = [row for row in asdiv_prompts if (gold_number(row["answer"]) or "x").isdigit()][:8]
+    # Single-number golds: a multi-part gold ("336 marbles; 144 marbles") needs every number in the answer.
+    numeric = [
+        row
+        for row in asdiv_prompts
+        if (gold_number(row["answer"]) or "x").isdigit() and ";" not in row["answer"]
+    ][:8]
     assert len(numeric) >= 5
     rows = []
     for row in numeric:
@@ -75,6 +80,42 @@ def test_math_verifier_gold_shapes(response, gold, expected):
 def test_math_requires_answer_column():
     with pytest.raises(ValueError, match="answer_column"):
         score_quality(Dataset.from_dict({"response": ["9"]}), QualityConfig(kind="math_answer"))
+
+
+# ------------------------------------------------------------------------------ reasoning-gym tasks
+
+
+def test_reasoning_gym_quality_uses_each_tasks_checker_on_generated_prompts():
+    from persyn_hub.config import ProceduralTask
+
+    tasks = [
+        ProceduralTask(name="basic_arithmetic", size=3, config={"max_terms": 2, "max_digits": 2}),
+        ProceduralTask(
+            name="basic_arithmetic", size=2, config={"min_terms": 3, "max_terms": 3}, label="long_arithmetic"
+        ),
+    ]
+    config = PromptsConfig(source="reasoning-gym", tasks=tasks, shuffle=False, drop_eval_items=False)
+    prompts = load_prompts(config, seed=0)
+    assert {"prompt_id", "messages", "prompt", "answer", "metadata", "task"} <= set(prompts.column_names)
+    assert prompts["task"] == ["basic_arithmetic"] * 3 + ["long_arithmetic"] * 2
+    golds = prompts["answer"]
+    responses = [f"Working it out... The answer is **{golds[0]}**.", f"<answer>{golds[1]}</answer>"]
+    responses += [f"The answer is {int(golds[2]) + 1}.", "I do not know.", None]
+    errors = [None, None, None, None, "HTTP 503"]
+    scored = score_quality(
+        prompts.add_column("response", responses).add_column("error", errors),
+        QualityConfig(kind="reasoning_gym"),
+    )
+    quality, detail = scored["quality"], scored["quality_detail"]
+    assert quality[:2] == [1.0, 1.0]
+    assert quality[2] < 1.0 and quality[3] < 1.0
+    assert quality[4] is None and detail[4].startswith("generation failed")
+    assert detail[0].startswith("basic_arithmetic:")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['metadata'\]"):
+        score_quality(
+            scored.remove_columns(["metadata", "quality", "quality_detail"]),
+            QualityConfig(kind="reasoning_gym"),
+        )
 
 
 # ------------------------------------------------------------------------------ instruction following
@@ -236,7 +277,9 @@ def test_reward_model_scores_match_direct_forward_and_rank_training_pairs(reward
         }
     )
     scored = score_quality(
-        Dataset.from_list(rows), QualityConfig(kind="reward_model", reward_model=path, batch_size=4)
+        Dataset.from_list(rows),
+        # float32 pinned: "auto" may resolve to bfloat16 on this CPU, the reference forward below is float32
+        QualityConfig(kind="reward_model", reward_model=path, batch_size=4, dtype="float32"),
     )
     assert scored[-1]["quality"] is None and scored[-1]["quality_detail"].startswith("generation failed")
     # independent: one conversation at a time, no padding, tokenized by apply_chat_template

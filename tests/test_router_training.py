@@ -1,8 +1,11 @@
-"""Train a real MiniLM router on real ASDiv prompts whose rewards depend learnably on the prompt text.
+"""Train a real MiniLM router on a real task mix whose rewards depend learnably on the prompt text.
 
-The labeled pool mimics the combine stage's output: one row per (prompt_id, teacher), `reward` (z-score-like,
-can be negative), `excluded` for failed rows. "tutor" is the better teacher on "how many" questions,
-"solver" on all others, "steady" is always in between and sometimes fails.
+The prompts are real ASDiv math word problems and real IFBench instruction prompts, shuffled together
+(PerSyn's setting: different teachers win different prompt types). The labeled pool mimics the combine
+stage's output: one row per (prompt_id, teacher), `reward` (z-score-like, can be negative), `excluded` for
+failed rows. "tutor" is the better teacher on math problems, "solver" on instruction prompts, "steady" is
+always in between and sometimes fails. Every router metric is measured on test prompts that neither
+training nor early stopping saw, so the task must be one a router can learn from ~20 prompts.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from persyn_hub.router import (
 
 TEACHERS = ["tutor", "solver", "steady"]
 SETTINGS = RouterSettings(
-    num_train_epochs=8,
+    num_train_epochs=4,
     max_length=64,
+    learning_rate=1e-4,  # full fine-tuning of MiniLM on 22 prompts; 5e-4 overshoots and stops early
     per_device_train_batch_size=8,
     early_stopping_patience=3,
     validation_fraction=0.2,
@@ -36,20 +40,24 @@ SETTINGS = RouterSettings(
 )
 
 
-def best_teacher(prompt: str) -> str:
-    return "tutor" if "how many" in prompt.lower() else "solver"
+NUM_LABELED = 41
+"""Labeled prompts: 40 usable (one is left with a single usable teacher): 22 train, 8 validation, 10 test."""
+
+
+def best_teacher(kind: str) -> str:
+    return "tutor" if kind == "math" else "solver"
 
 
 def labeled_pool(prompts: Dataset, seed: int = 0) -> Dataset:
-    """Per-teacher copies of the prompts with rewards from the prompt text plus noise; some rows fail."""
+    """Per-teacher copies of the prompts with rewards from the prompt's type plus noise; some rows fail."""
     rng = np.random.default_rng(seed)
     parts = []
     for position, teacher in enumerate(TEACHERS):
 
         def label(batch, indices, teacher=teacher, position=position):
             rewards, excluded = [], []
-            for prompt, index in zip(batch["prompt"], indices):
-                base = 0.0 if teacher == "steady" else (1.0 if best_teacher(prompt) == teacher else -1.0)
+            for kind, index in zip(batch["kind"], indices):
+                base = 0.0 if teacher == "steady" else (1.0 if best_teacher(kind) == teacher else -1.0)
                 reward = float(base + 0.3 * rng.normal())
                 failed = teacher == "steady" and index % 7 == 3
                 rewards.append(None if failed else reward)
@@ -71,12 +79,20 @@ def labeled_pool(prompts: Dataset, seed: int = 0) -> Dataset:
 
 @pytest.fixture(scope="module")
 def prompts():
-    return load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=72, drop_duplicates=True), seed=0)
+    """46 math and 46 instruction prompts, shuffled together, with their type in `kind`."""
+    columns = ["prompt_id", "messages", "prompt"]
+    math = load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=46, drop_duplicates=True), seed=0)
+    instructions = load_prompts(PromptsConfig(source="bundled:ifbench", num_prompts=46), seed=0)
+    parts = [
+        part.select_columns(columns).add_column("kind", [kind] * len(part))
+        for part, kind in ((math, "math"), (instructions, "instructions"))
+    ]
+    return concatenate_datasets(parts).shuffle(seed=0).flatten_indices()
 
 
 @pytest.fixture(scope="module")
 def trained(prompts, tmp_path_factory):
-    labels = labeled_pool(prompts.select(range(41)))
+    labels = labeled_pool(prompts.select(range(NUM_LABELED)))
     output_dir = tmp_path_factory.mktemp("router")
     result = train_router(
         labels,
@@ -121,8 +137,8 @@ def test_the_router_beats_random_and_the_best_single_teacher_on_held_out_prompts
     assert sum(metrics["oracle_share"].values()) == pytest.approx(1.0)
     assert sum(metrics["oracle_share_test"].values()) == pytest.approx(1.0)
     assert metrics["reward_recovered"] > metrics["reward_recovered_random"] + 0.2, metrics
-    assert metrics["reward_recovered"] > metrics["reward_recovered_best_single"], metrics
-    assert metrics["top1_agreement"] >= 0.7, metrics
+    assert metrics["reward_recovered"] > metrics["reward_recovered_best_single"] + 0.2, metrics
+    assert metrics["top1_agreement"] >= 0.8, metrics
     assert sum(metrics["teacher_distribution"].values()) == pytest.approx(1.0)
     json.dumps(metrics)  # goes into summary.json as is
 
@@ -140,7 +156,9 @@ def test_the_saved_router_is_a_complete_model_repo(trained):
     assert (config["label_repo"], config["label_revision"]) == ("persyn-test/labels", "0123abcd")
     card = (output_dir / "README.md").read_text()
     assert "persyn-test/labels" in card and "0123abcd" in card
-    assert f"| Router | {result.metrics['reward_recovered']:.3f} |" in card
+    assert f"| Router | {result.metrics['reward_recovered']:.3f}" in card
+    assert "train (22)" in card and "validation (8:" in card and "(10)" in card
+    assert f"Best single teacher (`{result.metrics['best_single_teacher']}`, chosen on train)" in card
     assert "`tutor` <= 0.25" in card  # calibration table
     assert "load_router(" in card and "route_prompts(" in card
 
@@ -150,19 +168,19 @@ def test_a_new_prompt_set_is_routed_without_any_teacher_generating(trained, prom
     result, output_dir = trained
     router, tokenizer = load_router(str(output_dir), expected_teachers=TEACHERS)
     assert isinstance(router, PersynRouter)
-    new_prompts = prompts.select(range(41, 72))  # never labeled
+    new_prompts = prompts.select(range(NUM_LABELED, len(prompts)))  # never labeled
     routed = route_prompts(new_prompts, router, tokenizer, batch_size=8)
     in_memory = route_prompts(new_prompts, result.router, result.tokenizer, batch_size=8)
     np.testing.assert_array_equal(np.array(routed["router_scores"]), np.array(in_memory["router_scores"]))
-    expected = [best_teacher(prompt) for prompt in new_prompts["prompt"]]
+    expected = [best_teacher(kind) for kind in new_prompts["kind"]]
     accuracy = np.mean([got == want for got, want in zip(routed["teacher"], expected)])
-    assert accuracy >= 0.7, (accuracy, routed["teacher"])
+    assert accuracy >= 0.85, (accuracy, routed["teacher"])
 
 
 @pytest.mark.slow
 def test_budgets_cap_a_teachers_share_and_keep_the_best_prompts(trained, prompts):
     result, _ = trained
-    new_prompts = prompts.select(range(41, 72))
+    new_prompts = prompts.select(range(NUM_LABELED, len(prompts)))
     budgets = {"tutor": 0.25}
     routed = route_prompts(new_prompts, result.router, result.tokenizer, budgets=budgets)
     scores = np.array(routed["router_scores"])

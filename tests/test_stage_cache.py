@@ -29,18 +29,26 @@ def test_a_finished_stage_is_reused_and_a_new_key_recomputes(tmp_path):
     assert [r["cached"] for r in cache.summary()] == [False, False]
 
 
-def test_an_incomplete_stage_is_entered_again(tmp_path):
+def test_failed_rows_are_counted_and_a_forgotten_stage_is_entered_again(tmp_path):
     cache = StageCache(tmp_path)
     runs = []
 
     def compute(folder):
         runs.append(1)
-        return Dataset.from_dict({"error": ["HTTP 503", None]})
+        return Dataset.from_dict({"error": ["HTTP 503", None, "timeout"]})
 
     key = cache.key("gen")
-    cache.dataset_stage("gen", key, compute, complete=lambda d: all(e is None for e in d["error"]))
-    cache.dataset_stage("gen", key, compute, complete=lambda d: all(e is None for e in d["error"]))
-    assert len(runs) == 2, "a stage with failed rows must not be marked finished"
+    cache.dataset_stage("gen", key, compute)
+    assert cache.is_done("gen", key) and cache.failed_rows("gen", key) == 2
+    cache.dataset_stage("gen", key, compute)
+    assert len(runs) == 1, "a finished stage is reused, failed rows and all (a retry is asked for)"
+    cache.forget("gen", key)
+    assert not cache.is_done("gen", key)
+    cache.dataset_stage("gen", key, compute)
+    assert len(runs) == 2, "a forgotten stage must be computed again"
+    plain = cache.key("plain")
+    cache.dataset_stage("plain", plain, lambda f: Dataset.from_dict({"x": [1]}))
+    assert cache.failed_rows("plain", plain) == 0  # no `error` column: nothing failed
 
 
 def test_a_crash_while_saving_leaves_no_finished_marker(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from persyn_hub.eval_tasks.heldout import as_test_split, asdiv_heldout, ifbench_heldout
+from persyn_hub.eval_tasks.task_mix import task_mix_heldout
 
 
 def load_asdiv(**kwargs: Any):
@@ -17,6 +18,17 @@ def load_asdiv(**kwargs: Any):
 
 def load_ifbench(**kwargs: Any):
     return as_test_split(ifbench_heldout())
+
+
+def load_taskmix(**kwargs: Any):
+    return as_test_split(task_mix_heldout())
+
+
+def process_taskmix(doc: dict, results: list[str]) -> dict[str, float]:
+    from persyn_hub.procedural import score_procedural
+
+    score, _ = score_procedural(results[0], doc["question"], doc["answer"], doc["metadata"])
+    return {"exact_match": 1.0 if score is not None and score >= 1.0 else 0.0}
 
 
 def process_asdiv(doc: dict, results: list[str]) -> dict[str, float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datasets import Dataset, Value
 
-from persyn_hub.config import TeacherConfig
+from persyn_hub.config import PoolConfig, TeacherConfig
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.stats import GenerationStats
 
@@ -18,7 +18,9 @@ GENERATION_FEATURES = {
     "num_tokens": Value("int64"),
     "num_prompt_tokens": Value("int64"),
     "error": Value("string"),
+    "pool_scores": Value("string"),
 }
+"""`pool_scores`: JSON of the scores an answer pool holds beside the answer (None when generated)."""
 GENERATION_COLUMNS = list(GENERATION_FEATURES)
 
 
@@ -31,10 +33,20 @@ def with_generation_types(dataset: Dataset) -> Dataset:
 
 
 def backend_for(teacher: TeacherConfig) -> str:
-    """`auto` picks the endpoint backend when URLs are given, else in-process transformers."""
+    """`auto` picks the endpoint backend when URLs are given, in-process transformers for a model, and
+    the answer pool for a teacher that has neither."""
     if teacher.backend != "auto":
         return teacher.backend
-    return "endpoint" if teacher.endpoints else "transformers"
+    if teacher.endpoints:
+        return "endpoint"
+    return "transformers" if teacher.model or not teacher.pool_column else "pool"
+
+
+def with_generation_columns(dataset: Dataset) -> Dataset:
+    """Every generation column present (a backend that has no pool leaves `pool_scores` out)."""
+    if "pool_scores" not in dataset.column_names:
+        dataset = dataset.add_column("pool_scores", [None] * len(dataset))
+    return with_generation_types(dataset)
 
 
 def generate_responses(
@@ -43,6 +55,7 @@ def generate_responses(
     *,
     checkpoint_dir: str | Path,
     seed: int = 42,
+    pool: PoolConfig | None = None,
 ) -> tuple[Dataset, GenerationStats]:
     """Have `teacher` answer every row; resume from `checkpoint_dir` after a crash.
 
@@ -59,12 +72,14 @@ def generate_responses(
         return with_generation_types(Dataset.from_dict({**dataset.to_dict(), **empty})), stats
     backend = backend_for(teacher)
     started = time.perf_counter()
+    if teacher.pool_column and pool is not None:
+        return _from_pool(dataset, teacher, backend, pool, checkpoint_dir, seed, stats)
     if backend == "reference":  # no model: nothing to pay for, so nothing to checkpoint
         from persyn_hub.generation.reference import write_references
 
         result = write_references(dataset, teacher, stats)
         stats.seconds = time.perf_counter() - started
-        return with_generation_types(result), stats
+        return with_generation_columns(result), stats
     with GenerationCheckpoint(checkpoint_dir) as checkpoint:
         if backend == "transformers":
             from persyn_hub.generation.local import generate_locally
@@ -81,7 +96,49 @@ def generate_responses(
         else:
             raise ValueError(f"teachers.{teacher.name}.backend: unknown backend {backend!r}.")
     stats.seconds = time.perf_counter() - started
-    return with_generation_types(result), stats
+    return with_generation_columns(result), stats
+
+
+def _from_pool(
+    dataset: Dataset,
+    teacher: TeacherConfig,
+    backend: str,
+    pool: PoolConfig,
+    checkpoint_dir: str | Path,
+    seed: int,
+    stats: GenerationStats,
+) -> tuple[Dataset, GenerationStats]:
+    """Pool answers first; a teacher with a model or endpoints generates the rows the pool lacks."""
+    import dataclasses
+
+    from persyn_hub.generation.pool import pool_answers
+
+    started = time.perf_counter()
+    answered = with_generation_columns(pool_answers(dataset, teacher, pool))
+    missing = [i for i, error in enumerate(answered["error"]) if error is not None]
+    if missing and backend != "pool":
+        generator = dataclasses.replace(teacher, pool_column=None)
+        generated, generated_stats = generate_responses(
+            dataset.select(missing), generator, checkpoint_dir=checkpoint_dir, seed=seed
+        )
+        stats = dataclasses.replace(generated_stats, teacher=teacher.name)
+        rows = {i: row for i, row in zip(missing, generated.select_columns(GENERATION_COLUMNS).to_list())}
+        columns = {c: answered[c] for c in GENERATION_COLUMNS}
+        for i, row in rows.items():
+            for c in GENERATION_COLUMNS:
+                columns[c][i] = row[c]
+        answered = with_generation_types(
+            answered.remove_columns(GENERATION_COLUMNS).add_column("teacher", columns["teacher"])
+        )
+        for c in GENERATION_COLUMNS[1:]:
+            answered = answered.add_column(c, columns[c])
+        answered = with_generation_types(answered)
+    else:
+        for error in answered["error"]:
+            if error:
+                stats.add_failure(error)
+    stats.seconds = time.perf_counter() - started
+    return answered, stats
 
 
 __all__ = [

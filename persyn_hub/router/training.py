@@ -193,6 +193,8 @@ def train_router(
         validation_loss=float(validation_loss),
         epochs_trained=float(trainer.state.epoch or 0.0),
         test_prompt_ids=list(splits.test.prompt_ids),
+        validation_prompt_ids=list(splits.validation.prompt_ids),
+        train_prompt_ids=list(splits.train.prompt_ids),
         calibration=calibration_table(score_texts(table.prompts, router, tokenizer), teachers),
     )
     logger.info(

@@ -1,0 +1,381 @@
+"""PerSyn's stages, declared once: each one's computation, inputs and what changes its output.
+
+    prompts -> label-generate/<teacher> (every teacher, labeled subset) -> learnability -> quality
+    -> combine -> router -> route (labeled prompts keep their best answer, the rest are routed)
+    -> generate/<teacher> (each teacher, only its routed prompts) -> assemble
+
+`persyn_stages(recipe)` is that list; `persyn run` runs it with `StageRunner`, which derives every
+cache key from the stage's `identity` and its inputs' content (see `stage_runner.py`).
+`labeling_stages` is the labeling chain alone, for any prompt subset: `persyn compare` runs it on the
+training prompts to get every teacher's scored answer there (the Oracle's pool).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, concatenate_datasets
+
+from persyn_hub.config import PersynRecipe, TeacherConfig
+from persyn_hub.identity import (
+    quality_identity,
+    router_training_identity,
+    student_identity,
+    teacher_identity,
+)
+from persyn_hub.stage_cache import load_dataset_folder, save_dataset_folder
+from persyn_hub.stage_runner import Stage, StageContext, StageRunner
+
+logger = logging.getLogger("persyn_hub")
+
+PROMPTS = "prompts"
+LEARNABILITY, QUALITY, COMBINE = "learnability", "quality", "combine"
+ROUTER, ROUTE, ASSEMBLE = "router", "route", "assemble"
+STATS_FILE = "stats.json"
+ASSEMBLY_FILE = "assembly.json"
+PROMPTS_FILE = "prompts.json"
+
+
+def label_generate(name: str) -> str:
+    return f"label-generate/{name}"
+
+
+def routed_generate(name: str) -> str:
+    return f"generate/{name}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Computations
+
+
+def _load_prompts(recipe: PersynRecipe) -> Any:
+    def compute(context: StageContext) -> Dataset:
+        from persyn_hub.data import load_prompts
+
+        report: dict[str, Any] = {}
+        prompts = load_prompts(recipe.prompts, recipe.seed, report)
+        context.folder.mkdir(parents=True, exist_ok=True)
+        (context.folder / PROMPTS_FILE).write_text(json.dumps(report))
+        return prompts
+
+    return compute
+
+
+def generate(
+    context: StageContext, prompts: Dataset, teacher: TeacherConfig, recipe: PersynRecipe, rows_key: str
+) -> Dataset:
+    """`teacher` answers `prompts`; finished rows land in the teacher's row checkpoint at once.
+
+    Both phases of a teacher (labeling, routed) share one checkpoint, keyed by the teacher and the
+    prompts: a row a teacher already answered is never requested again, whatever the routing.
+    """
+    from persyn_hub.generation import generate_responses
+
+    checkpoint = context.cache.folder(f"rows/{teacher.name}", rows_key)
+    result, stats = generate_responses(
+        prompts, teacher, checkpoint_dir=checkpoint, seed=recipe.seed, pool=recipe.prompts.pool
+    )
+    context.folder.mkdir(parents=True, exist_ok=True)
+    (context.folder / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2, default=str))
+    return result
+
+
+def rows_key(runner: StageRunner, teacher: TeacherConfig, recipe: PersynRecipe, prompts_stage: str) -> str:
+    return runner.cache.key("rows", runner.digests[prompts_stage], teacher_identity(teacher), recipe.seed)
+
+
+def _concat(context: StageContext, names: list[str]) -> Dataset:
+    return concatenate_datasets([context[name] for name in names])
+
+
+# --------------------------------------------------------------------------------------------------
+# Declarations
+
+
+def labeling_stages(
+    recipe: PersynRecipe,
+    runner: StageRunner,
+    *,
+    prompts_stage: str,
+    select: Any,
+    prefix: str = "",
+    select_identity: Any = None,
+    rows_from: str = PROMPTS,
+) -> list[Stage]:
+    """Every teacher answers the prompts `select(prompts)` picks; learnability, quality, combined reward.
+
+    Stage names get `prefix` (e.g. `compare/`) so another prompt subset caches apart; answers go to and
+    come from the teachers' row checkpoints of the run's prompts (`rows_from`), so no prompt a teacher
+    answered for the run is asked again.
+    """
+    from persyn_hub.combine import combine_rewards
+    from persyn_hub.learnability import score_learnability
+    from persyn_hub.quality import score_quality
+
+    generated = [prefix + label_generate(t.name) for t in recipe.teachers]
+    stages = [
+        Stage(
+            name,
+            lambda context, teacher=teacher: generate(
+                context,
+                select(context[prompts_stage]),
+                teacher,
+                recipe,
+                rows_key(runner, teacher, recipe, rows_from),
+            ),
+            inputs=tuple(dict.fromkeys((prompts_stage, rows_from))),
+            identity={"teacher": teacher_identity(teacher), "seed": recipe.seed, "select": select_identity},
+            rerun_failed=True,
+        )
+        for name, teacher in zip(generated, recipe.teachers)
+    ]
+    stages += [
+        Stage(
+            prefix + LEARNABILITY,
+            lambda context: score_learnability(_concat(context, generated), recipe.student),
+            inputs=tuple(generated),
+            identity=student_identity(recipe.student),
+        ),
+        Stage(
+            prefix + QUALITY,
+            lambda context: score_quality(context[prefix + LEARNABILITY], recipe.quality),
+            inputs=(prefix + LEARNABILITY,),
+            identity=quality_identity(recipe.quality),
+        ),
+        Stage(
+            prefix + COMBINE,
+            lambda context: combine_rewards(context[prefix + QUALITY], recipe.labeling),
+            inputs=(prefix + QUALITY,),
+            identity={"alpha": recipe.labeling.alpha, "normalization": recipe.labeling.normalization},
+            export=None if prefix else "labels",
+        ),
+    ]
+    return stages
+
+
+def _train_router(recipe: PersynRecipe) -> Any:
+    def compute(context: StageContext) -> None:
+        from persyn_hub.router import train_router
+
+        result = train_router(
+            context[COMBINE],
+            recipe.router,
+            teachers=recipe.teacher_names(),
+            student=recipe.student.model,
+            alpha=recipe.labeling.alpha,
+            output_dir=str(context.folder),
+            seed=recipe.seed,
+            label_repo=recipe.output.hub.labels_repo,
+        )
+        (context.folder / "router_metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
+
+    return compute
+
+
+def _copy_router(source: str) -> Any:
+    def compute(context: StageContext) -> None:
+        from huggingface_hub import snapshot_download
+
+        path = Path(source) if Path(source).is_dir() else Path(snapshot_download(source))
+        shutil.copytree(path, context.folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".cache"))
+
+    return compute
+
+
+def router_stage(recipe: PersynRecipe) -> Stage:
+    """Train the router on the labeled pool, or take the one `routing.reuse_router` names."""
+    if recipe.routing.reuse_router:
+        from persyn_hub.router import router_identity
+
+        source = recipe.routing.reuse_router
+        return Stage(ROUTER, _copy_router(source), identity={"reuse": router_identity(source)}, folder=True)
+    return Stage(
+        ROUTER,
+        _train_router(recipe),
+        inputs=(COMBINE,),
+        identity={
+            "settings": router_training_identity(recipe.router),
+            "seed": recipe.seed,
+            "teachers": recipe.teacher_names(),
+            "student": recipe.student.model,
+            "alpha": recipe.labeling.alpha,
+            "label_repo": recipe.output.hub.labels_repo,
+        },
+        folder=True,
+        export="router",
+    )
+
+
+def _route(recipe: PersynRecipe) -> Any:
+    def compute(context: StageContext) -> Dataset:
+        from persyn_hub.assignment import assign_teachers
+        from persyn_hub.router import load_router
+        from persyn_hub.selection import select_best
+
+        prompts = context[PROMPTS]
+        labeled_ids = set(prompts.select(range(num_labeled(recipe, prompts)))["prompt_id"])
+        router, tokenizer = load_router(str(context[ROUTER]), expected_teachers=recipe.teacher_names())
+        best = select_best(context[COMBINE], "reward", recipe.teacher_names())
+        return assign_teachers(prompts, labeled_ids, best, router, tokenizer, recipe)
+
+    return compute
+
+
+def num_labeled(recipe: PersynRecipe, prompts: Dataset) -> int:
+    return min(recipe.labeling.num_prompts, len(prompts))
+
+
+def _own_routed_prompts(context: StageContext, teacher: TeacherConfig) -> Dataset:
+    from persyn_hub.assignment import ROUTED
+
+    prompts, assigned = context[PROMPTS], context[ROUTE]
+    mine = {
+        p
+        for p, t, s in zip(assigned["prompt_id"], assigned["teacher"], assigned["selected_by"])
+        if t == teacher.name and s == ROUTED
+    }
+    return prompts.filter(
+        lambda batch: [p in mine for p in batch["prompt_id"]],
+        batched=True,
+        desc=f"Selecting {teacher.name}'s prompts",
+    )
+
+
+def _assemble(recipe: PersynRecipe, parts: list[str]) -> Any:
+    def compute(context: StageContext) -> Dataset:
+        from persyn_hub.assemble import assemble_dataset, collect_responses
+
+        assembly = assemble_dataset(
+            context[ROUTE],
+            collect_responses(*(context[name] for name in parts)),
+            drop_truncated=recipe.output.drop_truncated,
+            quality=recipe.quality,
+        )
+        save_dataset_folder(assembly.failed, context.folder / "failed")
+        (context.folder / ASSEMBLY_FILE).write_text(json.dumps({"truncated": assembly.truncated}))
+        return assembly.final
+
+    return compute
+
+
+def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
+    """The whole run, in order."""
+    from persyn_hub.preflight import check_before_work, source_identity
+
+    teachers = recipe.teachers
+    stages = [
+        Stage(
+            PROMPTS,
+            _load_prompts(recipe),
+            identity={
+                "prompts": recipe.prompts,
+                "seed": recipe.seed,
+                "source": source_identity(recipe.prompts),
+            },
+            check=lambda context: check_before_work(recipe, runner.outputs[PROMPTS]),
+        ),
+        *labeling_stages(
+            recipe,
+            runner,
+            prompts_stage=PROMPTS,
+            select=lambda prompts: prompts.select(range(num_labeled(recipe, prompts))),
+            select_identity={"labeled_prompts": recipe.labeling.num_prompts},
+        ),
+        router_stage(recipe),
+        Stage(
+            ROUTE,
+            _route(recipe),
+            inputs=(PROMPTS, COMBINE, ROUTER),
+            identity={"budgets": recipe.routing.budgets, "labeled_prompts": recipe.labeling.num_prompts},
+            export="routing",
+        ),
+    ]
+    stages += [
+        Stage(
+            routed_generate(teacher.name),
+            lambda context, teacher=teacher: generate(
+                context,
+                _own_routed_prompts(context, teacher),
+                teacher,
+                recipe,
+                rows_key(runner, teacher, recipe, PROMPTS),
+            ),
+            inputs=(PROMPTS, ROUTE),
+            identity={"teacher": teacher_identity(teacher), "seed": recipe.seed},
+            rerun_failed=True,
+        )
+        for teacher in teachers
+    ]
+    parts = [label_generate(t.name) for t in teachers] + [routed_generate(t.name) for t in teachers]
+    stages.append(
+        Stage(
+            ASSEMBLE,
+            _assemble(recipe, parts),
+            inputs=(ROUTE, *parts),
+            identity={
+                "drop_truncated": recipe.output.drop_truncated,
+                "verify": quality_identity(recipe.quality),
+            },
+            export="dataset",
+        )
+    )
+    return stages
+
+
+# --------------------------------------------------------------------------------------------------
+# What a finished run holds, for the summary and the cards
+
+
+@dataclass
+class RunOutputs:
+    """The outputs a summary and a card are written from."""
+
+    prompts: Dataset
+    labels: Dataset
+    assigned: Dataset
+    final: Dataset
+    failed: Dataset
+    truncated: int
+    router_metrics: dict[str, Any] | None
+    generation: dict[str, list[dict[str, Any]]]
+    prompt_report: dict[str, Any]
+
+
+def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
+    generation: dict[str, list[dict[str, Any]]] = {}
+    for teacher in recipe.teachers:
+        for phase, name in (
+            ("labeling", label_generate(teacher.name)),
+            ("routed", routed_generate(teacher.name)),
+        ):
+            folder = runner.cache.folder(name, runner.keys[name])
+            stats = json.loads((folder / STATS_FILE).read_text()) if (folder / STATS_FILE).is_file() else {}
+            stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
+            generation.setdefault(teacher.name, []).append({"phase": phase, **stats})
+    assemble_folder = runner.cache.folder(ASSEMBLE, runner.keys[ASSEMBLE])
+    metrics_file = Path(runner.outputs[ROUTER]) / "router_metrics.json"
+    return RunOutputs(
+        prompts=runner.outputs[PROMPTS],
+        labels=runner.outputs[COMBINE],
+        assigned=runner.outputs[ROUTE],
+        final=runner.outputs[ASSEMBLE],
+        failed=load_dataset_folder(assemble_folder / "failed"),
+        truncated=json.loads((assemble_folder / ASSEMBLY_FILE).read_text())["truncated"],
+        router_metrics=None
+        if recipe.routing.reuse_router or not metrics_file.is_file()
+        else json.loads(metrics_file.read_text()),
+        generation=generation,
+        prompt_report=_read_json(runner.cache.folder(PROMPTS, runner.keys[PROMPTS]) / PROMPTS_FILE),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+__all__ = ["RunOutputs", "labeling_stages", "persyn_stages", "run_outputs"]
