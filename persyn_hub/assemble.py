@@ -15,7 +15,7 @@ from datasets import Dataset
 
 from persyn_hub.config import QualityConfig
 
-RESPONSE_COLUMNS = ["prompt_id", "teacher", "response", "finish_reason", "num_tokens", "error"]
+RESPONSE_COLUMNS = ["prompt_id", "teacher", "response", "finish_reason", "num_tokens", "error", "pool_scores"]
 ASSIGNED_COLUMNS = ("prompt_id", "messages", "teacher")
 NO_ANSWER = "no usable answer: every teacher failed on this labeled prompt"
 
@@ -31,7 +31,11 @@ class Assembly:
 
 def collect_responses(*parts: Dataset) -> pa.Table:
     """One arrow table of (prompt_id, teacher) -> response; a later part wins over an earlier one."""
-    tables = [part.data.table.select(RESPONSE_COLUMNS) for part in parts if len(part)]
+    tables = [
+        part.data.table.select([c for c in RESPONSE_COLUMNS if c in part.column_names])
+        for part in parts
+        if len(part)
+    ]
     if not tables:
         return pa.table({c: pa.array([], type=pa.string()) for c in RESPONSE_COLUMNS})
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -82,7 +86,9 @@ def assemble_dataset(
         rows.append(None if t is None else lookup[(p, t)])
     picked = responses.take(pa.array(rows, type=pa.int64()))
     joined = assigned
-    for column in ("response", "finish_reason", "num_tokens", "error"):
+    for column in ("response", "finish_reason", "num_tokens", "error", "pool_scores"):
+        if column not in picked.column_names:
+            continue
         values = picked[column].to_pylist()
         if column == "error":
             values = [NO_ANSWER if row is None else value for row, value in zip(rows, values)]
@@ -100,7 +106,10 @@ def assemble_dataset(
             quality,
         )
     final = final.map(_to_messages, batched=True, desc="Assembling messages")
-    final = final.remove_columns([c for c in ("response", "error", "prompt") if c in final.column_names])
+    unused = ["response", "error", "prompt"]
+    if "pool_scores" in final.column_names and all(v is None for v in final["pool_scores"]):
+        unused.append("pool_scores")  # nothing came from an answer pool
+    final = final.remove_columns([c for c in unused if c in final.column_names])
     leading = [c for c in ("prompt_id", "messages", "teacher", "router_scores") if c in final.column_names]
     final = final.select_columns(
         leading + [c for c in final.column_names if c not in leading]

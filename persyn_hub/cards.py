@@ -35,9 +35,14 @@ ROUTER_METRIC_KEYS = (
 
 
 def template_path(name: str) -> Path:
-    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the repository's `model_cards/<name>`."""
+    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the installed `model_cards` package's `<name>` (the
+    top-level `model_cards/` folder, shipped in the wheel)."""
     folder = os.environ.get("PERSYN_CARD_TEMPLATES")
-    return Path(folder) / name if folder else Path(__file__).resolve().parents[1] / "model_cards" / name
+    if folder:
+        return Path(folder) / name
+    from importlib import resources
+
+    return Path(str(resources.files("model_cards") / name))
 
 
 def size_category(rows: int) -> str:

@@ -42,7 +42,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
     recipe = load_recipe(args.recipe, extra)
     summary = run_pipeline(recipe, retry_failed=args.retry_failed)
-    print(format_summary(summary))
+    if "rows" in summary:  # the main process of a launch reports; the others only worked
+        print(format_summary(summary))
     return 0
 
 

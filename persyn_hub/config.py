@@ -170,6 +170,9 @@ class TeacherConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     dtype: str = "auto"
     batch_size: int = 8
+    tensor_parallel_size: int = 1
+    """`backend: vllm`: GPUs one engine spans. 1: under a launch every process runs its own engine on its
+    own GPU and generates a shard; more: the main process runs the engine across that many GPUs."""
     max_concurrency: int = 8
     """Concurrent requests per endpoint."""
     timeout: float = 120.0

@@ -161,3 +161,13 @@ def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.
 def dtype_name(dtype: torch.dtype) -> str:
     """`torch.bfloat16` -> "bfloat16": the name vLLM and logs take."""
     return str(dtype).removeprefix("torch.")
+
+
+def local_device() -> torch.device:
+    """This process's accelerator: `cuda:LOCAL_RANK` under a launcher (one GPU per process), `cuda` when
+    a GPU is visible, else the CPU. Models of every stage are placed here."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())

@@ -38,7 +38,7 @@ from datasets import Dataset, Features, List, Value
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import StudentConfig
-from persyn_hub.dtypes import resolve_dtype
+from persyn_hub.dtypes import local_device, resolve_dtype
 from persyn_hub.fingerprint import fingerprint
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,12 @@ def load_student(student: StudentConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(student.model)
+    device = local_device()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=student.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(student.dtype), trust_remote_code=student.trust_remote_code
+        path, dtype=resolve_dtype(student.dtype, device), trust_remote_code=student.trust_remote_code
     )
-    model.eval()
+    model.to(device).eval()
     return model, tokenizer
 
 
@@ -664,7 +665,12 @@ def _model_identity(student: StudentConfig, model: Any) -> dict[str, Any]:
 
 
 def score_learnability(
-    dataset: Dataset, student: StudentConfig, *, model: Any = None, tokenizer: Any = None
+    dataset: Dataset,
+    student: StudentConfig,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    in_process: bool = False,
 ) -> Dataset:
     """Add `learnability`, `learnability_sum`, `num_response_tokens`, `truncated` to a labeled pool.
 
@@ -673,6 +679,7 @@ def score_learnability(
     scored as a number. A row longer than `student.max_length` tokens is cut at the end and flagged
     `truncated=True`; its score covers the response tokens that fit (None when none fit).
 
+    `in_process`: score here even under `accelerate launch` (the caller gave this process its shard).
     Params: `student` (model, dtype, max_length, batch_tokens, endpoint); `model`/`tokenizer` to reuse a
     loaded student. With `student.endpoint` set the served student is asked instead (TGI, vLLM or llama-cpp-python's server; see served_scoring).
 
@@ -694,6 +701,8 @@ def score_learnability(
         model = model if model is not None else loaded_model
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     key = fingerprint(dataset._fingerprint, student, _model_identity(student, model))
+    if in_process:
+        return _score_local(dataset, student, model, tokenizer, key)
     from accelerate import PartialState
 
     # accelerate only detects CPU multi-process runs when told the run is on CPU

@@ -1,6 +1,7 @@
 """`persyn run`: the whole PerSyn pipeline, Route then Generate, as the list of stages in `stages.py`.
 
     persyn run recipes/demo/task-mix-smollm2.yaml [--key value ...] [--retry-failed]
+    accelerate launch --multi_gpu --num_processes 8 -m persyn_hub.cli run RECIPE    # one process per GPU
 
 Every stage's output is saved under `output.dir/stages/`, keyed by what changes it (its identity and
 its inputs' content), so a re-run reuses finished stages and a crashed generation resumes from its
@@ -25,7 +26,7 @@ from filelock import FileLock, Timeout
 from persyn_hub.config import PersynRecipe
 from persyn_hub.errors import PersynError
 from persyn_hub.stage_cache import StageCache
-from persyn_hub.stage_runner import StageRunner
+from persyn_hub.stage_runner import Ranks, StageRunner, launch_ranks
 from persyn_hub.stages import ASSEMBLE, persyn_stages, run_outputs
 from persyn_hub.summary import build_summary, package_versions
 
@@ -37,10 +38,23 @@ class RunLockedError(PersynError, RuntimeError):
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """One writer per output directory: a second run refuses at once instead of corrupting it."""
+def run_lock(run_dir: Path, ranks: Ranks | None = None) -> Iterator[None]:
+    """One writer per output directory: a second run (or launch) refuses at once instead of corrupting it.
+
+    Under a launch the lock belongs to the launch: the main process takes it and names the launch in
+    the owner file; the other processes start only once they see their launch there.
+    """
+    ranks = ranks or Ranks()
     lock = FileLock(str(run_dir / ".persyn.lock"))
     owner = run_dir / ".persyn.lock.owner"
+    me = f"persyn run (pid {os.getpid()}" + (
+        f", launch {ranks.launch}, {ranks.count} processes)" if ranks.count > 1 else ")"
+    )
+    if not ranks.main:
+        while f"launch {ranks.launch}," not in (owner.read_text() if owner.is_file() else ""):
+            time.sleep(0.2)  # the main process takes the lock; if it cannot, the launcher stops this one
+        yield
+        return
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -50,7 +64,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             "--output.dir to another directory."
         ) from None
     try:
-        owner.write_text(f"persyn run (pid {os.getpid()})")
+        owner.write_text(me)
         yield
     finally:
         owner.unlink(missing_ok=True)
@@ -58,8 +72,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def run_log(run_dir: Path) -> Iterator[None]:
-    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+def run_log(run_dir: Path, ranks: Ranks | None = None) -> Iterator[None]:
+    """`run.log` (the main process), `run.rank-<i>.log` (the others): a timeline that travels with the data."""
+    ranks = ranks or Ranks()
+    name = "run.log" if ranks.main else f"run.rank-{ranks.index}.log"
+    handler = logging.FileHandler(run_dir / name, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
@@ -81,18 +98,28 @@ def run_pipeline(recipe: PersynRecipe, *, retry_failed: bool = False) -> dict[st
     run_dir.mkdir(parents=True, exist_ok=True)
     for key, value in recipe.env.items():
         os.environ[key] = str(value)
-    with run_lock(run_dir), run_log(run_dir):
-        return _run(recipe, run_dir, started, retry_failed)
+    ranks = launch_ranks()
+    with run_lock(run_dir, ranks), run_log(run_dir, ranks):
+        return _run(recipe, run_dir, started, retry_failed, ranks)
 
 
-def _run(recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool) -> dict[str, Any]:
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+def _run(
+    recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool, ranks: Ranks
+) -> dict[str, Any]:
+    if ranks.main:
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     logger.info(
-        "PerSyn run %r: teachers %s, student %s", recipe.name, recipe.teacher_names(), recipe.student.model
+        "PerSyn run %r: teachers %s, student %s%s",
+        recipe.name,
+        recipe.teacher_names(),
+        recipe.student.model,
+        f" (process {ranks.index + 1} of {ranks.count})" if ranks.count > 1 else "",
     )
-    runner = StageRunner(StageCache(run_dir), retry_failed=retry_failed)
+    runner = StageRunner(StageCache(run_dir), retry_failed=retry_failed, ranks=ranks)
     for stage in persyn_stages(recipe, runner):
         runner.run(stage)
+    if not ranks.main:  # summary, cards and publishing happen once, on the main process
+        return {"rank": ranks.index, "output_dir": str(run_dir)}
     if recipe.routing.reuse_router:
         shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
 

@@ -15,7 +15,7 @@ import torch
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import QualityConfig
-from persyn_hub.dtypes import resolve_dtype
+from persyn_hub.dtypes import local_device, resolve_dtype
 from persyn_hub.errors import PersynError
 
 
@@ -39,10 +39,11 @@ def load_reward_model(quality: QualityConfig) -> tuple[Any, Any]:
             "RewardTrainer), not a multi-class classifier or a causal LM."
         )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=quality.trust_remote_code)
+    device = local_device()
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=resolve_dtype(quality.dtype), trust_remote_code=quality.trust_remote_code
+        path, dtype=resolve_dtype(quality.dtype, device), trust_remote_code=quality.trust_remote_code
     )
-    model.eval()
+    model.to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:  # needed to find each row's last token

@@ -170,6 +170,14 @@ class StageCache:
         except Exception as error:  # noqa: BLE001 - any unreadable cache is reported the same way
             raise _corrupt(folder, f"{type(error).__name__}: {error}") from error
 
+    def load_finished(self, name: str, key: str, *, folder_output: bool = False) -> Dataset | Path:
+        """A finished stage's output, checked against its marker, without recording a stage run."""
+        folder = self.folder(name, key)
+        if folder_output:
+            self._verify(folder, folder / "output")
+            return folder / "output"
+        return self._load(folder)
+
     def dataset_stage(
         self,
         name: str,

@@ -9,14 +9,69 @@ recomputes; a stage whose inputs came out the same is reused. PerSyn's own stage
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
+import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from persyn_hub.stage_cache import StageCache, save_dataset_folder, write_folder_whole
+from persyn_hub.stage_cache import StageCache, load_dataset_folder, save_dataset_folder, write_folder_whole
+
+logger = logging.getLogger("persyn_hub")
+
+SHARD_DONE = "_SHARD_DONE"
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a launch (`accelerate launch`, `torchrun`, Slurm): rank `index` of `count`.
+
+    Processes coordinate through the stage cache on a shared filesystem, not through collectives: a
+    stage that runs for hours on the main process (endpoint generation, router training) cannot time
+    out the others, and a rank killed mid-stage leaves its finished rows and shards for the resume.
+    """
+
+    index: int = 0
+    count: int = 1
+    launch: str = ""
+    """Identifies this launch (torchrun's run id, else the rendezvous port): what "finished in this
+    launch" markers are named by, so a marker left by an earlier launch is never waited on by mistake."""
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+
+LAUNCH_VARIABLES = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Run a block as if this were the only process (the main process training the router alone):
+    without the launch variables, the Trainer does not wait for processes that are not training."""
+    saved = {name: os.environ.pop(name) for name in LAUNCH_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def launch_ranks() -> Ranks:
+    """From the launcher's environment (`RANK` / `WORLD_SIZE`, set by accelerate launch and torchrun)."""
+    launch = (
+        os.environ.get("TORCHELASTIC_RUN_ID")
+        or f"{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
+    )
+    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), launch)
 
 
 @dataclass
@@ -27,6 +82,15 @@ class StageContext:
     folder: Path
     cache: StageCache
     retry_failed: bool = False
+    shard: tuple[int, int] | None = None
+    """(index, count) when this process computes only its contiguous part of a `shards` stage."""
+
+    def my_rows(self, dataset: Any) -> Any:
+        """The rows this process computes: all of them, or its contiguous shard."""
+        if self.shard is None:
+            return dataset
+        index, count = self.shard
+        return dataset.shard(num_shards=count, index=index, contiguous=True)
 
     def __getitem__(self, name: str) -> Any:
         return self.outputs[name]
@@ -47,6 +111,10 @@ class Stage:
     check: Callable[[StageContext], None] | None = None
     rerun_failed: bool = False
     """A generation stage: with `--retry-failed`, a finished output with failed rows is computed again."""
+    parallel: Literal["main", "shards"] = "main"
+    """Under a launch with several processes: `shards` = every process computes its contiguous part
+    (`context.my_rows`) and the main process joins them in order; `main` = the main process computes,
+    the others wait for the result."""
 
 
 @dataclass
@@ -55,6 +123,8 @@ class StageRunner:
 
     cache: StageCache
     retry_failed: bool = False
+    ranks: Ranks = field(default_factory=Ranks)
+    poll_seconds: float = 0.5
     outputs: dict[str, Any] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
@@ -74,11 +144,20 @@ class StageRunner:
             self.cache,
             self.retry_failed,
         )
-        if stage.rerun_failed and self.retry_failed and self.cache.is_done(stage.name, key):
-            if self.cache.failed_rows(stage.name, key):
-                self.cache.forget(stage.name, key)
-        done_before = self.cache.is_done(stage.name, key)
-        if stage.folder:
+        retry = (
+            stage.rerun_failed
+            and self.retry_failed
+            and self.cache.is_done(stage.name, key)
+            and self.cache.failed_rows(stage.name, key) > 0
+        )
+        done_before = self.cache.is_done(stage.name, key) and not retry
+        if self.ranks.count > 1 and not done_before:
+            self._run_launched(stage, key, context, retry)
+            output = self.cache.load_finished(stage.name, key, folder_output=stage.folder)
+        elif retry:
+            self.cache.forget(stage.name, key)
+            output = self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
+        elif stage.folder:
             output = self.cache.folder_stage(
                 stage.name, key, lambda folder: stage.compute(dataclasses.replace(context, folder=folder))
             )
@@ -88,14 +167,62 @@ class StageRunner:
         self.keys[stage.name] = key
         self.digests[stage.name] = self.cache.output_digest(stage.name, key)
         self.cached[stage.name] = done_before
-        if stage.export:
+        if stage.export and self.ranks.main:
             export(output, self.cache.root / "artifacts" / stage.export)
-        if stage.check is not None:
+        if stage.check is not None and self.ranks.main:
             stage.check(context)
         return output
 
     def summary(self) -> list[dict[str, Any]]:
         return self.cache.summary()
+
+    def _run_launched(self, stage: Stage, key: str, context: StageContext, retry: bool) -> None:
+        """Several processes: finish the stage on disk (this rank's part, then the join or the wait)."""
+        folder = self.cache.folder(stage.name, key)
+        finished = folder / f"_LAUNCH_DONE-{self.ranks.launch}"
+        if stage.parallel == "shards" and not stage.folder:
+            part = folder / "shards" / f"rank-{self.ranks.index}"
+            if not (part / SHARD_DONE).is_file():  # a shard finished before a kill is kept
+                logger.info(
+                    "stage %s: rank %d/%d computes its shard", stage.name, self.ranks.index, self.ranks.count
+                )
+                result = stage.compute(
+                    dataclasses.replace(context, shard=(self.ranks.index, self.ranks.count))
+                )
+                save_dataset_folder(result, part)
+                (part / SHARD_DONE).write_text(json.dumps({"rows": len(result)}))
+            if self.ranks.main:
+                parts = [folder / "shards" / f"rank-{i}" for i in range(self.ranks.count)]
+                self._wait(stage.name, lambda: all((p / SHARD_DONE).is_file() for p in parts))
+                from datasets import concatenate_datasets
+
+                joined = concatenate_datasets([load_dataset_folder(p) for p in parts])
+                if retry:
+                    self.cache.forget(stage.name, key)
+                self.cache.dataset_stage(stage.name, key, lambda _: joined)
+                shutil.rmtree(folder / "shards", ignore_errors=True)
+        elif self.ranks.main:
+            if retry:
+                self.cache.forget(stage.name, key)
+            if stage.folder:
+                self.cache.folder_stage(
+                    stage.name, key, lambda f: stage.compute(dataclasses.replace(context, folder=f))
+                )
+            else:
+                self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
+        if self.ranks.main:
+            finished.write_text("done")
+        else:
+            self._wait(stage.name, finished.is_file)
+
+    def _wait(self, name: str, ready: Callable[[], bool]) -> None:
+        started = time.monotonic()
+        announced = False
+        while not ready():
+            if not announced and time.monotonic() - started > 5:
+                logger.info("stage %s: rank %d waits for the other processes", name, self.ranks.index)
+                announced = True
+            time.sleep(self.poll_seconds)
 
 
 def export(output: Any, path: Path) -> None:

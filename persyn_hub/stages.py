@@ -29,7 +29,7 @@ from persyn_hub.identity import (
     teacher_identity,
 )
 from persyn_hub.stage_cache import load_dataset_folder, save_dataset_folder
-from persyn_hub.stage_runner import Stage, StageContext, StageRunner
+from persyn_hub.stage_runner import Stage, StageContext, StageRunner, single_process
 
 logger = logging.getLogger("persyn_hub")
 
@@ -81,8 +81,37 @@ def generate(
         prompts, teacher, checkpoint_dir=checkpoint, seed=recipe.seed, pool=recipe.prompts.pool
     )
     context.folder.mkdir(parents=True, exist_ok=True)
-    (context.folder / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2, default=str))
+    name = STATS_FILE if context.shard is None else f"stats-rank-{context.shard[0]}.json"
+    (context.folder / name).write_text(json.dumps(stats.to_dict(), indent=2, default=str))
     return result
+
+
+def read_stats(folder: Path) -> dict[str, Any]:
+    """A generation stage's accounting, summed over the processes that each generated a shard."""
+    total: dict[str, Any] = {}
+    for file in sorted(folder.glob("stats*.json")):
+        for key, value in json.loads(file.read_text()).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            elif isinstance(value, dict):
+                merged = total.setdefault(key, {})
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+            else:
+                total.setdefault(key, value)
+    return total
+
+
+def generation_parallelism(teacher: TeacherConfig) -> str:
+    """In-process teachers generate a shard on every process (each on its own device); endpoint teachers
+    are driven from the main process alone (one async client already keeps every replica busy, and
+    splitting it would multiply connections and per-endpoint health without adding throughput), and
+    reference and pool answers cost nothing to write."""
+    from persyn_hub.generation import backend_for
+
+    return (
+        "shards" if backend_for(teacher) in ("transformers", "vllm") and not teacher.pool_column else "main"
+    )
 
 
 def rows_key(runner: StageRunner, teacher: TeacherConfig, recipe: PersynRecipe, prompts_stage: str) -> str:
@@ -123,7 +152,7 @@ def labeling_stages(
             name,
             lambda context, teacher=teacher: generate(
                 context,
-                select(context[prompts_stage]),
+                context.my_rows(select(context[prompts_stage])),
                 teacher,
                 recipe,
                 rows_key(runner, teacher, recipe, rows_from),
@@ -131,21 +160,26 @@ def labeling_stages(
             inputs=tuple(dict.fromkeys((prompts_stage, rows_from))),
             identity={"teacher": teacher_identity(teacher), "seed": recipe.seed, "select": select_identity},
             rerun_failed=True,
+            parallel=generation_parallelism(teacher),
         )
         for name, teacher in zip(generated, recipe.teachers)
     ]
     stages += [
         Stage(
             prefix + LEARNABILITY,
-            lambda context: score_learnability(_concat(context, generated), recipe.student),
+            lambda context: score_learnability(
+                context.my_rows(_concat(context, generated)), recipe.student, in_process=True
+            ),
             inputs=tuple(generated),
             identity=student_identity(recipe.student),
+            parallel="main" if recipe.student.endpoint else "shards",
         ),
         Stage(
             prefix + QUALITY,
-            lambda context: score_quality(context[prefix + LEARNABILITY], recipe.quality),
+            lambda context: score_quality(context.my_rows(context[prefix + LEARNABILITY]), recipe.quality),
             inputs=(prefix + LEARNABILITY,),
             identity=quality_identity(recipe.quality),
+            parallel="shards" if recipe.quality.reward_model else "main",
         ),
         Stage(
             prefix + COMBINE,
@@ -162,16 +196,17 @@ def _train_router(recipe: PersynRecipe) -> Any:
     def compute(context: StageContext) -> None:
         from persyn_hub.router import train_router
 
-        result = train_router(
-            context[COMBINE],
-            recipe.router,
-            teachers=recipe.teacher_names(),
-            student=recipe.student.model,
-            alpha=recipe.labeling.alpha,
-            output_dir=str(context.folder),
-            seed=recipe.seed,
-            label_repo=recipe.output.hub.labels_repo,
-        )
+        with single_process():  # trained on the main process alone: an N-process run equals a 1-process one
+            result = train_router(
+                context[COMBINE],
+                recipe.router,
+                teachers=recipe.teacher_names(),
+                student=recipe.student.model,
+                alpha=recipe.labeling.alpha,
+                output_dir=str(context.folder),
+                seed=recipe.seed,
+                label_repo=recipe.output.hub.labels_repo,
+            )
         (context.folder / "router_metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
 
     return compute
@@ -300,7 +335,7 @@ def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
             routed_generate(teacher.name),
             lambda context, teacher=teacher: generate(
                 context,
-                _own_routed_prompts(context, teacher),
+                context.my_rows(_own_routed_prompts(context, teacher)),
                 teacher,
                 recipe,
                 rows_key(runner, teacher, recipe, PROMPTS),
@@ -308,6 +343,7 @@ def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
             inputs=(PROMPTS, ROUTE),
             identity={"teacher": teacher_identity(teacher), "seed": recipe.seed},
             rerun_failed=True,
+            parallel=generation_parallelism(teacher),
         )
         for teacher in teachers
     ]
@@ -353,8 +389,7 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
             ("labeling", label_generate(teacher.name)),
             ("routed", routed_generate(teacher.name)),
         ):
-            folder = runner.cache.folder(name, runner.keys[name])
-            stats = json.loads((folder / STATS_FILE).read_text()) if (folder / STATS_FILE).is_file() else {}
+            stats = read_stats(runner.cache.folder(name, runner.keys[name]))
             stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
             generation.setdefault(teacher.name, []).append({"phase": phase, **stats})
     assemble_folder = runner.cache.folder(ASSEMBLE, runner.keys[ASSEMBLE])

@@ -238,11 +238,12 @@ def test_a_prompt_column_that_does_not_exist_stops_before_any_model_loads(tmp_pa
 
 
 def test_a_teacher_that_cannot_load_stops_before_generation(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
     args = (
         "run",
         DEMO,
         "--teachers.1.model",
-        str(tmp_path / "no-such-model"),
+        str(tmp_path / "not-a-model"),
         "--output.dir",
         str(tmp_path / "out"),
     )
@@ -255,6 +256,17 @@ def test_a_teacher_that_cannot_load_stops_before_generation(tmp_path):
     # The same command over a damaged cache: CorruptCacheError names the stage folder and the fix.
     next((stage[0] / "data").rglob("*.arrow")).write_bytes(b"not arrow")
     one_error_line(persyn(*args), f"{stage[0].name} is unreadable", "Delete that folder and run again")
+
+
+def test_a_model_path_that_does_not_exist_is_refused_when_the_recipe_is_read(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    assert "teachers[1] ('gemma-3-270m').model: local model path" in main_error(
+        capsys, "validate", DEMO, "--teachers.1.model", missing
+    )
+    assert "does not exist" in main_error(
+        capsys, "run", DEMO, "--teachers.1.model", missing, "--output.dir", str(tmp_path / "out")
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_base_model_as_chat_teacher_is_refused(tmp_path):
@@ -277,17 +289,30 @@ def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path):
 # persyn compare: overrides arrive verbatim
 
 
-def test_compare_gets_its_overrides_and_a_bad_pool_is_one_line(tmp_path):
-    """BaselineError through `persyn compare`; `--labels` arrives only as an override."""
+def test_compare_gets_its_overrides_and_a_bad_key_is_one_line(tmp_path):
+    """`persyn compare` reads its own flags as recipe overrides; a wrong one is a RecipeError line."""
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"pipeline": "recipes/demo/task-mix-smollm2.yaml", "strategies": ["strong"]})
+    )
+    result = persyn("compare", str(recipe), "--labels", "somewhere", "--output_dir", str(tmp_path / "cmp"))
+    one_error_line(result, "labels: unknown key")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_strategy_the_pool_cannot_support_is_one_line(capsys):
+    """BaselineError, raised by the real Family-Strong definition on a pool without the student's family."""
     from datasets import Dataset
 
-    pool = tmp_path / "labels"
-    Dataset.from_dict({"prompt_id": ["p1"], "teacher": ["a"]}).save_to_disk(str(pool))
-    recipe = tmp_path / "compare.yaml"
-    settings = {"student": "bundled:smollm2-135m-instruct", "strategies": ["best_single"]}
-    recipe.write_text(yaml.safe_dump({**settings, "include_base_student": False}))
-    result = persyn("compare", str(recipe), "--labels", str(pool), "--output_dir", str(tmp_path / "cmp"))
-    one_error_line(result, "labeled pool: missing column(s)", "artifacts/labels")
+    from persyn_hub.baselines import family_strongest
+
+    labels = Dataset.from_dict({"prompt_id": ["p"], "teacher": ["a"], "quality": [1.0]})
+    reported(
+        capsys,
+        lambda: family_strongest(labels, ["a"], {"a": "qwen2"}, "llama"),
+        "family_strong: no teacher of the student's family 'llama'",
+        "set `family:` on the teachers",
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
 
     from persyn_hub.eval_tasks.heldout import is_heldout
 
-    run_dir, overrides = small_task_mix_run
+    run_dir, overrides, _ = small_task_mix_run
     out = tmp_path / "cmp"
     result = subprocess.run(
         [

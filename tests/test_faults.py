@@ -56,6 +56,7 @@ SMALL = [
     "--router.num_train_epochs", "2",
     "--router.max_length", "48",
     "--routing.budgets", json.dumps({CHAT: 0.5, FEWSHOT: 0.5}),  # both teachers get routed prompts
+    "--output.drop_truncated", "false",  # 16-token answers are mostly cut; keep them, this suite is about faults
 ]  # fmt: skip
 STAGES = [
     "prompts",
@@ -193,10 +194,9 @@ def reference(tmp_path_factory) -> Reference:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rows"] == 12 and summary["failures"]["generation"] == 0
     assert summary["failures"]["label_rows_excluded"] == 0
-    assert [stage["name"] for stage in summary["stages"]] == STAGES[:-1]
+    assert [stage["name"] for stage in summary["stages"]] == STAGES
     reference = Reference(run_dir, summary, [result])
     reference.seconds = {stage["name"]: stage["seconds"] for stage in summary["stages"]}
-    reference.seconds["assemble"] = 0.3
     for stage in STAGES:
         if "generate/" in stage:
             ids = rows_of(stage_folder(run_dir, stage) / "data")

@@ -171,9 +171,9 @@ def small_router(minilm_path):
 
 
 def test_labeled_prompts_keep_their_best_answer_and_only_the_others_are_routed(small_router, asdiv_prompts):
-    from persyn_hub.router import score_texts
-
     import torch
+
+    from persyn_hub.router import score_texts
 
     router, tokenizer = small_router
     prompts = asdiv_prompts.select(range(8))

@@ -67,6 +67,7 @@ def test_the_run_produces_the_dataset_and_the_summary(finished_run):
         "router",
         "route",
         *[f"generate/{t}" for t in TEACHERS],
+        "assemble",
     ]
     assert not any(stage["cached"] for stage in summary["stages"])
     router = summary["router"]
@@ -173,8 +174,9 @@ def test_a_given_router_routes_and_one_retrained_in_place_routes_again(finished_
     assert given.returncode == 0, given.stderr[-4000:]
     summary = json.loads((output_dir / "summary.json").read_text())
     cached = {stage["name"]: stage["cached"] for stage in summary["stages"]}
-    assert "router" not in cached and cached["route"] is False and cached["combine"] is True
-    assert summary["requests_this_run"] == 0  # the same weights route the same way: no new generation
+    assert cached["router"] is False and cached["combine"] is True  # the given router is taken, not trained
+    assert cached["route"] is True  # the same weights: the routing (keyed by the router's content) is reused
+    assert summary["requests_this_run"] == 0 and summary["router"] is None
     assert summary["teacher_counts"] == finished_run[2]["teacher_counts"]
 
     # Retrained in place: same path, new weights (every routed prompt goes to gemma), so it routes again.

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     state = PartialState(cpu=True)
     pool = load_from_disk(sys.argv[1])
-    scored = score_learnability(pool, StudentConfig(batch_tokens=512))
+    scored = score_learnability(pool, StudentConfig(batch_tokens=512, dtype="float32"))
     assert len(scored) == len(pool), (len(scored), len(pool))
     if state.is_main_process:
         scored.save_to_disk(sys.argv[2])
@@ -66,7 +66,7 @@ def test_two_cpu_processes_match_in_process_scores(tmp_path, asdiv_prompts):
     sharded = load_from_disk(str(tmp_path / "out"))
 
     model, tokenizer = load_student(StudentConfig(dtype="float32"))
-    local = score_learnability(pool, StudentConfig(), model=model, tokenizer=tokenizer)
+    local = score_learnability(pool, StudentConfig(dtype="float32"), model=model, tokenizer=tokenizer)
     assert sharded["prompt_id"] == pool["prompt_id"] and sharded["teacher"] == pool["teacher"]
     assert sharded["num_response_tokens"] == local["num_response_tokens"]
     assert sharded["truncated"] == local["truncated"]

@@ -23,7 +23,7 @@ from transformers import (
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
-from persyn_hub.dtypes import resolve_dtype
+from persyn_hub.dtypes import local_device, resolve_dtype
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
@@ -34,11 +34,12 @@ logger = logging.getLogger(__name__)
 
 def load_teacher(teacher: TeacherConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = resolve_model(teacher.model or "")
+    device = local_device()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=teacher.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(teacher.dtype), trust_remote_code=teacher.trust_remote_code
+        path, dtype=resolve_dtype(teacher.dtype, device), trust_remote_code=teacher.trust_remote_code
     )
-    model.eval()
+    model.to(device).eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -95,7 +96,9 @@ class LocalGenerator:
     def _generate(self, rows: list[dict]) -> list[dict]:
         model, tokenizer = self._load()
         texts = [render_prompt(self.teacher, tokenizer, row["messages"]) for row in rows]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            model.device
+        )
         config = self.teacher.generation
         sampling = config.temperature > 0
         if sampling:

@@ -52,8 +52,35 @@ class VllmGenerator:
                 dtype=dtype_name(resolve_dtype(self.teacher.dtype, device)),
                 seed=self.seed,
                 trust_remote_code=self.teacher.trust_remote_code,
+                tensor_parallel_size=self.teacher.tensor_parallel_size,
             )
         return self._llm
+
+    def release(self) -> None:
+        """Free the engine and its GPU memory before the next teacher's engine loads (one at a time)."""
+        if self._llm is None:
+            return
+        import gc
+
+        import torch
+
+        try:  # vLLM >= 0.6 tears down its workers and the distributed state it created
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 - older or newer vLLM: deleting the engine is what remains
+            pass
+        engine = getattr(self._llm, "llm_engine", None)
+        if engine is not None and hasattr(engine, "shutdown"):
+            engine.shutdown()
+        self._llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from vllm import SamplingParams
@@ -148,12 +175,15 @@ def generate_with_vllm(
             "(GPU machines), or use backend 'transformers' or an endpoint."
         )
     generator = VllmGenerator(teacher, checkpoint, stats, seed)
-    return dataset.map(
-        generator,
-        batched=True,
-        batch_size=MAP_BATCH_SIZE,
-        features=Features({**dataset.features, **OUTPUT_FEATURES}),
-        desc=f"Generating with {teacher.name} (vLLM)",
-        load_from_cache_file=False,
-        new_fingerprint=fingerprint("generate-vllm", teacher, dataset._fingerprint),
-    )
+    try:
+        return dataset.map(
+            generator,
+            batched=True,
+            batch_size=MAP_BATCH_SIZE,
+            features=Features({**dataset.features, **OUTPUT_FEATURES}),
+            desc=f"Generating with {teacher.name} (vLLM)",
+            load_from_cache_file=False,
+            new_fingerprint=fingerprint("generate-vllm", teacher, dataset._fingerprint),
+        )
+    finally:
+        generator.release()  # the next teacher's engine needs this one's GPU memory

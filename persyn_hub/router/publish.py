@@ -45,10 +45,12 @@ class RouterMismatchError(PersynError, ValueError):
 
 
 def card_template_path() -> Path:
-    """`$PERSYN_ROUTER_CARD` if set, else the repository's `model_cards/router_card.md`."""
+    """`$PERSYN_ROUTER_CARD` if set, else the packaged `model_cards/router_card.md` (one lookup for every card)."""
     if os.environ.get("PERSYN_ROUTER_CARD"):
         return Path(os.environ["PERSYN_ROUTER_CARD"])
-    return Path(__file__).resolve().parents[2] / "model_cards" / "router_card.md"
+    from persyn_hub.cards import template_path
+
+    return template_path("router_card.md")
 
 
 def render_router_card(
