@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from datasets import Dataset
 
+from persyn_hub.answers import is_usable_answer
 from persyn_hub.config import QualityConfig
 
 RESPONSE_COLUMNS = ["prompt_id", "teacher", "response", "finish_reason", "num_tokens", "error", "pool_scores"]
@@ -93,7 +94,7 @@ def assemble_dataset(
         if column == "error":
             values = [NO_ANSWER if row is None else value for row, value in zip(rows, values)]
         joined = joined.add_column(column, values)
-    usable = [error is None and bool(text) for error, text in zip(joined["error"], joined["response"])]
+    usable = [is_usable_answer(text, error) for error, text in zip(joined["error"], joined["response"])]
     truncated = [ok and reason == "length" for ok, reason in zip(usable, joined["finish_reason"])]
     keep = [i for i, ok in enumerate(usable) if ok and not (drop_truncated and truncated[i])]
     failed = joined.select([i for i, ok in enumerate(usable) if not ok])

@@ -1,4 +1,5 @@
-"""Data set cards for a PerSyn run, rendered from the Jinja templates in `model_cards/`.
+"""Every card persyn_hub writes (the data set cards of a run and the router's model card), rendered from the
+Jinja templates in `model_cards/` through `huggingface_hub`'s `DatasetCard` / `ModelCard`.
 
 Cards hold only what a re-run of the same recipe reproduces (counts, versions, seeds, router metrics, sample
 rows, the recipe) and never timings or local paths, so re-publishing a finished run changes nothing on the
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from persyn_hub.config import PersynRecipe
 
@@ -254,6 +255,92 @@ def render_dataset_card(
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# The router's model card
+
+CARD_METRICS = (
+    "top1_agreement",
+    "reward_recovered",
+    "reward_recovered_best_single",
+    "reward_recovered_random",
+    "teacher_distribution",
+    "num_train_prompts",
+    "num_eval_prompts",
+    "best_single_teacher",
+    "mean_reward_routed",
+    "mean_reward_best_single",
+    "mean_reward_random",
+    "mean_reward_oracle",
+)
+"""Metrics the card's evaluation table needs; a partial dict renders as "no held-out metrics"."""
+
+
+def card_template_path() -> Path:
+    """`$PERSYN_ROUTER_CARD` if set, else the packaged `model_cards/router_card.md` (one lookup for every card)."""
+    if os.environ.get("PERSYN_ROUTER_CARD"):
+        return Path(os.environ["PERSYN_ROUTER_CARD"])
+    from persyn_hub.cards import template_path
+
+    return template_path("router_card.md")
+
+
+def render_router_card(
+    config,
+    metrics: dict[str, Any] | None = None,
+    *,
+    repo_id: str | None = None,
+    settings: dict[str, Any] | None = None,
+    seed: int | None = None,
+) -> ModelCard:
+    """The router's model card: purpose, teachers, student, alpha, training data, metrics, calibration, usage."""
+    import persyn_hub
+
+    metrics = dict(metrics or {})
+    calibration = metrics.get("calibration") or []
+    encoder = config.encoder_name or getattr(config.encoder_config, "_name_or_path", "") or "unknown"
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["persyn", "router", "distillation", "multi-teacher"],
+        datasets=[config.label_repo] if config.label_repo else None,
+        base_model=encoder if _is_hub_id(encoder) else None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(card_template_path()),
+        teachers=list(config.teachers),
+        student=config.student or "unknown",
+        alpha=config.alpha,
+        encoder_name=encoder,
+        pooling=config.pooling,
+        max_length=config.max_length,
+        tie_margin=config.tie_margin,
+        label_repo=config.label_repo,
+        label_revision=config.label_revision,
+        metrics=metrics if all(key in metrics for key in CARD_METRICS) else None,
+        calibration=calibration,
+        calibration_prompts=sum((metrics.get("split_sizes") or {}).values())
+        or metrics.get("num_train_prompts", 0) + metrics.get("num_eval_prompts", 0),
+        interval=lambda key: _interval_text(metrics, key),
+        settings=settings,
+        seed=seed,
+        repo_id=repo_id or "path/or/hub-id/of/this/router",
+        persyn_version=persyn_hub.__version__,
+    )
+
+
+def _interval_text(metrics: dict[str, Any], key: str) -> str:
+    """` [low, high]` for a metric with a bootstrap interval, else nothing."""
+    low_high = (metrics.get("intervals") or {}).get(key)
+    return f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
+
+
+def _is_hub_id(name: str) -> bool:
+    return (
+        bool(name) and not name.startswith("bundled:") and name.count("/") == 1 and not os.path.exists(name)
+    )
+
+
 def render_labels_card(
     *,
     recipe: PersynRecipe,
@@ -315,6 +402,7 @@ def render_labels_card(
 
 __all__ = [
     "CHART_FILE",
+    "render_router_card",
     "comparison_card_section",
     "render_dataset_card",
     "render_labels_card",

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import yaml
 from datasets import Dataset
 
+from persyn_hub.answers import is_trainable_answer
 from persyn_hub.baselines import GTS, STRATEGIES, strategy_picks
 from persyn_hub.comparison_report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
 from persyn_hub.config import RecipeError, _apply_override, _build_dataclass, parse_overrides
@@ -186,10 +187,8 @@ def _rows(pool: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row["prompt_id"], row["teacher"]): row for row in table}
 
 
-def _usable(row: dict[str, Any] | None) -> bool:
-    return (
-        bool(row) and row["error"] is None and bool(row["response"]) and row.get("finish_reason") != "length"
-    )
+def _trainable(row: dict[str, Any] | None) -> bool:
+    return bool(row) and is_trainable_answer(row["response"], row["error"], row.get("finish_reason"))
 
 
 def student_family(pipeline: Any) -> str:
@@ -263,7 +262,7 @@ def build_training_sets(
         strategy: {
             p
             for p, t in chosen.items()
-            if (p in routed if strategy == "persyn" else _usable(rows.get((p, t))))
+            if (p in routed if strategy == "persyn" else _trainable(rows.get((p, t))))
         }
         for strategy, chosen in picks.items()
     }
@@ -371,7 +370,7 @@ def run_comparison(
     recipe: CompareRecipe | str | Path, overrides: Optional[list[str]] = None
 ) -> dict[str, Any]:
     """Run, build, train and evaluate every strategy; write the table and chart; return the comparison."""
-    from persyn_hub.eval_tasks.heldout import is_heldout
+    from persyn_hub.eval_tasks.items import is_eval_item
     from persyn_hub.pipeline import run_pipeline, write_local_card
     from persyn_hub.stages import ASSEMBLE
 
@@ -385,10 +384,10 @@ def run_comparison(
     summary = run_pipeline(pipeline)
     runner, pool = training_pool(pipeline)
     sets, info, common = build_training_sets(recipe, pipeline, runner, pool)
-    leaked = [p for p, text in zip(pool["prompt_id"], pool["prompt"]) if is_heldout(text)]
+    leaked = [p for p, text in zip(pool["prompt_id"], pool["prompt"]) if is_eval_item(text)]
     if leaked:  # persyn run drops them unless the recipe opted out; the comparison never trains on them
         raise RecipeError(
-            f"pipeline: {len(set(leaked))} training prompt(s) are held-out evaluation items; keep "
+            f"pipeline: {len(set(leaked))} training prompt(s) are evaluation items; keep "
             "prompts.drop_eval_items: true in the pipeline recipe."
         )
     student = recipe.student or pipeline.student.model

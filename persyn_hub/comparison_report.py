@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from persyn_hub.compare import CompareRecipe
 
 BASE_ROW = "student (no SFT)"
 
@@ -66,7 +63,7 @@ def bootstrap_cells(
 
 
 def summarize_comparison(
-    recipe: CompareRecipe,
+    recipe: Any,
     pipeline: Any,
     summary: dict[str, Any],
     info: dict[str, dict[str, Any]],

@@ -18,13 +18,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from persyn_hub.errors import PersynError
+from persyn_hub.errors import RecipeError
 
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY")
-
-
-class RecipeError(PersynError, ValueError):
-    """A recipe value is missing or wrong; the message names the key and the fix."""
 
 
 RECIPE_VERSION = 2

@@ -25,7 +25,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from persyn_hub.config import RecipeError
+from persyn_hub.errors import RecipeError
 
 if TYPE_CHECKING:
     import torch

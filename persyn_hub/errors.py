@@ -14,4 +14,8 @@ class PersynError(Exception):
     """
 
 
-__all__ = ["PersynError"]
+class RecipeError(PersynError, ValueError):
+    """A recipe value is missing or wrong; the message names the key and the fix."""
+
+
+__all__ = ["PersynError", "RecipeError"]

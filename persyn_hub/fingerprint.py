@@ -28,3 +28,12 @@ def fingerprint(*parts: Any, length: int = 16) -> str:
     """A hex digest of JSON-serializable parts (dataclasses included), order-sensitive."""
     payload = json.dumps([_plain(p) for p in parts], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+
+
+def run_fingerprint() -> str:
+    """A fresh `datasets` fingerprint for output that depends on more than its inputs (a generation's
+    checkpoint): `datasets` must never hand back an earlier run's result, or an operation chained on it,
+    from its cache files. Reuse across runs is the stage cache's job, keyed by what the output is."""
+    import uuid
+
+    return uuid.uuid4().hex[:16]

@@ -30,6 +30,7 @@ from persyn_hub.cards import (
     comparison_card_section,
     render_dataset_card,
     render_labels_card,
+    render_router_card,
     teacher_distribution_png,
 )
 from persyn_hub.config import PersynRecipe
@@ -166,7 +167,7 @@ def _router_files(folder: Path, labels: dict[str, str] | None, repo_id: str) -> 
 def _router_card(folder: Path, config: dict[str, Any], repo_id: str) -> bytes | None:
     """Re-render the router helper's card with the pushed labels revision (None: keep the saved README)."""
     try:
-        from persyn_hub.router import PersynRouterConfig, render_router_card
+        from persyn_hub.router import PersynRouterConfig
     except ImportError:
         return None
     saved_path = folder / "router_metrics.json"

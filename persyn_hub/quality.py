@@ -152,7 +152,7 @@ def row_kind(row: dict[str, Any], quality: QualityConfig) -> str | None:
 
 
 def _auto_batch(
-    batch: dict[str, list], quality: QualityConfig, model: Any, tokenizer: Any
+    batch: dict[str, list], quality: QualityConfig, model: Any, tokenizer: Any, progress: Any = None
 ) -> dict[str, list]:
     """Each row scored by its own kind's batch function; `quality_detail` starts with the kind."""
     n = len(batch["response"])
@@ -169,7 +169,7 @@ def _auto_batch(
                 "quality_detail": [f"cannot score as {kind!r}: missing {missing}"] * len(index),
             }
         elif kind == "reward_model":
-            scored = _reward_batch(sub, model, tokenizer, quality.max_length)
+            scored = _reward_batch(sub, model, tokenizer, quality.max_length, progress)
         elif kind == "column":
             scored = _column_batch(sub, quality.column or "")
         else:
@@ -189,7 +189,10 @@ def _auto_batch(
     return out
 
 
-def _reward_batch(batch: dict[str, list], model: Any, tokenizer: Any, max_length: int) -> dict[str, list]:
+def _reward_batch(
+    batch: dict[str, list], model: Any, tokenizer: Any, max_length: int, progress: Any = None
+) -> dict[str, list]:
+    """Reward-model scores of the usable rows; `progress` (a bar in rows) advances after each forward."""
     from persyn_hub.reward_model import reward_scores
 
     n = len(batch["response"])
@@ -215,7 +218,20 @@ def _reward_batch(batch: dict[str, list], model: Any, tokenizer: Any, max_length
             out["quality_detail"][i] = "reward model" + (
                 f" (truncated to {max_length} tokens)" if cut else ""
             )
+        if progress is not None:
+            progress.update(len(usable))
     return out
+
+
+def _reward_rows(dataset: Dataset, quality: QualityConfig | None = None) -> int:
+    """Rows the reward model will score (the bar's total): usable rows, and in `auto` those of its kind."""
+    errors = dataset["error"] if "error" in dataset.column_names else [None] * len(dataset)
+    if quality is None:
+        return sum(_failed_reason(r, e) is None for r, e in zip(dataset["response"], errors))
+    return sum(
+        row_kind(row, quality) == "reward_model" and _failed_reason(row["response"], row.get("error")) is None
+        for row in dataset
+    )
 
 
 def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
@@ -241,15 +257,29 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
             from persyn_hub.reward_model import load_reward_model
 
             model, tokenizer = load_reward_model(quality)
-        return dataset.map(
-            _auto_batch,
-            batched=True,
-            batch_size=quality.batch_size if model is not None else 256,
-            fn_kwargs={"quality": quality, "model": model, "tokenizer": tokenizer},
-            features=features,
-            new_fingerprint=key,
-            desc="Scoring each row with its own checker",
-        )
+        if model is None:
+            return dataset.map(
+                _auto_batch,
+                batched=True,
+                batch_size=256,
+                fn_kwargs={"quality": quality, "model": None, "tokenizer": None},
+                features=features,
+                new_fingerprint=key,
+                desc="Scoring each row with its own checker",
+            )
+        from persyn_hub.progress import scoring_progress
+
+        # the per-batch map bar would move every `batch_size` rows of any kind; this one counts model rows
+        with scoring_progress(_reward_rows(dataset, quality), "Scoring with the reward model", "row") as bar:
+            return dataset.map(
+                _auto_batch,
+                batched=True,
+                batch_size=quality.batch_size,
+                fn_kwargs={"quality": quality, "model": model, "tokenizer": tokenizer, "progress": bar},
+                features=features,
+                new_fingerprint=key,
+                desc="Scoring each row with its own checker",
+            )
     if quality.kind == "column":
         return dataset.map(
             _column_batch,
@@ -261,18 +291,25 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
             desc="Taking quality from the pool's scores",
         )
     if quality.kind == "reward_model":
+        from persyn_hub.progress import scoring_progress
         from persyn_hub.reward_model import load_reward_model
 
         model, tokenizer = load_reward_model(quality)
-        return dataset.map(
-            _reward_batch,
-            batched=True,
-            batch_size=quality.batch_size,
-            fn_kwargs={"model": model, "tokenizer": tokenizer, "max_length": quality.max_length},
-            features=features,
-            new_fingerprint=key,
-            desc="Scoring with the reward model",
-        )
+        with scoring_progress(_reward_rows(dataset), "Scoring with the reward model", "row") as bar:
+            return dataset.map(
+                _reward_batch,
+                batched=True,
+                batch_size=quality.batch_size,
+                fn_kwargs={
+                    "model": model,
+                    "tokenizer": tokenizer,
+                    "max_length": quality.max_length,
+                    "progress": bar,
+                },
+                features=features,
+                new_fingerprint=key,
+                desc="Scoring with the reward model",
+            )
     function = {
         "math_answer": _math_batch,
         "instruction_following": _instructions_batch,

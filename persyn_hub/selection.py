@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
+from persyn_hub.answers import is_usable_answer
+
 SELECT_COLUMNS = ("prompt_id", "teacher", "response", "error")
 
 
@@ -39,10 +41,7 @@ def select_best(labels: Dataset, by: str = "reward", teachers: list[str] | None 
     order = list(teachers) if teachers is not None else sorted(set(row_teachers))
     rank = {name: i for i, name in enumerate(order)}
     usable = np.array(
-        [
-            e is None and bool(r and r.strip())
-            for e, r in zip(_column(labels, "error"), _column(labels, "response"))
-        ]
+        [is_usable_answer(r, e) for e, r in zip(_column(labels, "error"), _column(labels, "response"))]
     )
     primary = _floats(_column(labels, by))
     if by == "reward" and "excluded" in labels.column_names:

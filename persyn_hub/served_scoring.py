@@ -43,7 +43,7 @@ from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.auth import token_for
 from persyn_hub.generation.endpoint import endpoint_root, run_coroutine
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
-from persyn_hub.learnability import _IDS, _START, SCORE_FEATURES, _tokenize_batch, _usable
+from persyn_hub.learnability_tokens import _IDS, _START, SCORE_FEATURES, _tokenize_batch, _usable
 
 logger = logging.getLogger(__name__)
 

@@ -66,12 +66,27 @@ def single_process() -> Iterator[None]:
 
 
 def launch_ranks() -> Ranks:
-    """From the launcher's environment (`RANK` / `WORLD_SIZE`, set by accelerate launch and torchrun)."""
-    launch = (
-        os.environ.get("TORCHELASTIC_RUN_ID")
-        or f"{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
-    )
-    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), launch)
+    """From the launcher's environment (`RANK` / `WORLD_SIZE`, set by accelerate launch and torchrun).
+
+    The launch id is drawn by rank 0 and handed to the others in ONE broadcast at start-up (gloo, then
+    the group is closed): the launchers' own run ids are "none" and their ports fixed, so they cannot tell
+    this launch's "finished" markers from an earlier launch's. No collective is used after that.
+    """
+    index, count = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if count == 1:
+        return Ranks()
+    import uuid
+
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="gloo", init_method="env://")
+    box = [uuid.uuid4().hex[:12] if index == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    if created:
+        dist.destroy_process_group()
+    return Ranks(index, count, str(box[0]))
 
 
 @dataclass

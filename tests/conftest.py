@@ -62,7 +62,8 @@ def override_args(overrides: dict) -> list[str]:
 @pytest.fixture(scope="session")
 def small_task_mix_run(tmp_path_factory):
     """One real `persyn run` of the shrunk default recipe: (run dir, the overrides that made it, the
-    finished process). The e2e and compare tests share it (a second run reuses every stage)."""
+    finished process, its summary as written then). The e2e and compare tests share it (a later run
+    reuses every stage and rewrites summary.json)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -77,4 +78,6 @@ def small_task_mix_run(tmp_path_factory):
         timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return run_dir, overrides, result
+    import json
+
+    return run_dir, overrides, result, json.loads((run_dir / "summary.json").read_text())

@@ -66,6 +66,11 @@ class LlamaServer:
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.threads),
             "--n_threads_batch", str(self.threads),
+            # One token per eval: llama-cpp-python reuses the previous request's matching prefix and only
+            # evaluates the rest, and a CPU build's kernels are not batch-invariant, so with larger evals
+            # the same prompt gives slightly different logits after different predecessors.
+            "--n_batch", "1",
+            "--n_ubatch", "1",
             "--verbose", "false",
         ]  # fmt: skip
         log = self.log_path.open("ab")

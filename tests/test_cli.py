@@ -458,7 +458,7 @@ def test_a_long_wrapped_message_keeps_its_start_and_its_fix():
         ("persyn_hub.served_scoring", "ServedScoringError", RuntimeError),
         ("persyn_hub.reward_model", "RewardModelError", ValueError),
         ("persyn_hub.hub", "PublishError", RuntimeError),
-        ("persyn_hub.router.publish", "RouterMismatchError", ValueError),
+        ("persyn_hub.router.storage", "RouterMismatchError", ValueError),
     ],
 )
 def test_every_package_error_is_a_persyn_error(module, name, base):

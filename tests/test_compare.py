@@ -129,9 +129,9 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
 
     from datasets import load_from_disk
 
-    from persyn_hub.eval_tasks.heldout import is_heldout
+    from persyn_hub.eval_tasks.items import is_eval_item
 
-    run_dir, overrides, _ = small_task_mix_run
+    run_dir, overrides, _, _ = small_task_mix_run
     out = tmp_path / "cmp"
     result = subprocess.run(
         [
@@ -167,7 +167,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
         assert not set(data["prompt_id"]) & labeled  # outside the router's labeled subset
         assert set(data["prompt_id"]) <= routed
         texts = [m[-2]["content"] for m in data["messages"]]
-        assert not any(is_heldout(t) for t in texts)  # and outside every evaluation set
+        assert not any(is_eval_item(t) for t in texts)  # and outside every evaluation set
     for prompt_id, messages in zip(common, sets["persyn"]["messages"]):
         assert messages == persyn_rows[prompt_id]  # exactly the routed data set `persyn run` published
     # The eval items the students were tested on are held out, so none can be a training prompt.

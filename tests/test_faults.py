@@ -378,6 +378,18 @@ def test_endpoint_faults_through_the_pipeline_leave_the_data_unchanged(reference
         assert sorted(proxy.successes.values()) == [1] * 10, "8 labeled + 2 routed to the served teacher"
 
         proxy.reset()
+        # The "empty" fault goes to a prompt the served model answers (a greedy answer can itself be
+        # blank, which --retry-failed would then rightly reproduce instead of recovering).
+        clean_labels = load_dataset_folder(tmp_path / "clean" / "artifacts" / "labels")
+        answered = {
+            m[-1]["content"]
+            for m, t, e in zip(clean_labels["messages"], clean_labels["teacher"], clean_labels["error"])
+            if t == CHAT and e is None
+        }
+        labeled = sorted(
+            labeled, key=lambda text: text in answered
+        )  # answered prompts last: "empty" gets one
+        assert labeled[len(faults) - 1] in answered
         proxy.plan = {text: [fault] for text, fault in zip(labeled, faults)}
         proxy.default = ["503"]  # every other prompt, routed ones included, fails once
         first = persyn(tmp_path / "faulty", *served, verbose=True)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 import persyn_hub.learnability as learnability
+import persyn_hub.learnability_engines as engines
 from persyn_hub.config import StudentConfig
 from persyn_hub.learnability import load_student, score_learnability
 
@@ -170,7 +171,7 @@ def test_prefix_shared_path_matches_full_softmax_loop(student, shared_pool, monk
     """K=4 responses per prompt scored from one cached prompt equal the independent full-forward numbers,
     with an empty response, a failed row, a truncated row and a row with no other row to share with."""
     _, model, tokenizer = student
-    assert learnability.supports_prefix_cache(model)
+    assert engines.supports_prefix_cache(model)
     references = [
         None if row["error"] else reference_scores(model, tokenizer, row["messages"], row["response"])
         for row in shared_pool
@@ -184,13 +185,13 @@ def test_prefix_shared_path_matches_full_softmax_loop(student, shared_pool, monk
         len(ref[0]) > max_length for ref, row in zip(references, shared_pool) if row["teacher"] == "long"
     )
     calls = []
-    shared = learnability.prefix_shared_logprob_sums
+    shared = engines.prefix_shared_logprob_sums
 
     def spy(model, prefixes, segments, *args):
         calls.append((len(prefixes), len(segments)))
         return shared(model, prefixes, segments, *args)
 
-    monkeypatch.setattr(learnability, "prefix_shared_logprob_sums", spy)
+    monkeypatch.setattr(engines, "prefix_shared_logprob_sums", spy)
     config = StudentConfig(max_length=max_length, batch_tokens=256)  # several prefix and segment batches
     scored = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
     assert calls and sum(n for _, n in calls) == 11  # 3 prompts x 4 teachers, less the failed row
@@ -226,7 +227,7 @@ def test_prefix_shared_batches_and_waves_agree(student, shared_pool, monkeypatch
     """Tiny token and cache budgets (one prefix per batch, one cached batch per wave) change nothing."""
     config, model, tokenizer = student
     big = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
-    monkeypatch.setattr(learnability, "KV_BUDGET_BYTES", 1)
+    monkeypatch.setattr(engines, "KV_BUDGET_BYTES", 1)
     small = score_learnability(shared_pool, StudentConfig(batch_tokens=16), model=model, tokenizer=tokenizer)
     assert small["num_response_tokens"] == big["num_response_tokens"]
     for a, b in zip(big["learnability"], small["learnability"]):
@@ -250,10 +251,10 @@ def test_model_that_ignores_the_cache_falls_back_to_full_rows(student, shared_po
     config, model, tokenizer = student
     expected = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
     wrapped = _CacheIgnoringModel(model)
-    assert not learnability.supports_prefix_cache(wrapped)  # not a transformers model: plain path
+    assert not engines.supports_prefix_cache(wrapped)  # not a transformers model: plain path
     monkeypatch.setattr(learnability, "supports_prefix_cache", lambda model: True)  # pretend it is
     scored = score_learnability(shared_pool, config, model=wrapped, tokenizer=tokenizer)
-    assert wrapped in learnability._NO_PREFIX_CACHE
+    assert wrapped in engines._NO_PREFIX_CACHE
     assert scored["num_response_tokens"] == expected["num_response_tokens"]
     for a, b in zip(scored["learnability"], expected["learnability"]):
         assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)

@@ -31,8 +31,7 @@ def persyn_run(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished_run(small_task_mix_run):
-    output_dir, _, first = small_task_mix_run
-    first_summary = json.loads((output_dir / "summary.json").read_text())
+    output_dir, _, first, first_summary = small_task_mix_run
     second = persyn_run(output_dir)
     assert second.returncode == 0, second.stderr[-4000:]
     second_summary = json.loads((output_dir / "summary.json").read_text())

@@ -21,7 +21,8 @@ from datasets import Dataset
 from persyn_hub import served_scoring
 from persyn_hub.bundled import bundled_gguf_path
 from persyn_hub.config import StudentConfig
-from persyn_hub.learnability import load_student, score_learnability, tokenize_for_student
+from persyn_hub.learnability import load_student, score_learnability
+from persyn_hub.learnability_tokens import tokenize_for_student
 from persyn_hub.served_scoring import (
     ServedScoringError,
     llama_cpp_token_logprobs,

@@ -9,7 +9,6 @@ training data with `drop_heldout` (`persyn compare` does; see README "Evaluation
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 from datasets import Dataset, DatasetDict, load_dataset
@@ -24,34 +23,6 @@ def normalize(text: str) -> str:
 def is_heldout(text: str) -> bool:
     digest = hashlib.sha256(normalize(text).encode("utf-8")).hexdigest()
     return int(digest[:8], 16) % HELDOUT_MODULUS == 0
-
-
-@functools.lru_cache(maxsize=1)
-def eval_item_texts() -> frozenset[str]:
-    """The normalized prompt texts of every packaged evaluation task's items (persyn_asdiv,
-    persyn_ifbench, persyn_taskmix): what `persyn run` leaves out of its prompts by default."""
-    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
-
-    texts = (
-        set(asdiv_heldout()["prompt"])
-        | set(ifbench_heldout()["prompt"])
-        | set(task_mix_heldout()["question"])
-    )
-    return frozenset(normalize(text) for text in texts)
-
-
-def drop_eval_items(dataset: Dataset, text_column: str = "prompt") -> Dataset:
-    """Remove rows whose prompt text is an item of a packaged evaluation task (and only those)."""
-    if text_column not in dataset.column_names:
-        raise ValueError(
-            f"drop_eval_items: column {text_column!r} missing; columns are {dataset.column_names}."
-        )
-    items = eval_item_texts()
-    return dataset.filter(
-        lambda batch: [normalize(t) not in items for t in batch[text_column]],
-        batched=True,
-        desc="Leaving out evaluation items",
-    )
 
 
 def drop_heldout(dataset: Dataset, text_column: str = "prompt") -> Dataset:

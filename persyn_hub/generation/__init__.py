@@ -8,18 +8,10 @@ from pathlib import Path
 from datasets import Dataset, Value
 
 from persyn_hub.config import PoolConfig, TeacherConfig
-from persyn_hub.generation.checkpoint import GenerationCheckpoint
+from persyn_hub.generation.checkpoint import RECORD_FEATURES, GenerationCheckpoint
 from persyn_hub.generation.stats import GenerationStats
 
-GENERATION_FEATURES = {
-    "teacher": Value("string"),
-    "response": Value("string"),
-    "finish_reason": Value("string"),
-    "num_tokens": Value("int64"),
-    "num_prompt_tokens": Value("int64"),
-    "error": Value("string"),
-    "pool_scores": Value("string"),
-}
+GENERATION_FEATURES = {**RECORD_FEATURES, "pool_scores": Value("string")}
 """`pool_scores`: JSON of the scores an answer pool holds beside the answer (None when generated)."""
 GENERATION_COLUMNS = list(GENERATION_FEATURES)
 

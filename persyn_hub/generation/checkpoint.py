@@ -15,7 +15,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-RECORD_FIELDS = ("response", "finish_reason", "num_tokens", "num_prompt_tokens", "error")
+from datasets import Value
+
+RECORD_FEATURES = {
+    "teacher": Value("string"),
+    "response": Value("string"),
+    "finish_reason": Value("string"),
+    "num_tokens": Value("int64"),
+    "num_prompt_tokens": Value("int64"),
+    "error": Value("string"),
+}
+"""The columns every generation backend adds (typed, so an all-None `error` stays a string column)."""
+RECORD_FIELDS = tuple(name for name in RECORD_FEATURES if name != "teacher")
+"""What a checkpoint record holds per row (beside `prompt_id`)."""
 
 
 class GenerationCheckpoint:
@@ -71,3 +83,38 @@ class GenerationCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CheckpointedGenerator:
+    """Base of every generation backend, for `Dataset.map(batched=True)`: a row the checkpoint already
+    answered is reused as it is; only the others go to `generate_rows`, which writes each record to the
+    checkpoint as soon as it is finished (so a killed run never pays for it twice)."""
+
+    def __init__(self, teacher: Any, checkpoint: GenerationCheckpoint, stats: Any):
+        self.teacher, self.checkpoint, self.stats = teacher, checkpoint, stats
+
+    def generate_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records (`prompt_id` + RECORD_FIELDS) of `rows`, each checkpointed once finished."""
+        raise NotImplementedError
+
+    def reused(self, count: int) -> None:
+        """Hook: `count` rows of this batch came from the checkpoint (progress bars count them)."""
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        records: dict[str, dict[str, Any]] = {}
+        todo = []
+        for row in rows:
+            done = self.checkpoint.done(row["prompt_id"])
+            if done is None:
+                todo.append(row)
+            else:
+                records[row["prompt_id"]] = done
+                self.stats.reused += 1
+        self.reused(len(rows) - len(todo))
+        if todo:
+            records.update({record["prompt_id"]: record for record in self.generate_rows(todo)})
+        out: dict[str, list] = {"teacher": [self.teacher.name] * len(rows)}
+        for key in RECORD_FIELDS:
+            out[key] = [records[row["prompt_id"]].get(key) for row in rows]
+        return out

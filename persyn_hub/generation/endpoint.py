@@ -25,16 +25,20 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
-from datasets import Dataset, Features, Value
+from datasets import Dataset, Features
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, tqdm
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
 from persyn_hub.config import TeacherConfig
-from persyn_hub.fingerprint import fingerprint
+from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.auth import client_token, token_for
-from persyn_hub.generation.checkpoint import GenerationCheckpoint
-from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
+from persyn_hub.generation.checkpoint import (
+    RECORD_FEATURES,
+    CheckpointedGenerator,
+    GenerationCheckpoint,
+)
+from persyn_hub.generation.prompting import chat_messages, completion_text, cut_at_stop, default_stop
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.generation.stats import GenerationStats
 
@@ -46,15 +50,6 @@ MAP_BATCH_SIZE = 1024
 FLUSH_ROWS = 16
 FLUSH_SECONDS = 0.25
 """Finished rows are written to the checkpoint in groups of at most this many rows / seconds."""
-RECORD_KEYS = ("response", "finish_reason", "num_tokens", "num_prompt_tokens", "error")
-OUTPUT_FEATURES = {
-    "teacher": Value("string"),
-    "response": Value("string"),
-    "finish_reason": Value("string"),
-    "num_tokens": Value("int64"),
-    "num_prompt_tokens": Value("int64"),
-    "error": Value("string"),
-}
 TGI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 COOLDOWN_BASE = 0.5
@@ -196,14 +191,8 @@ def failed_record(prompt_id: str, error: str, num_prompt_tokens: int = 0) -> dic
     }
 
 
-def _cut_at_stop(text: str, stop: list[str]) -> str:
-    """TGI returns the stop sequence with the text; OpenAI-style servers strip it. Cut it either way."""
-    cuts = [text.find(s) for s in stop if s and s in text]
-    return text[: min(cuts)] if cuts else text
-
-
-class EndpointGenerator:
-    """Callable for `Dataset.map(batched=True)`: generates the rows the checkpoint does not have."""
+class EndpointGenerator(CheckpointedGenerator):
+    """Served teachers: the rows the checkpoint lacks are sent concurrently, each checkpointed when done."""
 
     def __init__(
         self,
@@ -212,9 +201,7 @@ class EndpointGenerator:
         stats: GenerationStats,
         progress: Optional[tqdm] = None,
     ):
-        self.teacher = teacher
-        self.checkpoint = checkpoint
-        self.stats = stats
+        super().__init__(teacher, checkpoint, stats)
         self.stop = default_stop(teacher)
         self.api = "tgi" if teacher.endpoint_api == "tgi" else "openai"
         self.progress = progress
@@ -313,7 +300,7 @@ class EndpointGenerator:
             raise RowError("malformed response: no details", retryable=True, raw=str(output))
         finish = str(getattr(details.finish_reason, "value", details.finish_reason))
         return {
-            "text": _cut_at_stop(output.generated_text, self.stop),
+            "text": cut_at_stop(output.generated_text, self.stop)[0],
             "finish_reason": TGI_FINISH.get(finish, finish),
             "num_tokens": details.generated_tokens,
             "num_prompt_tokens": len(details.prefill or []) or None,
@@ -413,24 +400,11 @@ class EndpointGenerator:
             finally:
                 writer.flush()
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        records: dict[str, dict[str, Any]] = {}
-        todo = []
-        for row in rows:
-            done = self.checkpoint.done(row["prompt_id"])
-            if done is None:
-                todo.append(row)
-            else:
-                records[row["prompt_id"]] = done
-                self.stats.reused += 1
-        self._advance(len(rows) - len(todo))
-        if todo:
-            records.update({record["prompt_id"]: record for record in run_coroutine(self._generate(todo))})
-        out: dict[str, list] = {"teacher": [self.teacher.name] * len(rows)}
-        for key in RECORD_KEYS:
-            out[key] = [records[row["prompt_id"]].get(key) for row in rows]
-        return out
+    def reused(self, count: int) -> None:
+        self._advance(count)
+
+    def generate_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return run_coroutine(self._generate(rows))
 
 
 def check_teacher(teacher: TeacherConfig) -> None:
@@ -501,7 +475,7 @@ def generate_with_endpoints(
             "Load prompts with persyn_hub.data.load_prompts."
         )
     check_teacher(teacher)
-    features = Features({**dataset.features, **OUTPUT_FEATURES})
+    features = Features({**dataset.features, **RECORD_FEATURES})
     with (
         tqdm(total=len(dataset), desc=f"Generating with {teacher.name}", unit="row") as progress,
         _map_progress_hidden(),
@@ -512,7 +486,7 @@ def generate_with_endpoints(
             batch_size=MAP_BATCH_SIZE,
             features=features,
             load_from_cache_file=False,
-            new_fingerprint=fingerprint("generate-endpoint", teacher, dataset._fingerprint),
+            new_fingerprint=run_fingerprint(),
         )
 
 

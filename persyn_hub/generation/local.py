@@ -24,9 +24,9 @@ from transformers import (
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
 from persyn_hub.dtypes import local_device, resolve_dtype
-from persyn_hub.fingerprint import fingerprint
-from persyn_hub.generation.checkpoint import GenerationCheckpoint
-from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
+from persyn_hub.fingerprint import run_fingerprint
+from persyn_hub.generation.checkpoint import CheckpointedGenerator, GenerationCheckpoint
+from persyn_hub.generation.prompting import chat_messages, completion_text, cut_at_stop, default_stop
 from persyn_hub.generation.stats import GenerationStats
 
 logger = logging.getLogger(__name__)
@@ -57,20 +57,13 @@ def render_prompt(teacher: TeacherConfig, tokenizer: PreTrainedTokenizerBase, me
     return text
 
 
-def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-class LocalGenerator:
-    """Callable for `Dataset.map(batched=True)`: generates the rows the checkpoint does not have."""
+class LocalGenerator(CheckpointedGenerator):
+    """In-process transformers: the rows the checkpoint lacks, in batches, each batch checkpointed."""
 
     def __init__(
         self, teacher: TeacherConfig, checkpoint: GenerationCheckpoint, stats: GenerationStats, seed: int
     ):
-        self.teacher = teacher
-        self.checkpoint = checkpoint
-        self.stats = stats
+        super().__init__(teacher, checkpoint, stats)
         self.seed = seed
         self.stop = default_stop(teacher)
         self._model: PreTrainedModel | None = None
@@ -125,7 +118,7 @@ class LocalGenerator:
                     tokens, ended = tokens[:position], True
                     break
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            text, stopped = _cut_at_stop(text, self.stop)
+            text, stopped = cut_at_stop(text, self.stop)
             finish = "stop" if ended or stopped else "length"
             response = text.strip()
             error = None if response else f"empty completion (finish_reason={finish})"
@@ -184,36 +177,14 @@ class LocalGenerator:
             records[row["prompt_id"]] = record
         return kept
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    def generate_rows(self, rows: list[dict]) -> list[dict]:
         records: dict[str, dict] = {}
-        todo = []
-        for row in rows:
-            done = self.checkpoint.done(row["prompt_id"])
-            if done is None:
-                todo.append(row)
-            else:
-                records[row["prompt_id"]] = done
-                self.stats.reused += 1
-        todo = self._refuse_too_long(todo, records)
+        todo = self._refuse_too_long(rows, records)
         for start in range(0, len(todo), self.teacher.batch_size):
             fresh = self._generate(todo[start : start + self.teacher.batch_size])
             self.checkpoint.write(fresh)
             records.update({record["prompt_id"]: record for record in fresh})
-        out: dict[str, list] = {
-            "teacher": [],
-            "response": [],
-            "finish_reason": [],
-            "num_tokens": [],
-            "num_prompt_tokens": [],
-            "error": [],
-        }
-        for row in rows:
-            record = records[row["prompt_id"]]
-            out["teacher"].append(self.teacher.name)
-            for key in ("response", "finish_reason", "num_tokens", "num_prompt_tokens", "error"):
-                out[key].append(record.get(key))
-        return out
+        return list(records.values())
 
 
 def generate_locally(
@@ -240,7 +211,7 @@ def generate_locally(
             batch_size=max(teacher.batch_size, 1),  # one generation batch per map batch: a live progress bar
             desc=f"Generating with {teacher.name}",
             load_from_cache_file=False,
-            new_fingerprint=fingerprint("generate-local", teacher, ordered._fingerprint),
+            new_fingerprint=run_fingerprint(),
         )
     finally:
         generator.release()

@@ -39,3 +39,10 @@ def default_stop(teacher: TeacherConfig) -> list[str]:
     ):
         stop.append(teacher.few_shot_separator)
     return list(dict.fromkeys(stop))
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """(text up to the first stop string, whether one was found). TGI returns the stop sequence with the
+    text, OpenAI-style servers strip it, local `generate` runs past it: one cut for every backend."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)

@@ -14,9 +14,13 @@ from datasets import Dataset, Features
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
 from persyn_hub.dtypes import dtype_name, resolve_dtype
-from persyn_hub.fingerprint import fingerprint
-from persyn_hub.generation.checkpoint import GenerationCheckpoint
-from persyn_hub.generation.endpoint import OUTPUT_FEATURES, RECORD_KEYS, check_messages, failed_record
+from persyn_hub.fingerprint import run_fingerprint
+from persyn_hub.generation.checkpoint import (
+    RECORD_FEATURES,
+    CheckpointedGenerator,
+    GenerationCheckpoint,
+)
+from persyn_hub.generation.endpoint import check_messages, failed_record
 from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
 from persyn_hub.generation.stats import GenerationStats
 
@@ -31,13 +35,14 @@ def vllm_available() -> bool:
     return True
 
 
-class VllmGenerator:
+class VllmGenerator(CheckpointedGenerator):
     """Callable for `Dataset.map(batched=True)`; the engine is created on the first batch with work."""
 
     def __init__(
         self, teacher: TeacherConfig, checkpoint: GenerationCheckpoint, stats: GenerationStats, seed: int
     ):
-        self.teacher, self.checkpoint, self.stats, self.seed = teacher, checkpoint, stats, seed
+        super().__init__(teacher, checkpoint, stats)
+        self.seed = seed
         self._llm: Any = None
 
     def _engine(self) -> Any:
@@ -123,17 +128,11 @@ class VllmGenerator:
         self.stats.requests += len(rows)
         return records
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        records: dict[str, dict[str, Any]] = {}
-        todo, fresh = [], []
+    def generate_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        fresh, todo = [], []
         for row in rows:
-            done = self.checkpoint.done(row["prompt_id"])
-            problem = check_messages(row["messages"]) if done is None else None
-            if done is not None:
-                records[row["prompt_id"]] = done
-                self.stats.reused += 1
-            elif problem:
+            problem = check_messages(row["messages"])
+            if problem:
                 fresh.append(
                     failed_record(row["prompt_id"], f"malformed prompt: row {row['prompt_id']!r}: {problem}")
                 )
@@ -145,11 +144,7 @@ class VllmGenerator:
             if record["error"]:
                 self.stats.add_failure(record["error"])
         self.checkpoint.write(fresh)
-        records.update({record["prompt_id"]: record for record in fresh})
-        out: dict[str, list] = {"teacher": [self.teacher.name] * len(rows)}
-        for key in RECORD_KEYS:
-            out[key] = [records[row["prompt_id"]].get(key) for row in rows]
-        return out
+        return fresh
 
 
 def generate_with_vllm(
@@ -180,10 +175,10 @@ def generate_with_vllm(
             generator,
             batched=True,
             batch_size=MAP_BATCH_SIZE,
-            features=Features({**dataset.features, **OUTPUT_FEATURES}),
+            features=Features({**dataset.features, **RECORD_FEATURES}),
             desc=f"Generating with {teacher.name} (vLLM)",
             load_from_cache_file=False,
-            new_fingerprint=fingerprint("generate-vllm", teacher, dataset._fingerprint),
+            new_fingerprint=run_fingerprint(),
         )
     finally:
         generator.release()  # the next teacher's engine needs this one's GPU memory

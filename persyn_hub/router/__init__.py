@@ -23,15 +23,8 @@ from persyn_hub.router.modeling import (
     bradley_terry_loss,
     register_auto_classes,
 )
-from persyn_hub.router.publish import (
-    RouterMismatchError,
-    load_router,
-    push_router,
-    render_router_card,
-    router_identity,
-    save_router,
-)
 from persyn_hub.router.routing import route_prompts, score_texts
+from persyn_hub.router.storage import RouterMismatchError, load_router, router_identity, save_router
 from persyn_hub.router.training import RouterTrainingResult, train_router
 
 register_auto_classes()
@@ -49,8 +42,6 @@ __all__ = [
     "greedy_truncation",
     "load_router",
     "pivot_rewards",
-    "push_router",
-    "render_router_card",
     "route_prompts",
     "router_identity",
     "routing_metrics",

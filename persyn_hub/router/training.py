@@ -35,8 +35,8 @@ from persyn_hub.router.budgets import calibration_table
 from persyn_hub.router.labels import RewardTable, pivot_rewards, split_by_prompt
 from persyn_hub.router.metrics import effective_rewards, routing_metrics
 from persyn_hub.router.modeling import PersynRouter
-from persyn_hub.router.publish import save_router
 from persyn_hub.router.routing import score_texts
+from persyn_hub.router.storage import save_router
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,105 @@
+"""Save and load a router: safetensors weights, the backbone's tokenizer, its metrics and its model card.
+
+A saved router folder is a complete Hub model repo: `config.json` (with the teachers, the student and the
+label data's revision), `model.safetensors`, tokenizer files, `router_metrics.json` and `README.md`
+(rendered by `persyn_hub.cards.render_router_card`). Publishing it is `persyn_hub.hub.publish_router`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import hf_hub_download
+from transformers import AutoModel, AutoTokenizer
+
+from persyn_hub.errors import PersynError
+from persyn_hub.router.modeling import PersynRouter, register_auto_classes
+from persyn_hub.stage_cache import file_digest
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "router_metrics.json"
+
+
+class RouterMismatchError(PersynError, ValueError):
+    """A router was trained for another teacher pool than the recipe's."""
+
+
+def save_router(
+    router: PersynRouter,
+    tokenizer,
+    directory: str | os.PathLike,
+    metrics: dict[str, Any] | None = None,
+    *,
+    repo_id: str | None = None,
+    settings: dict[str, Any] | None = None,
+    seed: int | None = None,
+) -> Path:
+    """Write weights (safetensors), config, tokenizer, `router_metrics.json` and the card as README.md."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    router.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    (directory / METRICS_FILE).write_text(
+        json.dumps({"metrics": metrics or {}, "settings": settings, "seed": seed}, indent=2, default=str)
+    )
+    # The card names the Hub repo when there is one; a local folder's path would make the saved files (and
+    # the cache keys chained on them) depend on where the run happened.
+    from persyn_hub.cards import render_router_card
+
+    card = render_router_card(router.config, metrics, repo_id=repo_id, settings=settings, seed=seed)
+    card.save(directory / "README.md")
+    return directory
+
+
+def load_router(
+    name_or_path: str,
+    expected_teachers: list[str] | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | None = None,
+) -> tuple[PersynRouter, Any]:
+    """Load a router (local folder or Hub repo) and its tokenizer, in eval mode; no remote code.
+
+    `expected_teachers`: the recipe's teacher names; a router trained for another pool stops here with
+    both lists named (order may differ: `router_scores` follow the router's own order).
+    """
+    register_auto_classes()
+    kwargs = {"revision": revision, "token": token}
+    model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, **kwargs)  # never a pickle
+    if not isinstance(model, PersynRouter):
+        raise RouterMismatchError(
+            f"{name_or_path!r} is a {type(model).__name__} (model_type {model.config.model_type!r}), not a "
+            "PerSyn router (model_type 'persyn_router'); train one with `persyn run` or train_router()."
+        )
+    teachers = list(model.config.teachers)
+    if expected_teachers is not None and sorted(teachers) != sorted(expected_teachers):
+        raise RouterMismatchError(
+            f"The router {name_or_path!r} scores teachers {teachers}, but the recipe's teachers are "
+            f"{list(expected_teachers)}. Missing from the router: "
+            f"{sorted(set(expected_teachers) - set(teachers))}; not in the recipe: "
+            f"{sorted(set(teachers) - set(expected_teachers))}. Train a router for this pool or fix "
+            "the teacher names."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def router_identity(name_or_path: str, *, revision: str | None = None) -> str:
+    """What the router *is*, for cache keys: the sha256 of a local folder's weights and config, or the
+    Hub commit a repo id resolves to. A router retrained in place then routes again; the path alone
+    would reuse the old routing."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) + [path / "config.json"]
+        return ",".join(f"{file.name}:{file_digest(file)}" for file in files)
+    config = hf_hub_download(name_or_path, "config.json", revision=revision)  # cached, works offline
+    return f"{name_or_path}@{Path(config).parent.name}"  # .../snapshots/<commit sha>/config.json

@@ -1,0 +1,97 @@
+"""One concept per module, and no import circles: the package's import graph is acyclic, lazy imports included."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import persyn_hub
+
+PACKAGE = Path(persyn_hub.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    found = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {
+        name: path
+        for name, path in found.items()
+        if "evaluate_modules" not in name or name.endswith("routing_metrics")
+    }
+
+
+def imported(path: Path, name: str, known: set[str]) -> set[str]:
+    """persyn_hub modules a file imports anywhere (top level or inside functions)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    targets: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            targets.add(base)
+            targets |= {f"{base}.{alias.name}" for alias in node.names}
+    resolved = set()
+    for target in targets:
+        while target and target not in known:
+            target = target.rsplit(".", 1)[0] if "." in target else ""
+        if target and target != name:
+            resolved.add(target)
+    return resolved
+
+
+def test_the_import_graph_has_no_cycles():
+    found = modules()
+    graph = {name: imported(path, name, set(found)) for name, path in found.items()}
+    # a package's __init__ re-exports its modules; importing a submodule runs it first, not the reverse
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not (name.startswith(t + ".") and t in found)}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for child in sorted(graph[node]):
+            if state.get(child) == 1:
+                cycles.append(trail[trail.index(child) :] + [child] if child in trail else [node, child])
+            elif child not in state:
+                visit(child, [*trail, child])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_every_module_imports_alone():
+    """Each module in a fresh interpreter (one process, `sys.modules` cleared of persyn_hub in between)."""
+    names = sorted(modules())
+    script = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] in ('persyn_hub', 'model_cards')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as error:\n"
+        "        failed.append(f'{name}: {type(error).__name__}: {error}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert importlib.import_module("persyn_hub.router").PersynRouter
