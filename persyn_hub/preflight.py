@@ -90,10 +90,8 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str]) -> Non
             need_chat_template=teacher.prompt_format == "chat",
         )
     elif backend_for(teacher) == "endpoint":
-        try:
-            from persyn_hub.generation.endpoint import check_endpoints
-        except ImportError:
-            return
+        from persyn_hub.generation.endpoint import check_endpoints
+
         try:
             check_endpoints(teacher)
         except Exception as error:  # noqa: BLE001

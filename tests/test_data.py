@@ -16,7 +16,18 @@ def test_bundled_asdiv_is_normalized(asdiv_prompts):
     assert {"prompt_id", "messages", "prompt", "answer"} <= set(asdiv_prompts.column_names)
     row = asdiv_prompts[0]
     assert row["messages"] == [{"role": "user", "content": row["prompt"]}]
-    assert row["prompt"].rstrip().endswith("?") or row["prompt"].strip()
+    # the prompt is the template "{passage} {question}" of the source row, both parts present
+    from persyn_hub.bundled import bundled_data_file
+
+    source = {
+        json.loads(line)["question"]: json.loads(line)
+        for line in bundled_data_file("bundled:asdiv").read_text().splitlines()
+    }
+    question = next(q for q in source if row["prompt"].endswith(q))
+    assert (
+        row["prompt"] == f"{source[question]['passage']} {question}"
+        and row["answer"] == source[question]["answer"]
+    )
     assert any(ch.isdigit() for ch in row["answer"])
     assert len(set(asdiv_prompts["prompt_id"])) == 32
 

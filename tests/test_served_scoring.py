@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from persyn_hub import served_scoring
+from persyn_hub.answers import is_usable_answer
 from persyn_hub.bundled import bundled_gguf_path
 from persyn_hub.config import StudentConfig
 from persyn_hub.learnability import load_student, score_learnability
@@ -61,7 +62,8 @@ def student():
 
 @pytest.fixture(scope="module")
 def pool(asdiv_prompts) -> Dataset:
-    """The 4 shortest real prompts x (gold answer sentence, a wrong one), plus empty/failed rows."""
+    """The 4 shortest real prompts x (gold answer sentence, a wrong one), a one-token answer, plus
+    empty/failed rows."""
     shortest = sorted(range(len(asdiv_prompts)), key=lambda i: len(asdiv_prompts[i]["prompt"]))[:4]
     rows = []
     for row in asdiv_prompts.select(shortest):
@@ -71,15 +73,20 @@ def pool(asdiv_prompts) -> Dataset:
     base = rows[0]
     rows.insert(3, {**base, "response": None, "error": "timeout after 120 s"})  # generation failed
     rows.insert(5, {**base, "response": "The answer is 7.", "error": "HTTP 500: raw output kept"})
-    rows.append({**base, "response": "", "error": None})  # empty but usable: the closing tokens count
+    rows.append({**base, "response": "9", "error": None})  # one token: its edge tokens carry the score
+    rows.append({**base, "response": "", "error": None})  # empty: unusable, never scored
     return Dataset.from_list(rows)
+
+
+def _usable_rows(pool: Dataset) -> list[int]:
+    return [i for i, row in enumerate(pool) if is_usable_answer(row["response"], row["error"])]
 
 
 @pytest.fixture(scope="module")
 def max_length(pool, student) -> int:
     """Cut the longest row's last 2 tokens, so truncation is compared too."""
     _, tokenizer = student
-    usable = [i for i, e in enumerate(pool["error"]) if e is None]
+    usable = _usable_rows(pool)
     ids, _ = tokenize_for_student(
         tokenizer, [pool[i]["messages"] for i in usable], [pool[i]["response"] for i in usable]
     )
@@ -93,7 +100,7 @@ def scored(pool, student, max_length):
     local = score_learnability(
         pool, StudentConfig(model=STUDENT, max_length=max_length), model=model, tokenizer=tokenizer
     )
-    usable = [i for i, e in enumerate(pool["error"]) if e is None]
+    usable = _usable_rows(pool)
     _, starts = tokenize_for_student(
         tokenizer, [pool[i]["messages"] for i in usable], [pool[i]["response"] for i in usable]
     )
@@ -146,7 +153,7 @@ def test_served_llama_cpp_matches_in_process(pool, scored):
         assert (a is None) == (b is None) and (sa is None) == (sb is None)
         if a is not None:
             diffs.append(abs(a - b))
-    assert len(diffs) == 9 and max(diffs) <= ROW_TOL, diffs
+    assert len(diffs) == len(_usable_rows(pool)) == 9 and max(diffs) <= ROW_TOL, diffs
     print(
         f"served vs in-process learnability: max |diff| {max(diffs):.4f}, mean {sum(diffs) / len(diffs):.4f}"
     )
@@ -166,16 +173,18 @@ def test_failed_and_empty_rows_as_in_process(pool, scored):
         for name in ("learnability", "learnability_sum", "num_response_tokens"):
             assert served[i][name] is None and local[i][name] is None
         assert served[i]["truncated"] is False
-    empty = len(pool) - 1
-    assert pool[empty]["response"] == "" and served["num_response_tokens"][empty] == 2  # <|im_end|> \n
-    assert served["learnability"][empty] == pytest.approx(local["learnability"][empty], abs=ROW_TOL)
+    empty = len(pool) - 1  # no error but no text: unusable, so never scored nor sent, as in-process
+    assert pool[empty]["response"] == "" and pool[empty]["error"] is None
+    for name in ("learnability", "learnability_sum", "num_response_tokens"):
+        assert served[empty][name] is None and local[empty][name] is None
+    assert served[empty]["truncated"] is False and local[empty]["truncated"] is False
     assert len(scored["calls"]) == 9  # one completion per usable row (retried ones parse once)
 
 
 def test_response_cut_away_as_in_process(pool, scored):
     local, served = scored["cut"]
     assert served.to_list() == local.to_list()
-    usable = [e is None for e in pool["error"]]
+    usable = [is_usable_answer(r, e) for r, e in zip(pool["response"], pool["error"])]
     assert served["num_response_tokens"] == [0 if u else None for u in usable]
     assert served["truncated"] == usable and set(served["learnability"]) == {None}
 
@@ -184,7 +193,7 @@ def test_llama_cpp_shift_correction(scored, student, pool, max_length):
     """Corrected, llama.cpp's echo matches the in-process log-prob of every token and the row's
     learnability; read one position off (the uncorrected alignment) it is far away on both."""
     model, tokenizer = student
-    usable = [i for i, e in enumerate(pool["error"]) if e is None]
+    usable = _usable_rows(pool)
     all_ids, starts = tokenize_for_student(
         tokenizer, [pool[i]["messages"] for i in usable], [pool[i]["response"] for i in usable]
     )
@@ -218,7 +227,7 @@ def test_llama_cpp_shift_correction(scored, student, pool, max_length):
     assert mean_naive > 2.0 and mean_naive > 20 * mean_fixed
     assert max(row_fixed) <= ROW_TOL
     # per row the shift mostly moves the window over near-certain template tokens (`assistant\n`,
-    # `<|im_end|>\n`), but it breaks rows whose edge tokens carry the score (the empty response: ~11 nats)
+    # `<|im_end|>\n`), but it breaks rows whose edge tokens carry the score (the one-token answer)
     assert max(row_naive) > 3 * ROW_TOL
 
 

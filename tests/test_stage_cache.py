@@ -74,3 +74,27 @@ def test_a_corrupt_cache_folder_is_reported_with_the_fix(tmp_path):
     (data / "state.json").write_text("{not json")
     with pytest.raises(CorruptCacheError, match="Delete that folder and run again"):
         StageCache(tmp_path).dataset_stage("s", key, lambda f: Dataset.from_dict({"x": [2]}))
+
+
+def test_corrupt_checkpoint_lines_are_counted_and_their_rows_generated_again(tmp_path, caplog):
+    import json as json_module
+    import logging
+
+    from persyn_hub.generation.checkpoint import GenerationCheckpoint
+
+    part = tmp_path / "part-1-1.jsonl"
+    good = {
+        "prompt_id": "a",
+        "response": "x",
+        "finish_reason": "stop",
+        "num_tokens": 1,
+        "num_prompt_tokens": 1,
+        "error": None,
+    }
+    part.write_text(
+        json_module.dumps(good) + "\n" + '{"prompt_id": "b", "resp\n' + '["not", "a", "record"]\n'
+    )
+    with caplog.at_level(logging.WARNING):
+        checkpoint = GenerationCheckpoint(tmp_path)
+    assert checkpoint.corrupt_lines == 2 and checkpoint.done("a") == good and checkpoint.done("b") is None
+    assert "2 corrupt line(s) ignored" in caplog.text

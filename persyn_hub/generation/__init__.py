@@ -73,6 +73,7 @@ def generate_responses(
         stats.seconds = time.perf_counter() - started
         return with_generation_columns(result), stats
     with GenerationCheckpoint(checkpoint_dir) as checkpoint:
+        stats.corrupt_checkpoint_lines = checkpoint.corrupt_lines
         if backend == "transformers":
             from persyn_hub.generation.local import generate_locally
 

@@ -9,6 +9,7 @@ generated again; rows with a response are reused as they are.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Value
+
+logger = logging.getLogger(__name__)
 
 RECORD_FEATURES = {
     "teacher": Value("string"),
@@ -35,21 +38,29 @@ class GenerationCheckpoint:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
+        self.corrupt_lines = 0
+        """Lines of earlier parts that could not be read (reported, and their rows generated again)."""
         for part in sorted(self.directory.glob("part-*.jsonl")):
             self._read_part(part)
         self._part = self.directory / f"part-{time.time_ns()}-{os.getpid()}.jsonl"
         self._handle = None
 
     def _read_part(self, part: Path) -> None:
+        corrupt = 0
         with part.open("r", encoding="utf-8") as handle:
             for line in handle:
                 if not line.endswith("\n"):
                     break  # torn write from a crash: the row is simply generated again
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self.records[record["prompt_id"]] = record
+                    self.records[record["prompt_id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    corrupt += 1
+        if corrupt:
+            self.corrupt_lines += corrupt
+            logger.warning(
+                "checkpoint %s: %d corrupt line(s) ignored; their rows are generated again", part, corrupt
+            )
 
     def done(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished record of a row, or None when it must be (re)generated."""

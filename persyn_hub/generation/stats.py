@@ -20,6 +20,8 @@ class GenerationStats:
     completion_tokens: int = 0
     seconds: float = 0.0
     failures: int = 0
+    corrupt_checkpoint_lines: int = 0
+    """Checkpoint lines that could not be read back (their rows were generated again)."""
     failure_reasons: Counter = field(default_factory=Counter)
 
     def add_failure(self, reason: str) -> None:
