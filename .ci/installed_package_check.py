@@ -1,6 +1,6 @@
 """Run from a folder outside the checkout, against the installed wheel: validate, router save/load, cards.
 
-    python .ci/installed_package_check.py /path/to/checkout
+python .ci/installed_package_check.py /path/to/checkout
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ installed = Path(persyn_hub.__file__).resolve()
 assert installed.parent != checkout / "persyn_hub", f"persyn_hub imported from the source tree ({installed})"
 
 result = subprocess.run(
-    [sys.executable, "-m", "persyn_hub.cli", "validate", str(checkout / "recipes/demo/task-mix-smollm2.yaml")],
+    [
+        sys.executable,
+        "-m",
+        "persyn_hub.cli",
+        "validate",
+        str(checkout / "recipes/demo/task-mix-smollm2.yaml"),
+    ],
     capture_output=True,
     text=True,
 )
@@ -33,7 +39,9 @@ from persyn_hub.router import PersynRouter, PersynRouterConfig, load_router, sav
 minilm = resolve_model("bundled:minilm-l6-v2")
 encoder = AutoConfig.from_pretrained(minilm)
 encoder.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
-router = PersynRouter(PersynRouterConfig(encoder_config=encoder.to_dict(), teachers=["a", "b"], max_length=32))
+router = PersynRouter(
+    PersynRouterConfig(encoder_config=encoder.to_dict(), teachers=["a", "b"], max_length=32)
+)
 tokenizer = AutoTokenizer.from_pretrained(minilm)
 with tempfile.TemporaryDirectory() as folder:
     save_router(router, tokenizer, Path(folder), {})  # renders the model card from the packaged template
