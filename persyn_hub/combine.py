@@ -2,10 +2,11 @@
 
 Both signals are normalized per prompt across its teachers (z-score, min-max, or none), so the reward
 only ranks teachers within a prompt, which is all the router's pairwise loss uses. alpha weights
-LEARNABILITY (default 0.4): the paper found 0.1-0.4 best and dropping quality the most harmful. Rows that cannot be
-ranked are excluded with a reason, never given a zero: a failed generation, a missing score, or a
-prompt left with fewer than two usable teachers. All teachers equal on a signal -> that signal is 0 for
-all of them (a tie), never NaN. Grouping is numpy over arrow columns: no Python loop over rows.
+LEARNABILITY (default 0.4): the paper found 0.1-0.4 best and dropping quality the most harmful. Rows that
+cannot be ranked are excluded with a reason, never given a zero: no usable answer (failed, empty, or a
+reference teacher with nothing for this prompt), a missing score, or a prompt left with fewer than two
+usable teachers. All teachers equal on a signal -> that signal is 0 for all of them (a tie), never NaN.
+Grouping is numpy over arrow columns: no Python loop over rows.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from persyn_hub.fingerprint import fingerprint
 
 COMBINE_COLUMNS = ("quality_norm", "learnability_norm", "reward", "excluded")
 NEEDED = ("prompt_id", "teacher", "quality", "learnability")
-REASON_FAILED = "failed generation"
+REASON_FAILED = "no usable answer"
 REASON_NO_QUALITY = "no quality score"
 REASON_NO_LEARNABILITY = "no learnability score"
 REASON_FEW_TEACHERS = "fewer than 2 usable teachers for this prompt"

@@ -55,7 +55,7 @@ LABELS = pool(
         ("l2", "key", 1.0, -3.0, -0.3, None, None),
         ("l3", "big", 1.0, -2.0, 2.0, None, None),
         ("l3", "mid", 0.0, -0.5, -1.0, None, None),
-        ("l3", "small", None, None, None, "timeout", "failed generation"),
+        ("l3", "small", None, None, None, "timeout", "no usable answer"),
         ("l3", "key", 0.5, -3.0, -1.0, None, None),
     ]
 )
@@ -77,7 +77,7 @@ TRAIN = pool(
         ("t1", "small", 0.0, -0.1, -1.0, None, None),  # t1: learnability -> small
         ("t1", "key", 1.0, -3.0, -0.5, None, None),
         ("t2", "big", 0.0, -2.0, -0.5, None, None),
-        ("t2", "mid", None, None, None, "HTTP 503", "failed generation"),  # never picked by selection
+        ("t2", "mid", None, None, None, "HTTP 503", "no usable answer"),  # never picked by selection
         ("t2", "small", 0.0, -0.5, -0.5, None, None),
         ("t2", "key", 1.0, -4.0, 1.0, None, None),  # t2: reward and quality -> key; learnability -> small
     ]

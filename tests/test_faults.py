@@ -399,7 +399,7 @@ def test_endpoint_faults_through_the_pipeline_leave_the_data_unchanged(reference
         # An empty greedy answer is not retried (it would repeat): that labeled row is excluded, named,
         # and so is the other teacher's row on that prompt (nothing to compare it with).
         assert summary["failures"]["label_excluded_reasons"] == {
-            "failed generation": 1,
+            "no usable answer": 1,
             "fewer than 2 usable teachers for this prompt": 1,
         }
 

@@ -225,6 +225,52 @@ def test_prefix_shared_path_matches_full_softmax_loop(student, shared_pool, monk
         assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)
 
 
+def test_long_answers_are_scored_alone_and_short_ones_share_the_prompt(student, asdiv_prompts, monkeypatch):
+    """Where attention outweighs the prompt work saved, a long answer leaves the shared prompt cache and
+    is scored alone (unpadded, so SDPA's causal kernel applies); short answers of the same prompt still
+    share it. Every number equals the independent full-forward one either way."""
+    config, model, tokenizer = student
+    ratio = engines.attention_per_position(model)
+    solo = engines.solo_length(model, torch.device("cpu"))
+    assert 0 < ratio < 1e-3 and 100 < solo < 2000  # from SmolLM2-135M's sizes
+    assert engines.shares_prefix_profitably(ratio, 90, 50, 4)
+    assert not engines.shares_prefix_profitably(ratio, 90, 1500, 4)
+    assert not engines.shares_prefix_profitably(ratio, 90, 50, 1)  # nothing to share with
+    row = asdiv_prompts[0]
+    base = {k: row[k] for k in ("prompt_id", "messages")}
+    sentence = "Each step adds the two numbers again and writes the running total down. "
+    long_answer = sentence * (2 * solo // len(tokenizer(sentence)["input_ids"]))
+    responses = {
+        "long-1": long_answer,
+        "long-2": "First, " + long_answer,
+        "short-1": "It is 3.",
+        "short-2": "5.",
+    }
+    pool = Dataset.from_list(
+        [{**base, "teacher": t, "response": r, "error": None} for t, r in responses.items()]
+    )
+    shared_calls, plain_calls = [], []
+    shared, plain = engines.prefix_shared_logprob_sums, engines.response_logprob_sums
+
+    def spy_shared(model, prefixes, segments, *args):
+        shared_calls.append(len(segments))
+        return shared(model, prefixes, segments, *args)
+
+    def spy_plain(model, rows, *args):
+        plain_calls.append([len(r) for r in rows])
+        return plain(model, rows, *args)
+
+    monkeypatch.setattr(engines, "prefix_shared_logprob_sums", spy_shared)
+    monkeypatch.setattr(engines, "response_logprob_sums", spy_plain)
+    scored = score_learnability(pool, StudentConfig(max_length=4096), model=model, tokenizer=tokenizer)
+    assert shared_calls == [2]  # the two short answers
+    assert sorted(len(rows) for rows in plain_calls) == [1, 1] and min(plain_calls)[0] >= solo
+    for row, response in zip(scored, responses.values()):
+        _, _, token_logprobs = reference_scores(model, tokenizer, row["messages"], response)
+        assert row["num_response_tokens"] == len(token_logprobs) and row["truncated"] is False
+        assert row["learnability"] == pytest.approx(token_logprobs.mean().item(), abs=1e-4)
+
+
 def test_prefix_shared_batches_and_waves_agree(student, shared_pool, monkeypatch):
     """Tiny token and cache budgets (one prefix per batch, one cached batch per wave) change nothing."""
     config, model, tokenizer = student

@@ -123,12 +123,12 @@ def labels_pool() -> Dataset:
         ("p3", "b", "B3", None, 0.5, None, 1.0),
         ("p4", "a", "A4", None, None, "fewer than 2 usable teachers", 0.0),  # no reward: best quality
         ("p4", "b", "B4", None, None, "fewer than 2 usable teachers", 1.0),
-        ("p4", "c", None, "HTTP 500", None, "failed generation", None),
-        ("p5", "a", None, "timeout", None, "failed generation", None),  # no reward, no quality: first usable
+        ("p4", "c", None, "HTTP 500", None, "no usable answer", None),
+        ("p5", "a", None, "timeout", None, "no usable answer", None),  # no reward, no quality: first usable
         ("p5", "b", "B5", None, None, "no quality score", None),
         ("p5", "c", "C5", None, None, "no quality score", None),
-        ("p6", "a", None, "timeout", None, "failed generation", None),  # nobody answered
-        ("p6", "b", "", None, None, "failed generation", None),
+        ("p6", "a", None, "timeout", None, "no usable answer", None),  # nobody answered
+        ("p6", "b", "", None, None, "no usable answer", None),
     ]
     columns = ["prompt_id", "teacher", "response", "error", "reward", "excluded", "quality"]
     return Dataset.from_dict({c: [row[i] for row in rows] for i, c in enumerate(columns)})
@@ -200,7 +200,7 @@ def test_labeled_prompts_keep_their_best_answer_and_only_the_others_are_routed(s
                 for t in "ab"
             ],
             "excluded": [
-                None if p != ids[6] else "failed generation" for p in sorted(labeled_ids) for _ in "ab"
+                None if p != ids[6] else "no usable answer" for p in sorted(labeled_ids) for _ in "ab"
             ],
         }
     )
