@@ -86,7 +86,8 @@ def car_teacher(labels: Dataset, teachers: list[str], train_ids: list[str]) -> s
     from persyn_hub.router.metrics import best_single_teacher
 
     table = pivot_rewards(labels, teachers)
-    keep = np.array([i for i, p in enumerate(table.prompt_ids) if p in set(train_ids)], dtype=np.int64)
+    train = set(train_ids)
+    keep = np.array([i for i, p in enumerate(table.prompt_ids) if p in train], dtype=np.int64)
     if keep.size == 0:
         raise BaselineError(
             "car: none of the router's train prompts is in the labeled pool; re-run the pipeline."

@@ -275,15 +275,6 @@ CARD_METRICS = (
 """Metrics the card's evaluation table needs; a partial dict renders as "no held-out metrics"."""
 
 
-def card_template_path() -> Path:
-    """`$PERSYN_ROUTER_CARD` if set, else the packaged `model_cards/router_card.md` (one lookup for every card)."""
-    if os.environ.get("PERSYN_ROUTER_CARD"):
-        return Path(os.environ["PERSYN_ROUTER_CARD"])
-    from persyn_hub.cards import template_path
-
-    return template_path("router_card.md")
-
-
 def render_router_card(
     config,
     metrics: dict[str, Any] | None = None,
@@ -307,7 +298,7 @@ def render_router_card(
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(card_template_path()),
+        template_path=str(template_path("router_card.md")),
         teachers=list(config.teachers),
         student=config.student or "unknown",
         alpha=config.alpha,

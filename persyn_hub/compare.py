@@ -34,7 +34,7 @@ import yaml
 from datasets import Dataset
 
 from persyn_hub.answers import is_trainable_answer
-from persyn_hub.baselines import GTS, STRATEGIES, strategy_picks
+from persyn_hub.baselines import GTS, STRATEGIES, strategy_picks, strongest
 from persyn_hub.comparison_report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
 from persyn_hub.config import RecipeError, _apply_override, _build_dataclass, parse_overrides
 
@@ -143,29 +143,30 @@ def pipeline_recipe_of(recipe: CompareRecipe) -> Any:
     return load_recipe(recipe.pipeline, overrides)
 
 
-def training_pool(pipeline: Any) -> tuple[Any, Dataset]:
-    """(the finished run's stage runner, every teacher's scored answer on the routed prompts)."""
+def run_and_label_routed_prompts(pipeline: Any) -> tuple[dict[str, Any], Any, Dataset]:
+    """Run (or reuse) the pipeline, then have every teacher answer its routed prompts, as stages of the
+    same run: (its summary, its stage runner, every teacher's scored answer on the routed prompts)."""
     from persyn_hub.assignment import ROUTED
-    from persyn_hub.pipeline import run_lock, run_log
-    from persyn_hub.stage_cache import StageCache
-    from persyn_hub.stage_runner import Stage, StageRunner
-    from persyn_hub.stages import COMBINE, PROMPTS, ROUTE, labeling_stages, persyn_stages
+    from persyn_hub.pipeline import run_pipeline
+    from persyn_hub.stage_runner import Stage
+    from persyn_hub.stages import COMBINE, PROMPTS, ROUTE, labeling_stages
 
     def routed_prompts(context: Any) -> Dataset:
         ids = {p for p, s in zip(context[ROUTE]["prompt_id"], context[ROUTE]["selected_by"]) if s == ROUTED}
         return context[PROMPTS].filter(lambda rows: [p in ids for p in rows["prompt_id"]], batched=True)
 
-    run_dir = Path(pipeline.output.dir)
-    with run_lock(run_dir), run_log(run_dir):
-        runner = StageRunner(StageCache(run_dir))
-        stages = persyn_stages(pipeline, runner)
-        stages.append(Stage(TRAIN_PROMPTS, routed_prompts, inputs=(PROMPTS, ROUTE)))
-        stages += labeling_stages(
+    finished: dict[str, Any] = {}
+
+    def label_routed_prompts(runner: Any) -> list[Stage]:
+        finished["runner"] = runner
+        stages = [Stage(TRAIN_PROMPTS, routed_prompts, inputs=(PROMPTS, ROUTE))]
+        return stages + labeling_stages(
             pipeline, runner, prompts_stage=TRAIN_PROMPTS, select=lambda prompts: prompts, prefix=PREFIX
         )
-        for stage in stages:
-            runner.run(stage)
-    return runner, runner.outputs[PREFIX + COMBINE]
+
+    summary = run_pipeline(pipeline, then=label_routed_prompts)
+    runner = finished["runner"]
+    return summary, runner, runner.outputs[PREFIX + COMBINE]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,12 +223,13 @@ def build_training_sets(
 ) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]], list[str]]:
     """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids)."""
     from persyn_hub.assignment import ROUTED
+    from persyn_hub.router.storage import read_router_record
     from persyn_hub.stages import ASSEMBLE, COMBINE, ROUTER
 
     teachers = pipeline.teacher_names()
     free = {t.name for t in pipeline.teachers if t.backend == "reference"}
     labels, final = runner.outputs[COMBINE], runner.outputs[ASSEMBLE]
-    metrics = json.loads((Path(runner.outputs[ROUTER]) / "router_metrics.json").read_text())
+    metrics = read_router_record(runner.outputs[ROUTER])["metrics"]
     prompt_ids = sorted(set(pool["prompt_id"]))
     rows = _rows(pool)
     routed = {
@@ -236,6 +238,10 @@ def build_training_sets(
         if row["selected_by"] == ROUTED
     }
     needs_family = "family_strong" in recipe.strategies
+    families = teacher_families(pipeline) if needs_family else None  # each reads every teacher's config
+    family = student_family(pipeline) if needs_family else None
+    routed_teachers = {p: row["teacher"] for p, row in routed.items()}
+    strong = recipe.strong_teacher or strongest(labels, teachers)
     picks: dict[str, dict[str, str]] = {}
     info: dict[str, dict[str, Any]] = {}
     for strategy in recipe.strategies:
@@ -247,10 +253,10 @@ def build_training_sets(
             teachers=teachers,
             seed=recipe.seed,
             train_ids=metrics.get("train_prompt_ids"),
-            families=teacher_families(pipeline) if needs_family else None,
-            student_family=student_family(pipeline) if needs_family else None,
-            routed={p: row["teacher"] for p, row in routed.items()},
-            strong=recipe.strong_teacher,
+            families=families,
+            student_family=family,
+            routed=routed_teachers,
+            strong=strong,
             weak=recipe.weak_teacher,
         )
         picks[strategy] = chosen
@@ -371,7 +377,7 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Run, build, train and evaluate every strategy; write the table and chart; return the comparison."""
     from persyn_hub.eval_tasks.items import is_eval_item
-    from persyn_hub.pipeline import run_pipeline, write_local_card
+    from persyn_hub.pipeline import write_local_card
     from persyn_hub.stages import ASSEMBLE
 
     if not isinstance(recipe, CompareRecipe):
@@ -381,8 +387,7 @@ def run_comparison(
     (out / "compare.yaml").write_text(yaml.safe_dump(asdict(recipe), sort_keys=False), encoding="utf-8")
 
     pipeline = pipeline_recipe_of(recipe)
-    summary = run_pipeline(pipeline)
-    runner, pool = training_pool(pipeline)
+    summary, runner, pool = run_and_label_routed_prompts(pipeline)
     sets, info, common = build_training_sets(recipe, pipeline, runner, pool)
     leaked = [p for p, text in zip(pool["prompt_id"], pool["prompt"]) if is_eval_item(text)]
     if leaked:  # persyn run drops them unless the recipe opted out; the comparison never trains on them

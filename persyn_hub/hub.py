@@ -170,12 +170,16 @@ def _router_card(folder: Path, config: dict[str, Any], repo_id: str) -> bytes | 
         from persyn_hub.router import PersynRouterConfig
     except ImportError:
         return None
-    saved_path = folder / "router_metrics.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
-    metrics = saved.get("metrics", saved) if isinstance(saved, dict) else {}
+    from persyn_hub.router.storage import read_router_record
+
+    saved = read_router_record(folder)
     router_config = PersynRouterConfig.from_dict(config)
     card = render_router_card(
-        router_config, metrics, repo_id=repo_id, settings=saved.get("settings"), seed=saved.get("seed")
+        router_config,
+        saved.get("metrics") or {},
+        repo_id=repo_id,
+        settings=saved.get("settings"),
+        seed=saved.get("seed"),
     )
     return str(card).encode()
 

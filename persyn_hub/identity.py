@@ -93,16 +93,11 @@ def model_identity(name: str | None, revision: str | None = None) -> dict[str, A
     return {"hub": name, "revision": revision, "commit": _hub_commit(name, revision)}
 
 
-def _resolved_dtype(name: str, on_gpu: bool = False) -> str:
-    """`auto` as the device running the model resolves it (vLLM runs on the GPU when there is one)."""
-    from persyn_hub.dtypes import dtype_name, resolve_dtype
+def _resolved_dtype(name: str) -> str:
+    """`auto` as this process's device resolves it: every stage loads its models there."""
+    from persyn_hub.dtypes import dtype_name, local_device, resolve_dtype
 
-    device = None
-    if on_gpu:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return dtype_name(resolve_dtype(name, device))
+    return dtype_name(resolve_dtype(name, local_device()))
 
 
 def teacher_identity(teacher: TeacherConfig) -> dict[str, Any]:
@@ -136,7 +131,7 @@ def teacher_identity(teacher: TeacherConfig) -> dict[str, Any]:
     else:
         identity.update(
             model=model_identity(teacher.model),
-            dtype=_resolved_dtype(teacher.dtype, on_gpu=backend == "vllm"),
+            dtype=_resolved_dtype(teacher.dtype),
             trust_remote_code=teacher.trust_remote_code,
         )
     if teacher.generation.temperature > 0:  # sampling seeds are drawn per batch

@@ -38,7 +38,7 @@ from persyn_hub.dtypes import local_device, resolve_dtype
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.learnability_engines import _score_sorted_batch, _scoring_order, supports_prefix_cache
 from persyn_hub.learnability_tokens import _IDS, _START, LEARNABILITY_COLUMNS, SCORE_FEATURES, _tokenize_batch
-from persyn_hub.progress import scoring_progress
+from persyn_hub.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _score_local(
     order = _scoring_order(tokenized[_IDS], tokenized[_START], share_prefixes)
     ordered = tokenized.select(order)
     total = _response_token_total(tokenized)
-    with scoring_progress(total, progress_desc, "tok", show_progress) as progress:
+    with progress_bar(total, progress_desc, "tok", show_progress) as progress:
         scored = ordered.map(
             _score_sorted_batch,
             features=Features({**tokenized.features, **SCORE_FEATURES}),

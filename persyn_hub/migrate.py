@@ -13,12 +13,7 @@ from typing import Any
 
 import yaml
 
-from persyn_hub.config import RECIPE_VERSION, RecipeError, recipe_from_dict
-
-MOVES = {
-    ("routing", "router"): ("routing", "reuse_router"),
-    ("router", "eval_fraction"): ("router", "validation_fraction"),
-}
+from persyn_hub.config import RECIPE_VERSION, RENAMED_KEYS, RecipeError, recipe_from_dict
 
 
 def migrate_values(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -36,11 +31,12 @@ def migrate_values(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             f"labeling.alpha: {old:g} (quality weight) -> {labeling['alpha']:g} (learnability weight; "
             "same rewards)"
         )
-    for (section, old_key), (new_section, new_key) in MOVES.items():
+    for old, new in RENAMED_KEYS.items():
+        (section, old_key), (new_section, new_key) = old.split("."), new.split(".")
         block = values.get(section)
         if isinstance(block, dict) and old_key in block:
             values.setdefault(new_section, {})[new_key] = block.pop(old_key)
-            changes.append(f"{section}.{old_key} -> {new_section}.{new_key}")
+            changes.append(f"{old} -> {new}")
     values = {"recipe_version": RECIPE_VERSION, **{k: v for k, v in values.items() if k != "recipe_version"}}
     changes.append(f"recipe_version: {version or 1} -> {RECIPE_VERSION}")
     recipe_from_dict(copy.deepcopy(values))  # the result must be a valid recipe

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from persyn_hub.config import PersynRecipe
 from persyn_hub.errors import PersynError
 from persyn_hub.stage_cache import StageCache
-from persyn_hub.stage_runner import Ranks, StageRunner, launch_ranks
+from persyn_hub.stage_runner import Ranks, Stage, StageRunner, launch_ranks
 from persyn_hub.stages import ASSEMBLE, persyn_stages, run_outputs
 from persyn_hub.summary import build_summary, package_versions
 
@@ -88,11 +88,17 @@ def run_log(run_dir: Path, ranks: Ranks | None = None) -> Iterator[None]:
         handler.close()
 
 
-def run_pipeline(recipe: PersynRecipe, *, retry_failed: bool = False) -> dict[str, Any]:
+def run_pipeline(
+    recipe: PersynRecipe,
+    *,
+    retry_failed: bool = False,
+    then: Callable[[StageRunner], list[Stage]] | None = None,
+) -> dict[str, Any]:
     """Run a recipe end to end and return (and write) its summary.
 
     `retry_failed`: ask the rows whose generation failed in an earlier run again (otherwise a finished
-    stage, failed rows included, is reused as it is)."""
+    stage, failed rows included, is reused as it is). `then(runner)`: stages to run after the run's own,
+    on its runner and under its lock and log (`persyn compare` labels the routed prompts so)."""
     started = time.perf_counter()
     run_dir = Path(recipe.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,12 +106,15 @@ def run_pipeline(recipe: PersynRecipe, *, retry_failed: bool = False) -> dict[st
         os.environ[key] = str(value)
     ranks = launch_ranks()
     with run_lock(run_dir, ranks), run_log(run_dir, ranks):
-        return _run(recipe, run_dir, started, retry_failed, ranks)
+        summary, runner = _run(recipe, run_dir, started, retry_failed, ranks)
+        for stage in then(runner) if then else ():
+            runner.run(stage)
+        return summary
 
 
 def _run(
     recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool, ranks: Ranks
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], StageRunner]:
     if ranks.main:
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     logger.info(
@@ -119,7 +128,7 @@ def _run(
     for stage in persyn_stages(recipe, runner):
         runner.run(stage)
     if not ranks.main:  # summary, cards and publishing happen once, on the main process
-        return {"rank": ranks.index, "output_dir": str(run_dir)}
+        return {"rank": ranks.index, "output_dir": str(run_dir)}, runner
     if recipe.routing.reuse_router:
         shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
 
@@ -139,7 +148,7 @@ def _run(
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     logger.info("Finished in %.1f s: %d rows in %s", summary["wall_seconds"], summary["rows"], run_dir)
-    return summary
+    return summary, runner
 
 
 def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, Any], run_dir: Path) -> None:

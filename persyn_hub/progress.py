@@ -1,4 +1,4 @@
-"""Progress that moves: a bar advanced per scored batch (tokens or rows), with a rate and an ETA, while
+"""Progress that moves: a bar advanced per scored batch or generated row, with a rate and an ETA, while
 `datasets`' own per-map-call bar is hidden (it would sit at 0 for the whole stage)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datasets.utils import are_progress_bars_disabled, disable_progress_bars, en
 
 
 @contextmanager
-def scoring_progress(total: int, desc: str, unit: str, show: bool = True) -> Iterator[Any]:
-    """A tqdm bar (rate, ETA) that the scorer advances after every model batch.
+def progress_bar(total: int, desc: str, unit: str, show: bool = True) -> Iterator[Any]:
+    """A tqdm bar (rate, ETA) that a stage advances after every model batch or answered row.
 
     `datasets`' own map bar moves once per map batch, and one map batch can hold a whole pool (it sat at
     0/160 for minutes), so it is hidden while this bar runs and restored after. `show=False` (a process

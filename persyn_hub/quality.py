@@ -253,7 +253,8 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
     key = fingerprint("quality", dataset._fingerprint, quality)
     if quality.kind == "auto":
         model = tokenizer = None
-        if quality.reward_model and any(row_kind(row, quality) == "reward_model" for row in dataset):
+        reward_rows = _reward_rows(dataset, quality) if quality.reward_model else 0
+        if reward_rows:
             from persyn_hub.reward_model import load_reward_model
 
             model, tokenizer = load_reward_model(quality)
@@ -267,10 +268,10 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
                 new_fingerprint=key,
                 desc="Scoring each row with its own checker",
             )
-        from persyn_hub.progress import scoring_progress
+        from persyn_hub.progress import progress_bar
 
         # the per-batch map bar would move every `batch_size` rows of any kind; this one counts model rows
-        with scoring_progress(_reward_rows(dataset, quality), "Scoring with the reward model", "row") as bar:
+        with progress_bar(reward_rows, "Scoring with the reward model", "row") as bar:
             return dataset.map(
                 _auto_batch,
                 batched=True,
@@ -291,11 +292,11 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
             desc="Taking quality from the pool's scores",
         )
     if quality.kind == "reward_model":
-        from persyn_hub.progress import scoring_progress
+        from persyn_hub.progress import progress_bar
         from persyn_hub.reward_model import load_reward_model
 
         model, tokenizer = load_reward_model(quality)
-        with scoring_progress(_reward_rows(dataset), "Scoring with the reward model", "row") as bar:
+        with progress_bar(_reward_rows(dataset), "Scoring with the reward model", "row") as bar:
             return dataset.map(
                 _reward_batch,
                 batched=True,

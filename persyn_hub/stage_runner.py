@@ -169,15 +169,8 @@ class StageRunner:
         if self.ranks.count > 1 and not done_before:
             self._run_launched(stage, key, context, retry)
             output = self.cache.load_finished(stage.name, key, folder_output=stage.folder)
-        elif retry:
-            self.cache.forget(stage.name, key)
-            output = self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
-        elif stage.folder:
-            output = self.cache.folder_stage(
-                stage.name, key, lambda folder: stage.compute(dataclasses.replace(context, folder=folder))
-            )
         else:
-            output = self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
+            output = self._compute(stage, key, context, retry)
         self.outputs[stage.name] = output
         self.keys[stage.name] = key
         self.digests[stage.name] = self.cache.output_digest(stage.name, key)
@@ -187,6 +180,16 @@ class StageRunner:
         if stage.check is not None and self.ranks.main:
             stage.check(context)
         return output
+
+    def _compute(self, stage: Stage, key: str, context: StageContext, retry: bool) -> Any:
+        """Compute the whole stage in this process (or reuse it), after forgetting it for a retry."""
+        if retry:
+            self.cache.forget(stage.name, key)
+        if stage.folder:
+            return self.cache.folder_stage(
+                stage.name, key, lambda folder: stage.compute(dataclasses.replace(context, folder=folder))
+            )
+        return self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
 
     def summary(self) -> list[dict[str, Any]]:
         return self.cache.summary()
@@ -217,14 +220,7 @@ class StageRunner:
                 self.cache.dataset_stage(stage.name, key, lambda _: joined)
                 shutil.rmtree(folder / "shards", ignore_errors=True)
         elif self.ranks.main:
-            if retry:
-                self.cache.forget(stage.name, key)
-            if stage.folder:
-                self.cache.folder_stage(
-                    stage.name, key, lambda f: stage.compute(dataclasses.replace(context, folder=f))
-                )
-            else:
-                self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
+            self._compute(stage, key, context, retry)
         if self.ranks.main:
             finished.write_text("done")
         else:

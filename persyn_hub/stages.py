@@ -197,7 +197,7 @@ def _train_router(recipe: PersynRecipe) -> Any:
         from persyn_hub.router import train_router
 
         with single_process():  # trained on the main process alone: an N-process run equals a 1-process one
-            result = train_router(
+            train_router(
                 context[COMBINE],
                 recipe.router,
                 teachers=recipe.teacher_names(),
@@ -207,7 +207,6 @@ def _train_router(recipe: PersynRecipe) -> Any:
                 seed=recipe.seed,
                 label_repo=recipe.output.hub.labels_repo,
             )
-        (context.folder / "router_metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
 
     return compute
 
@@ -393,7 +392,9 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
             stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
             generation.setdefault(teacher.name, []).append({"phase": phase, **stats})
     assemble_folder = runner.cache.folder(ASSEMBLE, runner.keys[ASSEMBLE])
-    metrics_file = Path(runner.outputs[ROUTER]) / "router_metrics.json"
+    from persyn_hub.router.storage import read_router_record
+
+    router_record = {} if recipe.routing.reuse_router else read_router_record(runner.outputs[ROUTER])
     return RunOutputs(
         prompts=runner.outputs[PROMPTS],
         labels=runner.outputs[COMBINE],
@@ -401,9 +402,7 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
         final=runner.outputs[ASSEMBLE],
         failed=load_dataset_folder(assemble_folder / "failed"),
         truncated=json.loads((assemble_folder / ASSEMBLY_FILE).read_text())["truncated"],
-        router_metrics=None
-        if recipe.routing.reuse_router or not metrics_file.is_file()
-        else json.loads(metrics_file.read_text()),
+        router_metrics=router_record.get("metrics"),
         generation=generation,
         prompt_report=_read_json(runner.cache.folder(PROMPTS, runner.keys[PROMPTS]) / PROMPTS_FILE),
     )

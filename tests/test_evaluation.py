@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from datasets import load_dataset
 from lm_eval.api.model import LM
 
-from persyn_hub.eval_tasks.heldout import asdiv_heldout, drop_heldout, ifbench_heldout, is_heldout
+from persyn_hub.bundled import bundled_data_file
+from persyn_hub.eval_tasks.heldout import asdiv_heldout, ifbench_heldout, is_heldout
+from persyn_hub.eval_tasks.items import drop_eval_items
 from persyn_hub.evaluation import evaluate_model, task_manager
 from persyn_hub.verifiers.math_answer import gold_number
 
@@ -36,12 +39,16 @@ def score(report, task, metric):
     return row["value"]
 
 
-def test_heldout_split_is_deterministic_and_disjoint_from_training_filter(asdiv_prompts):
+def test_heldout_split_is_deterministic_and_disjoint_from_training_filter():
     data = asdiv_heldout()
     assert 150 < len(data) < 300 and all(is_heldout(t) for t in data["prompt"])
     assert all(gold_number(a) is not None for a in data["answer"])
-    kept = drop_heldout(asdiv_prompts)
-    assert not any(is_heldout(t) for t in kept["prompt"])
+    raw = load_dataset("json", data_files=str(bundled_data_file("bundled:asdiv")), split="train")
+    raw = raw.map(lambda row: {"prompt": f"{row['passage']} {row['question']}"})
+    kept = drop_eval_items(raw)
+    held = set(data["prompt"])
+    assert held and not held & set(kept["prompt"])
+    assert len(kept) == len(raw) - sum(p in held for p in raw["prompt"])  # only the items are left out
     assert len(ifbench_heldout()) >= 10
     assert {"persyn_asdiv", "persyn_ifbench"} <= set(task_manager(include_defaults=False).all_tasks)
 

@@ -3,8 +3,8 @@
 Rule: a prompt is held out when `int(sha256(normalized text)[:8], 16) % HELDOUT_MODULUS == 0`
 (about 10% of rows), where the text is the prompt as the pipeline writes it (ASDiv: "{passage}
 {question}"; IFBench: `prompt`) with runs of whitespace collapsed. It depends on nothing but the
-text, so duplicated problems fall on the same side, and any run can drop held-out rows from its
-training data with `drop_heldout` (`persyn compare` does; see README "Evaluation").
+text, so duplicated problems fall on the same side. `eval_tasks.items` turns the items into the set
+of texts `persyn run` leaves out of its prompts.
 """
 
 from __future__ import annotations
@@ -23,17 +23,6 @@ def normalize(text: str) -> str:
 def is_heldout(text: str) -> bool:
     digest = hashlib.sha256(normalize(text).encode("utf-8")).hexdigest()
     return int(digest[:8], 16) % HELDOUT_MODULUS == 0
-
-
-def drop_heldout(dataset: Dataset, text_column: str = "prompt") -> Dataset:
-    """Remove rows whose prompt text is in the held-out evaluation split (reads `text_column`)."""
-    if text_column not in dataset.column_names:
-        raise ValueError(f"drop_heldout: column {text_column!r} missing; columns are {dataset.column_names}.")
-    return dataset.filter(
-        lambda batch: [not is_heldout(t) for t in batch[text_column]],
-        batched=True,
-        desc="Dropping held-out rows",
-    )
 
 
 def asdiv_heldout() -> Dataset:

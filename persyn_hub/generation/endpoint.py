@@ -20,13 +20,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from datasets import Dataset, Features
-from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, tqdm
+from datasets.utils import tqdm
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
@@ -41,6 +41,7 @@ from persyn_hub.generation.checkpoint import (
 from persyn_hub.generation.prompting import chat_messages, completion_text, cut_at_stop, default_stop
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.generation.stats import GenerationStats
+from persyn_hub.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -477,8 +478,7 @@ def generate_with_endpoints(
     check_teacher(teacher)
     features = Features({**dataset.features, **RECORD_FEATURES})
     with (
-        tqdm(total=len(dataset), desc=f"Generating with {teacher.name}", unit="row") as progress,
-        _map_progress_hidden(),
+        progress_bar(len(dataset), f"Generating with {teacher.name}", "row") as progress,
     ):
         return dataset.map(
             EndpointGenerator(teacher, checkpoint, stats, progress),
@@ -488,16 +488,3 @@ def generate_with_endpoints(
             load_from_cache_file=False,
             new_fingerprint=run_fingerprint(),
         )
-
-
-@contextmanager
-def _map_progress_hidden() -> Iterator[None]:
-    """`datasets`' own bar moves once per map batch; the per-row bar above replaces it."""
-    if are_progress_bars_disabled():
-        yield
-        return
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        enable_progress_bars()

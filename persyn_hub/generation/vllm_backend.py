@@ -13,7 +13,7 @@ from datasets import Dataset, Features
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
-from persyn_hub.dtypes import dtype_name, resolve_dtype
+from persyn_hub.dtypes import dtype_name, local_device, resolve_dtype
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,
@@ -47,14 +47,12 @@ class VllmGenerator(CheckpointedGenerator):
 
     def _engine(self) -> Any:
         if self._llm is None:
-            import torch
             from vllm import LLM
 
             # vLLM's own `auto` is the checkpoint's dtype; resolve ours for the device vLLM runs on
-            device = "cuda" if torch.cuda.is_available() else "cpu"
             self._llm = LLM(
                 model=resolve_model(self.teacher.model or ""),
-                dtype=dtype_name(resolve_dtype(self.teacher.dtype, device)),
+                dtype=dtype_name(resolve_dtype(self.teacher.dtype, local_device())),
                 seed=self.seed,
                 trust_remote_code=self.teacher.trust_remote_code,
                 tensor_parallel_size=self.teacher.tensor_parallel_size,

@@ -56,6 +56,18 @@ def save_router(
     return directory
 
 
+def read_router_record(directory: str | os.PathLike) -> dict[str, Any]:
+    """`router_metrics.json` of a saved router: {"metrics", "settings", "seed"} ({} when there is none).
+    Routers saved before the file held settings and seed kept the metrics alone: read as such."""
+    path = Path(directory) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if isinstance(saved, dict) and "metrics" in saved:
+        return saved
+    return {"metrics": saved, "settings": None, "seed": None}
+
+
 def load_router(
     name_or_path: str,
     expected_teachers: list[str] | None = None,
