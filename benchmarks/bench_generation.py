@@ -218,7 +218,8 @@ def main() -> None:
     )
     prompts = prompts.select_columns(["prompt_id", "messages"])
     gguf = bundled_gguf_path("bundled:smollm2-135m-instruct")
-    with LlamaServer(gguf, threads=args.threads) as first, LlamaServer(gguf, threads=args.threads) as second:
+    servers = {"threads": args.threads, "batch_invariant": False}  # the server's own prompt batching
+    with LlamaServer(gguf, **servers) as first, LlamaServer(gguf, **servers) as second:
         settings = [("two replicas", [first.url, second.url])]
         if not args.skip_single:
             settings.insert(0, ("one server", [first.url]))

@@ -14,6 +14,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
+from persyn_hub.answers import is_usable_answer
 from persyn_hub.config import QualityConfig
 from persyn_hub.fingerprint import fingerprint
 
@@ -53,11 +54,12 @@ def _check_columns(dataset: Dataset, quality: QualityConfig) -> None:
 
 
 def _failed_reason(response: Any, error: Any) -> str | None:
+    """Why an answer is not scored, or None when it is usable (`answers.is_usable_answer`)."""
+    if is_usable_answer(response, error):
+        return None
     if error is not None:
         return f"generation failed: {str(error)[:200]}"
-    if not isinstance(response, str):
-        return "no response"
-    return None
+    return "no response" if not isinstance(response, str) else "empty answer"
 
 
 def _math_batch(batch: dict[str, list]) -> dict[str, list]:

@@ -44,9 +44,16 @@ class LlamaServer:
     """`python -m llama_cpp.server` on 127.0.0.1 serving one GGUF (the process is ours to stop)."""
 
     def __init__(
-        self, model_path: str | Path, *, port: Optional[int] = None, n_ctx: int = 2048, threads: int = 1
+        self,
+        model_path: str | Path,
+        *,
+        port: Optional[int] = None,
+        n_ctx: int = 2048,
+        threads: int = 1,
+        batch_invariant: bool = True,
     ):
         self.model_path = str(model_path)
+        self.batch_invariant = batch_invariant
         self.port = port or free_port()
         self.n_ctx = n_ctx
         self.threads = threads
@@ -66,13 +73,14 @@ class LlamaServer:
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.threads),
             "--n_threads_batch", str(self.threads),
-            # One token per eval: llama-cpp-python reuses the previous request's matching prefix and only
-            # evaluates the rest, and a CPU build's kernels are not batch-invariant, so with larger evals
-            # the same prompt gives slightly different logits after different predecessors.
-            "--n_batch", "1",
-            "--n_ubatch", "1",
             "--verbose", "false",
         ]  # fmt: skip
+        if self.batch_invariant:
+            # One token per eval: llama-cpp-python reuses the previous request's matching prefix and only
+            # evaluates the rest, and a CPU build's kernels are not batch-invariant, so with larger evals
+            # the same prompt gives slightly different logits after different predecessors. Benchmarks
+            # keep the server's default batches (prompt evaluation is much faster).
+            command += ["--n_batch", "1", "--n_ubatch", "1"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -44,6 +44,7 @@ def test_math_verifier_on_real_asdiv_rows(asdiv_prompts):
             {**row, "teacher": "wrong", "response": f"The answer is {_wrong(row['answer'])}.", "error": None},
             {**row, "teacher": "none", "response": "I am not sure.", "error": None},
             {**row, "teacher": "failed", "response": None, "error": "timeout: no output"},
+            {**row, "teacher": "empty", "response": " \n", "error": None},  # unusable: never scored as 0
         ]
     scored = score_quality(Dataset.from_list(rows), QualityConfig(kind="math_answer"))
     by_teacher: dict[str, list] = {}
@@ -54,6 +55,8 @@ def test_math_verifier_on_real_asdiv_rows(asdiv_prompts):
     assert by_teacher["wrong"] == [0.0] * len(numeric)
     assert by_teacher["none"] == [0.0] * len(numeric)
     assert by_teacher["failed"] == [None] * len(numeric)
+    assert by_teacher["empty"] == [None] * len(numeric)
+    assert set(scored.filter(lambda r: r["teacher"] == "empty")["quality_detail"]) == {"empty answer"}
     assert all(
         d.startswith("generation failed")
         for d in scored.filter(lambda r: r["teacher"] == "failed")["quality_detail"]
