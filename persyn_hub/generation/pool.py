@@ -15,6 +15,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.config import PoolConfig, TeacherConfig
+from persyn_hub.generation.checkpoint import RECORD_FEATURES
 
 POOL_FINISH = "pool"
 """`finish_reason` of an answer taken from the pool (it cost no generation)."""
@@ -50,11 +51,7 @@ def pool_answers(dataset: Dataset, teacher: TeacherConfig, pool: PoolConfig) -> 
         )
 
     def write(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {
-            key: []
-            for key in ("teacher", "response", "finish_reason", "num_tokens", "num_prompt_tokens", "error")
-        }
-        out["pool_scores"] = []
+        out: dict[str, list] = {column: [] for column in (*RECORD_FEATURES, "pool_scores")}
         for cell in batch[column]:
             text, scores, problem = cell_answer(cell, pool)
             out["teacher"].append(teacher.name)

@@ -15,6 +15,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.config import TeacherConfig
+from persyn_hub.generation.checkpoint import RECORD_FEATURES
 from persyn_hub.generation.stats import GenerationStats
 
 
@@ -47,14 +48,8 @@ def write_references(dataset: Dataset, teacher: TeacherConfig, stats: Generation
 
     def write(batch: dict[str, list]) -> dict[str, list]:
         n = len(batch["prompt_id"])
-        out: dict[str, list] = {
-            "teacher": [teacher.name] * n,
-            "response": [],
-            "finish_reason": [],
-            "num_tokens": [0] * n,
-            "num_prompt_tokens": [0] * n,
-            "error": [],
-        }
+        out: dict[str, list] = {column: [] for column in RECORD_FEATURES}
+        out.update(teacher=[teacher.name] * n, num_tokens=[0] * n, num_prompt_tokens=[0] * n)
         for i in range(n):
             values = {c: batch[c][i] for c in columns}
             empty = [c for c, v in values.items() if v is None or str(v).strip() == ""]
