@@ -156,6 +156,14 @@ def generation_costs(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return costs
 
 
+def _cells(notes: dict[str, Any] | None) -> dict[str, Any]:
+    """Per-teacher notes with `|` escaped in their reasons, so a server's message keeps the table intact."""
+    return {
+        teacher: {**note, "reason": str(note.get("reason", "")).replace("|", "\\|")}
+        for teacher, note in (notes or {}).items()
+    }
+
+
 def comparison_card_section(run_dir: str | Path) -> str | None:
     """The data set card's comparison section, when `persyn compare` ran on this run."""
     path = Path(run_dir) / "comparison.md"
@@ -245,6 +253,8 @@ def render_dataset_card(
         failures=failures,
         teacher_counts=counts,
         generation_costs=generation_costs(summary),
+        folded=_cells(summary.get("system_prompt_folded")),
+        stopped=_cells(summary.get("stopped_teachers")),
         chart_file=chart_file,
         router_metrics=router_metrics or None,
         has_answer=dataset is not None and "answer" in dataset.column_names,

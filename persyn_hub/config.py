@@ -171,8 +171,9 @@ class TeacherConfig:
     dtype: str = "auto"
     batch_size: int = 8
     tensor_parallel_size: int = 1
-    """`backend: vllm`: GPUs one engine spans. 1: under a launch every process runs its own engine on its
-    own GPU and generates a shard; more: the main process runs the engine across that many GPUs."""
+    """`backend: vllm`: GPUs one engine spans, all of one node. Under a launch the node's processes form
+    groups of this many: the first of each group runs an engine on the group's GPUs and generates, the
+    others run none for this teacher (`generation/placement.py`); 1: every process, on its own GPU."""
     max_concurrency: int = 8
     """Concurrent requests per endpoint."""
     timeout: float = 120.0
@@ -181,6 +182,10 @@ class TeacherConfig:
     """Retries per row on 429/5xx/timeouts/connection errors/malformed replies; then the row gets an `error`."""
     retry_backoff: float = 1.0
     """First retry delay in seconds; doubles per attempt (capped at 60 s), with jitter; Retry-After wins."""
+    stop_after_failures: int = 8
+    """Endpoint teachers: stop sending once this many requests in a row failed with the same error that no
+    retry changes (a 4xx such as an unknown model or a refused system turn), since a wrong setting fails
+    every row alike; the rows not sent are marked failed, and `--retry-failed` asks them again. 0: never."""
     endpoint_api: Literal["auto", "openai", "tgi"] = "auto"
     """Routes used on endpoints. `auto`/`openai`: `/v1/chat/completions` and `/v1/completions` (vLLM,
     llama.cpp, TGI >= 2); `tgi`: TGI's native `text_generation` route for `completion` teachers."""
@@ -305,6 +310,21 @@ class OutputConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """How the processes of a launch (`accelerate launch`, `torchrun`, Slurm) share a run (docs/scale.md)."""
+
+    timeout: float = 600.0
+    """Liveness timeout in seconds: a process that shows no sign of life (its heartbeat stops: dead, or
+    hung in a CUDA call or on a dead mount) for this long ends the launch, naming the stage and the rank.
+    Not a limit on a stage: the others wait for a day-long main-process stage while its process lives."""
+    chunk_rows: int = 256
+    """Rows per unit of work of a sharded stage (local generation, learnability, reward model). Chunks
+    depend on the rows only, never on the process count, so N processes give the 1-process result (bf16
+    included) and a resume with any process count reuses the finished chunks. Smaller: more processes
+    kept busy; larger: bigger batches for vLLM."""
+
+
+@dataclass
 class PersynRecipe:
     name: str = "persyn"
     recipe_version: int = RECIPE_VERSION
@@ -318,6 +338,7 @@ class PersynRecipe:
     router: RouterSettings = field(default_factory=RouterSettings)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables set before the run (like TRL's `env:` block); never put tokens here."""
 
@@ -392,6 +413,10 @@ def validate_recipe(recipe: PersynRecipe) -> None:
                 f"env.{key}: secrets do not belong in a recipe (recipes are saved with the run and pushed "
                 "to the Hub). Use `hf auth login` or export the variable in your shell instead."
             )
+    if recipe.launch.timeout <= 0:
+        raise RecipeError(f"launch.timeout: {recipe.launch.timeout} must be a positive number of seconds.")
+    if recipe.launch.chunk_rows < 1:
+        raise RecipeError(f"launch.chunk_rows: {recipe.launch.chunk_rows} must be at least 1.")
     validate_splits(recipe.router)
     validate_sources(recipe)
     if recipe.routing.reuse_router and recipe.output.hub.router_repo:

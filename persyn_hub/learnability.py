@@ -35,6 +35,7 @@ from datasets import Dataset, Features, List, Value
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import StudentConfig
 from persyn_hub.dtypes import local_device, resolve_dtype
+from persyn_hub.engines import held_engine
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.learnability_engines import _score_sorted_batch, _scoring_order, supports_prefix_cache
 from persyn_hub.learnability_tokens import _IDS, _START, LEARNABILITY_COLUMNS, SCORE_FEATURES, _tokenize_batch
@@ -181,7 +182,8 @@ def score_learnability(
 
         return score_learnability_served(dataset, student)
     if model is None or tokenizer is None:
-        loaded_model, loaded_tokenizer = load_student(student)
+        key = ("student", student.model, student.dtype, student.trust_remote_code)
+        loaded_model, loaded_tokenizer = held_engine(key, lambda: load_student(student))
         model = model if model is not None else loaded_model
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     key = fingerprint(dataset._fingerprint, student, _model_identity(student, model))

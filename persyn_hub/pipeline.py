@@ -2,6 +2,7 @@
 
     persyn run recipes/demo/task-mix-smollm2.yaml [--key value ...] [--retry-failed]
     accelerate launch --multi_gpu --num_processes 8 -m persyn_hub.cli run RECIPE    # one process per GPU
+    torchrun --nproc_per_node 8 -m persyn_hub.cli run RECIPE                        # the same, plain torch
 
 Every stage's output is saved under `output.dir/stages/`, keyed by what changes it (its identity and
 its inputs' content), so a re-run reuses finished stages and a crashed generation resumes from its
@@ -25,8 +26,9 @@ from filelock import FileLock, Timeout
 
 from persyn_hub.config import PersynRecipe
 from persyn_hub.errors import PersynError
+from persyn_hub.launch import Launch, connect
 from persyn_hub.stage_cache import StageCache
-from persyn_hub.stage_runner import Ranks, Stage, StageRunner, launch_ranks
+from persyn_hub.stage_runner import Stage, StageRunner
 from persyn_hub.stages import ASSEMBLE, persyn_stages, run_outputs
 from persyn_hub.summary import build_summary, package_versions
 
@@ -38,33 +40,37 @@ class RunLockedError(PersynError, RuntimeError):
 
 
 @contextmanager
-def run_lock(run_dir: Path, ranks: Ranks | None = None) -> Iterator[None]:
+def run_lock(run_dir: Path, launch: Launch | None = None) -> Iterator[None]:
     """One writer per output directory: a second run (or launch) refuses at once instead of corrupting it.
 
-    Under a launch the lock belongs to the launch: the main process takes it and names the launch in
-    the owner file; the other processes start only once they see their launch there.
+    Under a launch the lock belongs to the launch: the main process takes it and tells the others
+    through the launch's store whether it got it.
     """
-    ranks = ranks or Ranks()
+    launch = launch or Launch()
+    if not launch.main:
+        refusal = launch.wait_for("run-lock", stage="start", ranks=[0])
+        if refusal:
+            raise RunLockedError(refusal)
+        yield
+        return
     lock = FileLock(str(run_dir / ".persyn.lock"))
     owner = run_dir / ".persyn.lock.owner"
     me = f"persyn run (pid {os.getpid()}" + (
-        f", launch {ranks.launch}, {ranks.count} processes)" if ranks.count > 1 else ")"
+        f", launch {launch.id}, {launch.count} processes)" if launch.count > 1 else ")"
     )
-    if not ranks.main:
-        while f"launch {ranks.launch}," not in (owner.read_text() if owner.is_file() else ""):
-            time.sleep(0.2)  # the main process takes the lock; if it cannot, the launcher stops this one
-        yield
-        return
     try:
         lock.acquire(timeout=0)
     except Timeout:
         who = owner.read_text().strip() if owner.is_file() else "another process"
-        raise RunLockedError(
+        refusal = (
             f"output.dir {str(run_dir)!r} is in use by {who}. Wait for that run to finish, or set "
             "--output.dir to another directory."
-        ) from None
+        )
+        launch.signal("run-lock", refusal)
+        raise RunLockedError(refusal) from None
     try:
         owner.write_text(me)
+        launch.signal("run-lock", "")
         yield
     finally:
         owner.unlink(missing_ok=True)
@@ -72,10 +78,10 @@ def run_lock(run_dir: Path, ranks: Ranks | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def run_log(run_dir: Path, ranks: Ranks | None = None) -> Iterator[None]:
+def run_log(run_dir: Path, launch: Launch | None = None) -> Iterator[None]:
     """`run.log` (the main process), `run.rank-<i>.log` (the others): a timeline that travels with the data."""
-    ranks = ranks or Ranks()
-    name = "run.log" if ranks.main else f"run.rank-{ranks.index}.log"
+    launch = launch or Launch()
+    name = "run.log" if launch.main else f"run.rank-{launch.index}.log"
     handler = logging.FileHandler(run_dir / name, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
@@ -104,31 +110,37 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     for key, value in recipe.env.items():
         os.environ[key] = str(value)
-    ranks = launch_ranks()
-    with run_lock(run_dir, ranks), run_log(run_dir, ranks):
-        summary, runner = _run(recipe, run_dir, started, retry_failed, ranks)
-        for stage in then(runner) if then else ():
-            runner.run(stage)
-        return summary
+    launch = connect(recipe.launch.timeout)
+    try:
+        with run_lock(run_dir, launch), run_log(run_dir, launch):
+            summary, runner = _run(recipe, run_dir, started, retry_failed, launch)
+            for stage in then(runner) if then else ():
+                runner.run(stage)
+            launch.finish()
+            return summary
+    finally:
+        launch.stop_heartbeat()
 
 
 def _run(
-    recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool, ranks: Ranks
+    recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool, launch: Launch
 ) -> tuple[dict[str, Any], StageRunner]:
-    if ranks.main:
+    if launch.main:
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     logger.info(
         "PerSyn run %r: teachers %s, student %s%s",
         recipe.name,
         recipe.teacher_names(),
         recipe.student.model,
-        f" (process {ranks.index + 1} of {ranks.count})" if ranks.count > 1 else "",
+        f" (process {launch.index + 1} of {launch.count}, launch {launch.id})" if launch.count > 1 else "",
     )
-    runner = StageRunner(StageCache(run_dir), retry_failed=retry_failed, ranks=ranks)
+    runner = StageRunner(
+        StageCache(run_dir), retry_failed=retry_failed, launch=launch, chunk_rows=recipe.launch.chunk_rows
+    )
     for stage in persyn_stages(recipe, runner):
         runner.run(stage)
-    if not ranks.main:  # summary, cards and publishing happen once, on the main process
-        return {"rank": ranks.index, "output_dir": str(run_dir)}, runner
+    if not launch.main:  # summary, cards and publishing happen once, on the main process
+        return {"rank": launch.index, "output_dir": str(run_dir)}, runner
     if recipe.routing.reuse_router:
         shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
 

@@ -1,7 +1,15 @@
-"""Checks that run before any expensive work, so a bad recipe fails in seconds, not hours in."""
+"""Checks that run before any expensive work, so a bad recipe fails in seconds, not hours in.
+
+Every generating teacher's first prompt is rendered (local teachers: their chat template) or sent
+(endpoint teachers: one real request) exactly as generation will do it, so a setting that would fail
+every row fails once here: a template or server that refuses a system turn gets it folded into the first
+user turn (logged, and recorded in the summary and card by the generation stages); anything else that
+refuses the prompt stops the run with one line naming the teacher, the message and the fix.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +20,7 @@ from persyn_hub.config import REASONING_GYM, PersynRecipe, PromptsConfig, Recipe
 from persyn_hub.errors import PersynError
 
 IFBENCH_COLUMNS = ("instruction_id_list", "kwargs")
+logger = logging.getLogger(__name__)
 
 
 class PreflightError(PersynError, RuntimeError):
@@ -36,7 +45,8 @@ def source_identity(config: PromptsConfig) -> dict[str, Any]:
     return {"hub": config.source, "revision": config.revision}
 
 
-def _check_local_model(field: str, name: str, *, trust_remote_code: bool, need_chat_template: bool) -> None:
+def _check_local_model(field: str, name: str, *, trust_remote_code: bool, need_chat_template: bool) -> Any:
+    """The model's config and tokenizer load (its tokenizer is returned), with a chat template if needed."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -53,9 +63,45 @@ def _check_local_model(field: str, name: str, *, trust_remote_code: bool, need_c
             f"{field}: {name!r} has no chat template, so chat prompts would give garbage. Set "
             "prompt_format: completion with few_shot examples for this base model."
         )
+    return tokenizer
 
 
-def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str]) -> None:
+def _render_first_prompt(field: str, teacher: TeacherConfig, tokenizer: Any, messages: list[dict]) -> None:
+    """Render the first prompt as generation will (`render_prompt`, folding included), or stop the run."""
+    from persyn_hub.generation.local import render_prompt
+    from persyn_hub.generation.prompting import folds, system_turn_refusal
+
+    try:
+        render_prompt(teacher, tokenizer, messages)
+    except Exception as error:  # noqa: BLE001 - a template raises whatever its author chose
+        message = " ".join(str(error).split())[:300]
+        what, fix = (
+            ("its chat template", "Fix the model's chat template, or set prompt_format: completion")
+            if teacher.prompt_format == "chat"
+            else ("its completion_template", "Fix completion_template (one {prompt} field, no other braces)")
+        )
+        raise PreflightError(
+            f"{field}: {what} cannot render the first prompt ({type(error).__name__}: {message}). {fix}; "
+            "nothing was generated."
+        ) from error
+    refusal = system_turn_refusal(tokenizer) if teacher.prompt_format == "chat" else None
+    if folds(teacher, messages, refusal):
+        logger.warning("%s: %s; the system prompt is folded into the first user turn", field, refusal)
+
+
+def _probe_endpoint(field: str, teacher: TeacherConfig, messages: list[dict]) -> None:
+    """One real request with the first prompt; a refusal no retry changes stops the run here."""
+    from persyn_hub.generation.endpoint import ProbeRefused, probe_first_prompt
+
+    try:
+        probe_first_prompt(teacher, messages)
+    except ProbeRefused as error:
+        raise PreflightError(f"{field}: {error}") from error
+
+
+def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str], first: list[dict] | None) -> None:
+    """The teacher can answer: its model loads or its endpoints answer, and `first` (the first prompt's
+    messages; None without prompts) renders or is accepted as generation will send it."""
     field = f"teachers[{index}] ({teacher.name!r})"
     from persyn_hub.generation import backend_for
 
@@ -83,12 +129,18 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str]) -> Non
                 need_chat_template=teacher.prompt_format == "chat",
             )
     elif backend_for(teacher) == "transformers":
-        _check_local_model(
+        tokenizer = _check_local_model(
             f"{field}.model",
             teacher.model or "",
             trust_remote_code=teacher.trust_remote_code,
             need_chat_template=teacher.prompt_format == "chat",
         )
+        if first is not None:
+            _render_first_prompt(field, teacher, tokenizer, first)
+    elif backend_for(teacher) == "vllm" and first is not None:
+        tokenizer = _vllm_tokenizer(teacher)
+        if tokenizer is not None:
+            _render_first_prompt(field, teacher, tokenizer, first)
     elif backend_for(teacher) == "endpoint":
         from persyn_hub.generation.endpoint import check_endpoints
 
@@ -96,10 +148,27 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str]) -> Non
             check_endpoints(teacher)
         except Exception as error:  # noqa: BLE001
             raise PreflightError(f"{field}.endpoints: {error}") from error
+        if first is not None:
+            _probe_endpoint(field, teacher, first)
+
+
+def _vllm_tokenizer(teacher: TeacherConfig) -> Any:
+    """A vLLM teacher's tokenizer, to render its first prompt; None when transformers cannot load it
+    (vLLM may serve models transformers does not know: the engine reports its own load errors)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            resolve_model(teacher.model or ""), trust_remote_code=teacher.trust_remote_code
+        )
+    except Exception as error:  # noqa: BLE001
+        logger.debug("teacher %s: tokenizer not loaded for preflight (%s)", teacher.name, error)
+        return None
 
 
 def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
-    """Models load, endpoints answer, the quality signal has the columns it reads."""
+    """Models load, endpoints answer, each teacher takes its first prompt, the quality signal has the
+    columns it reads."""
     columns = set(prompts.column_names)
     if recipe.quality.kind == "math_answer" and "answer" not in columns:
         raise RecipeError("prompts.answer_column: the math_answer verifier needs gold answers; set it.")
@@ -115,8 +184,9 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
             f"routing.budgets: shares sum to {sum(budgets.values()):.2f} < 1, so some prompts could go to no "
             "teacher. Raise a share or leave one teacher unbudgeted."
         )
+    first = prompts[0]["messages"] if len(prompts) and "messages" in columns else None
     for index, teacher in enumerate(recipe.teachers):
-        _check_teacher(index, teacher, columns)
+        _check_teacher(index, teacher, columns, first)
     # A served student is scored through the local tokenizer of student.model, so it must load too.
     _check_local_model(
         "student.model",

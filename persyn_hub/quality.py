@@ -257,9 +257,9 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
         model = tokenizer = None
         reward_rows = _reward_rows(dataset, quality) if quality.reward_model else 0
         if reward_rows:
-            from persyn_hub.reward_model import load_reward_model
+            from persyn_hub.reward_model import held_reward_model
 
-            model, tokenizer = load_reward_model(quality)
+            model, tokenizer = held_reward_model(quality)
         if model is None:
             return dataset.map(
                 _auto_batch,
@@ -295,9 +295,9 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
         )
     if quality.kind == "reward_model":
         from persyn_hub.progress import progress_bar
-        from persyn_hub.reward_model import load_reward_model
+        from persyn_hub.reward_model import held_reward_model
 
-        model, tokenizer = load_reward_model(quality)
+        model, tokenizer = held_reward_model(quality)
         with progress_bar(_reward_rows(dataset), "Scoring with the reward model", "row") as bar:
             return dataset.map(
                 _reward_batch,

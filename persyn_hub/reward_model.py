@@ -51,6 +51,14 @@ def load_reward_model(quality: QualityConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def held_reward_model(quality: QualityConfig) -> tuple[Any, Any]:
+    """The reward model, loaded once for every chunk of the quality stage (released when it ends)."""
+    from persyn_hub.engines import held_engine
+
+    key = ("reward-model", quality.reward_model, quality.dtype, quality.trust_remote_code)
+    return held_engine(key, lambda: load_reward_model(quality))
+
+
 def conversation_texts(tokenizer: Any, conversations: list[list[dict]], responses: list[str]) -> list[str]:
     """Prompt turns + assistant response, rendered as the reward model was trained on them."""
     if getattr(tokenizer, "chat_template", None):

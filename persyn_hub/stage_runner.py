@@ -5,11 +5,20 @@ that change its output, see `persyn_hub.identity`). Its cache key is derived, ne
 the stage name, its identity and the CONTENT digests of its inputs. So a changed field recomputes the
 stage that declares it; a stage whose input data changed (a failed row answered on `--retry-failed`)
 recomputes; a stage whose inputs came out the same is reused. PerSyn's own stages are in `stages.py`.
+
+Under a launch of several processes (see `launch.py`) the main process decides, for every stage,
+whether it is finished or must run, and tells the others. A `main` stage runs on the main process while
+the others wait. A `chunks` stage maps over rows that every process can build; they are cut into
+chunks that depend only on the rows (`launch.chunk_rows` rows, a `chunk_by` group kept whole), never
+on the process count. One process computes every chunk; N processes claim chunks from a counter in the
+launch's store. Each chunk is computed as if it were the whole input, so its batches (and therefore
+its bf16 numerics) are the same whichever process computes it, and the joined stage equals the
+1-process stage row for row. A finished chunk is saved with a marker naming its rows; a resumed launch
+with any process count reuses the chunks whose rows match and computes the rest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -21,72 +30,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+
+from persyn_hub.engines import release_engines
+from persyn_hub.fingerprint import fingerprint
+from persyn_hub.launch import Launch, LaunchError
 from persyn_hub.stage_cache import StageCache, load_dataset_folder, save_dataset_folder, write_folder_whole
 
 logger = logging.getLogger("persyn_hub")
 
-SHARD_DONE = "_SHARD_DONE"
+CHUNKS = "chunks"
+DEFAULT_CHUNK_ROWS = 256
 
 
 @dataclass(frozen=True)
-class Ranks:
-    """This process's place in a launch (`accelerate launch`, `torchrun`, Slurm): rank `index` of `count`.
+class Chunk:
+    """One unit of work of a `chunks` stage: rows `indices` of the stage's rows, chunk `index` of `count`."""
 
-    Processes coordinate through the stage cache on a shared filesystem, not through collectives: a
-    stage that runs for hours on the main process (endpoint generation, router training) cannot time
-    out the others, and a rank killed mid-stage leaves its finished rows and shards for the resume.
-    """
-
-    index: int = 0
-    count: int = 1
-    launch: str = ""
-    """Identifies this launch (torchrun's run id, else the rendezvous port): what "finished in this
-    launch" markers are named by, so a marker left by an earlier launch is never waited on by mistake."""
+    index: int
+    count: int
+    indices: tuple[int, ...]
+    rows_digest: str
+    """A digest of the chunk's row ids: what its marker is checked against on resume."""
 
     @property
-    def main(self) -> bool:
-        return self.index == 0
+    def name(self) -> str:
+        return f"{self.index:05d}-of-{self.count:05d}"
 
 
-LAUNCH_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-)  # fmt: skip
+def plan_chunks(rows: Dataset, chunk_rows: int, chunk_by: str | None = None) -> list[Chunk]:
+    """Cut `rows` into chunks of about `chunk_rows` rows, in row order, keeping each `chunk_by` group whole.
 
-
-@contextlib.contextmanager
-def single_process() -> Iterator[None]:
-    """Run a block as if this were the only process (the main process training the router alone):
-    without the launch variables, the Trainer does not wait for processes that are not training."""
-    saved = {name: os.environ.pop(name) for name in LAUNCH_VARIABLES if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def launch_ranks() -> Ranks:
-    """From the launcher's environment (`RANK` / `WORLD_SIZE`, set by accelerate launch and torchrun).
-
-    The launch id is drawn by rank 0 and handed to the others in ONE broadcast at start-up (gloo, then
-    the group is closed): the launchers' own run ids are "none" and their ports fixed, so they cannot tell
-    this launch's "finished" markers from an earlier launch's. No collective is used after that.
+    The plan depends on the rows alone (never on the process count), so any number of processes
+    computes the same chunks, and a chunk's marker from an earlier launch can be checked against it.
     """
-    index, count = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if count == 1:
-        return Ranks()
-    import uuid
-
-    import torch.distributed as dist
-
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group(backend="gloo", init_method="env://")
-    box = [uuid.uuid4().hex[:12] if index == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    if created:
-        dist.destroy_process_group()
-    return Ranks(index, count, str(box[0]))
+    ids = rows["prompt_id"] if "prompt_id" in rows.column_names else [str(i) for i in range(len(rows))]
+    if chunk_by is None:
+        groups = [list(range(start, min(start + 1, len(rows)))) for start in range(len(rows))]
+    else:
+        by_value: dict[Any, list[int]] = {}
+        for position, value in enumerate(rows[chunk_by]):
+            by_value.setdefault(value, []).append(position)
+        groups = list(by_value.values())
+    bundles: list[list[int]] = []
+    for group in groups:
+        if not bundles or len(bundles[-1]) + len(group) > chunk_rows and bundles[-1]:
+            bundles.append([])
+        bundles[-1].extend(group)
+    return [
+        Chunk(index, len(bundles), tuple(indices), fingerprint([ids[i] for i in indices]))
+        for index, indices in enumerate(bundles)
+    ]
 
 
 @dataclass
@@ -97,15 +92,17 @@ class StageContext:
     folder: Path
     cache: StageCache
     retry_failed: bool = False
-    shard: tuple[int, int] | None = None
-    """(index, count) when this process computes only its contiguous part of a `shards` stage."""
+    rows: Dataset | None = None
+    """For a `chunks` stage: the rows of the chunk being computed."""
+    chunk: Chunk | None = None
 
-    def my_rows(self, dataset: Any) -> Any:
-        """The rows this process computes: all of them, or its contiguous shard."""
-        if self.shard is None:
-            return dataset
-        index, count = self.shard
-        return dataset.shard(num_shards=count, index=index, contiguous=True)
+    def side_file(self, name: str) -> Path:
+        """Where a stage writes a file beside its data set (`stats.json`): one per chunk when chunked,
+        so a resumed chunk overwrites its own and the chunks of a later plan never mix with stale ones."""
+        if self.chunk is None:
+            return self.folder / name
+        stem, dot, suffix = name.rpartition(".")
+        return self.folder / f"{stem or suffix}.chunk-{self.chunk.name}{dot}{suffix if stem else ''}"
 
     def __getitem__(self, name: str) -> Any:
         return self.outputs[name]
@@ -126,10 +123,23 @@ class Stage:
     check: Callable[[StageContext], None] | None = None
     rerun_failed: bool = False
     """A generation stage: with `--retry-failed`, a finished output with failed rows is computed again."""
-    parallel: Literal["main", "shards"] = "main"
-    """Under a launch with several processes: `shards` = every process computes its contiguous part
-    (`context.my_rows`) and the main process joins them in order; `main` = the main process computes,
-    the others wait for the result."""
+    parallel: Literal["main", "chunks"] = "main"
+    """`main`: the main process computes, the others wait. `chunks`: `compute` maps `context.rows`, one
+    chunk at a time, in every process (see the module docstring); the output has one row per row."""
+    rows: Callable[[StageContext], Dataset] | None = None
+    """For `chunks`: the rows the stage maps over (every process builds the same)."""
+    chunk_by: str | None = None
+    """For `chunks`: rows sharing this column's value stay in one chunk (a prompt's answers: one prefix)."""
+    works_here: Callable[[], bool] | None = None
+    """For `chunks`: False where this process takes no chunk (a vLLM group led by another process)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The main process's word on a stage, which every process follows."""
+
+    done: bool
+    retry: bool
 
 
 @dataclass
@@ -138,12 +148,13 @@ class StageRunner:
 
     cache: StageCache
     retry_failed: bool = False
-    ranks: Ranks = field(default_factory=Ranks)
-    poll_seconds: float = 0.5
+    launch: Launch = field(default_factory=Launch)
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
     outputs: dict[str, Any] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
+    steps: int = 0
 
     def key(self, stage: Stage) -> str:
         missing = [name for name in stage.inputs if name not in self.digests]
@@ -153,87 +164,194 @@ class StageRunner:
 
     def run(self, stage: Stage) -> Any:
         key = self.key(stage)
+        self.steps += 1
+        step = f"{self.steps:03d}-{stage.name}"
         context = StageContext(
             {name: self.outputs[name] for name in stage.inputs},
             self.cache.folder(stage.name, key),
             self.cache,
             self.retry_failed,
         )
-        retry = (
-            stage.rerun_failed
-            and self.retry_failed
-            and self.cache.is_done(stage.name, key)
-            and self.cache.failed_rows(stage.name, key) > 0
-        )
-        done_before = self.cache.is_done(stage.name, key) and not retry
-        if self.ranks.count > 1 and not done_before:
-            self._run_launched(stage, key, context, retry)
-            output = self.cache.load_finished(stage.name, key, folder_output=stage.folder)
-        else:
-            output = self._compute(stage, key, context, retry)
-        self.outputs[stage.name] = output
+        try:
+            decision = self._decide(stage, key, step)
+            joined = None
+            if not decision.done and stage.parallel == "chunks":
+                joined = self._compute_chunks(stage, key, context, step)
+            if self.launch.main:  # computes a `main` stage; loads (and records) a finished one
+                self.outputs[stage.name] = (
+                    joined if joined is not None else self._compute(stage, key, context)
+                )
+            if stage.check is not None and self.launch.main:
+                stage.check(context)  # before the others go on: a failed check spends nothing more
+            self._finish(step, stage.name)
+        except LaunchError:
+            raise
+        except BaseException as error:
+            self.launch.abort(
+                f"stage {stage.name}: rank {self.launch.index} failed: {type(error).__name__}: "
+                f"{str(error).splitlines()[0][:300] if str(error) else ''}"
+            )
+            raise
+        if not self.launch.main:
+            self.outputs[stage.name] = self.cache.load_finished(stage.name, key, folder_output=stage.folder)
+        output = self.outputs[stage.name]
         self.keys[stage.name] = key
         self.digests[stage.name] = self.cache.output_digest(stage.name, key)
-        self.cached[stage.name] = done_before
-        if stage.export and self.ranks.main:
+        self.cached[stage.name] = decision.done
+        if stage.export and self.launch.main:
             export(output, self.cache.root / "artifacts" / stage.export)
-        if stage.check is not None and self.ranks.main:
-            stage.check(context)
         return output
 
-    def _compute(self, stage: Stage, key: str, context: StageContext, retry: bool) -> Any:
-        """Compute the whole stage in this process (or reuse it), after forgetting it for a retry."""
+    def _decide(self, stage: Stage, key: str, step: str) -> Decision:
+        """The main process looks at the cache (and forgets a stage to retry); the others take its word,
+        so every process follows one decision even where a shared filesystem shows files late."""
+        if not self.launch.main:
+            word = json.loads(self.launch.wait_for(f"{step}/decision", stage=stage.name, ranks=[0]))
+            return Decision(**word)
+        done = self.cache.is_done(stage.name, key)
+        retry = (
+            stage.rerun_failed and self.retry_failed and done and self.cache.failed_rows(stage.name, key) > 0
+        )
         if retry:
             self.cache.forget(stage.name, key)
+        decision = Decision(done=done and not retry, retry=retry)
+        self.launch.signal(f"{step}/decision", json.dumps(dataclasses.asdict(decision)))
+        return decision
+
+    def _finish(self, step: str, name: str) -> None:
+        """The main process says the stage is on disk; the others wait for that word."""
+        if self.launch.count == 1:
+            return
+        if self.launch.main:
+            self.launch.signal(f"{step}/finished")
+        else:
+            self.launch.wait_for(f"{step}/finished", stage=name, ranks=[0])
+
+    def _compute(self, stage: Stage, key: str, context: StageContext) -> Any:
+        """Compute the whole stage in this process, or load it when it is finished."""
         if stage.folder:
             return self.cache.folder_stage(
                 stage.name, key, lambda folder: stage.compute(dataclasses.replace(context, folder=folder))
             )
         return self.cache.dataset_stage(stage.name, key, lambda _: stage.compute(context))
 
+    # -- chunked stages ------------------------------------------------------------------------------
+
+    def _compute_chunks(self, stage: Stage, key: str, context: StageContext, step: str) -> Dataset | None:
+        """This process's chunks; on the main process, the joined stage (None on the others)."""
+        assert stage.rows is not None, f"stage {stage.name}: a `chunks` stage declares its `rows`"
+        folder = self.cache.folder(stage.name, key)
+        rows = stage.rows(context)
+        plan = plan_chunks(rows, self.chunk_rows, stage.chunk_by)
+        if not plan:  # no rows (a teacher routed no prompt): the stage's empty, typed output
+            if not self.launch.main:
+                return None
+            return self.cache.dataset_stage(
+                stage.name, key, lambda _: stage.compute(dataclasses.replace(context, rows=rows))
+            )
+        try:
+            if stage.works_here is None or stage.works_here():
+                for chunk in self._claimed(step, plan, stage.name):
+                    if chunk_is_done(folder, chunk):
+                        continue
+                    self._compute_chunk(stage, context, rows, chunk, folder)
+        finally:
+            release_engines()  # the next stage's model needs the memory
+        self.launch.signal(f"{step}/chunks-done/{self.launch.index}")
+        if not self.launch.main:
+            return None
+        for rank in self.launch.others():
+            self.launch.wait_for(f"{step}/chunks-done/{rank}", stage=stage.name, ranks=[rank])
+        joined = self.cache.dataset_stage(stage.name, key, lambda _: join_chunks(folder, plan, len(rows)))
+        shutil.rmtree(folder / CHUNKS, ignore_errors=True)
+        for stale in folder.glob("*.chunk-*"):  # side files of an earlier plan (another chunk_rows)
+            if f"-of-{len(plan):05d}" not in stale.name:
+                stale.unlink()
+        return joined
+
+    def _claimed(self, step: str, plan: list[Chunk], name: str) -> Iterator[Chunk]:
+        """The chunks this process computes: all of them alone; under a launch, those it claims first."""
+        if self.launch.count == 1:
+            yield from plan
+            return
+        while True:
+            try:
+                index = self.launch.claim(f"{step}/claim")
+            except Exception as error:  # noqa: BLE001 - the store's host is gone
+                raise LaunchError(
+                    f"stage {name}: rank {self.launch.index} cannot reach the launch's rendezvous store "
+                    f"({type(error).__name__}); rank 0 died. Finished chunks are kept: run again to resume."
+                ) from error
+            if index >= len(plan):
+                return
+            yield plan[index]
+
+    def _compute_chunk(
+        self, stage: Stage, context: StageContext, rows: Dataset, chunk: Chunk, folder: Path
+    ) -> None:
+        started = time.perf_counter()
+        logger.info(
+            "stage %s: rank %d computes chunk %d of %d (%d rows)",
+            stage.name, self.launch.index, chunk.index + 1, chunk.count, len(chunk.indices),
+        )  # fmt: skip
+        chunk_context = dataclasses.replace(context, rows=rows.select(chunk.indices), chunk=chunk)
+        result = stage.compute(chunk_context)
+        if len(result) != len(chunk.indices):
+            raise RuntimeError(
+                f"stage {stage.name}: chunk {chunk.name} gave {len(result)} rows for {len(chunk.indices)}"
+            )
+        save_dataset_folder(result, folder / CHUNKS / chunk.name)
+        marker = {
+            "index": chunk.index,
+            "count": chunk.count,
+            "rows": len(chunk.indices),
+            "rows_digest": chunk.rows_digest,
+            "processes": self.launch.count,
+            "rank": self.launch.index,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        path = chunk_marker(folder, chunk)
+        path.with_suffix(".partial").write_text(json.dumps(marker))
+        os.replace(path.with_suffix(".partial"), path)
+
     def summary(self) -> list[dict[str, Any]]:
         return self.cache.summary()
 
-    def _run_launched(self, stage: Stage, key: str, context: StageContext, retry: bool) -> None:
-        """Several processes: finish the stage on disk (this rank's part, then the join or the wait)."""
-        folder = self.cache.folder(stage.name, key)
-        finished = folder / f"_LAUNCH_DONE-{self.ranks.launch}"
-        if stage.parallel == "shards" and not stage.folder:
-            part = folder / "shards" / f"rank-{self.ranks.index}"
-            if not (part / SHARD_DONE).is_file():  # a shard finished before a kill is kept
-                logger.info(
-                    "stage %s: rank %d/%d computes its shard", stage.name, self.ranks.index, self.ranks.count
-                )
-                result = stage.compute(
-                    dataclasses.replace(context, shard=(self.ranks.index, self.ranks.count))
-                )
-                save_dataset_folder(result, part)
-                (part / SHARD_DONE).write_text(json.dumps({"rows": len(result)}))
-            if self.ranks.main:
-                parts = [folder / "shards" / f"rank-{i}" for i in range(self.ranks.count)]
-                self._wait(stage.name, lambda: all((p / SHARD_DONE).is_file() for p in parts))
-                from datasets import concatenate_datasets
 
-                joined = concatenate_datasets([load_dataset_folder(p) for p in parts])
-                if retry:
-                    self.cache.forget(stage.name, key)
-                self.cache.dataset_stage(stage.name, key, lambda _: joined)
-                shutil.rmtree(folder / "shards", ignore_errors=True)
-        elif self.ranks.main:
-            self._compute(stage, key, context, retry)
-        if self.ranks.main:
-            finished.write_text("done")
-        else:
-            self._wait(stage.name, finished.is_file)
+def chunk_marker(folder: Path, chunk: Chunk) -> Path:
+    return folder / CHUNKS / f"{chunk.name}.done"
 
-    def _wait(self, name: str, ready: Callable[[], bool]) -> None:
-        started = time.monotonic()
-        announced = False
-        while not ready():
-            if not announced and time.monotonic() - started > 5:
-                logger.info("stage %s: rank %d waits for the other processes", name, self.ranks.index)
-                announced = True
-            time.sleep(self.poll_seconds)
+
+def chunk_is_done(folder: Path, chunk: Chunk) -> bool:
+    """Whether a finished chunk for exactly these rows is on disk (a marker of another plan is not)."""
+    path = chunk_marker(folder, chunk)
+    if not path.is_file():
+        return False
+    try:
+        marker = json.loads(path.read_text())
+    except ValueError:
+        return False
+    return marker.get("rows_digest") == chunk.rows_digest and marker.get("rows") == len(chunk.indices)
+
+
+def join_chunks(folder: Path, plan: list[Chunk], num_rows: int) -> Dataset:
+    """The chunks' outputs as one data set in the order of the stage's rows."""
+    missing = [chunk.name for chunk in plan if not chunk_is_done(folder, chunk)]
+    if missing:
+        raise LaunchError(
+            f"stage {folder.name}: chunk(s) {missing[:5]} were computed by no process (is every process "
+            "excluded from this stage? see teachers[].tensor_parallel_size); run again to compute them."
+        )
+    if not plan:
+        raise RuntimeError(f"stage {folder.name}: a chunked stage with no rows must not reach the join")
+    parts = [load_dataset_folder(folder / CHUNKS / chunk.name) for chunk in plan]
+    joined = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    order = np.concatenate([np.asarray(chunk.indices, dtype=np.int64) for chunk in plan])
+    if len(order) != num_rows:
+        raise RuntimeError(f"stage {folder.name}: the chunks hold {len(order)} rows for {num_rows}")
+    if np.any(order[1:] < order[:-1]):  # groups kept whole: put the rows back in their order
+        joined = joined.select(np.argsort(order, kind="stable")).flatten_indices()
+    return joined
 
 
 def export(output: Any, path: Path) -> None:

@@ -28,8 +28,9 @@ from persyn_hub.identity import (
     student_identity,
     teacher_identity,
 )
+from persyn_hub.launch import single_process
 from persyn_hub.stage_cache import load_dataset_folder, save_dataset_folder
-from persyn_hub.stage_runner import Stage, StageContext, StageRunner, single_process
+from persyn_hub.stage_runner import Stage, StageContext, StageRunner
 
 logger = logging.getLogger("persyn_hub")
 
@@ -81,13 +82,12 @@ def generate(
         prompts, teacher, checkpoint_dir=checkpoint, seed=recipe.seed, pool=recipe.prompts.pool
     )
     context.folder.mkdir(parents=True, exist_ok=True)
-    name = STATS_FILE if context.shard is None else f"stats-rank-{context.shard[0]}.json"
-    (context.folder / name).write_text(json.dumps(stats.to_dict(), indent=2, default=str))
+    context.side_file(STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2, default=str))
     return result
 
 
 def read_stats(folder: Path) -> dict[str, Any]:
-    """A generation stage's accounting, summed over the processes that each generated a shard."""
+    """A generation stage's accounting, summed over its chunks (whichever process computed each)."""
     total: dict[str, Any] = {}
     for file in sorted(folder.glob("stats*.json")):
         for key, value in json.loads(file.read_text()).items():
@@ -103,14 +103,40 @@ def read_stats(folder: Path) -> dict[str, Any]:
 
 
 def generation_parallelism(teacher: TeacherConfig) -> str:
-    """In-process teachers generate a shard on every process (each on its own device); endpoint teachers
-    are driven from the main process alone (one async client already keeps every replica busy, and
-    splitting it would multiply connections and per-endpoint health without adding throughput), and
-    reference and pool answers cost nothing to write."""
+    """In-process teachers generate in chunks on every process (each on its own device); endpoint
+    teachers are driven from the main process alone (one async client already keeps every replica
+    busy, and splitting it would multiply connections and per-endpoint health without adding
+    throughput), and reference and pool answers cost nothing to write."""
     from persyn_hub.generation import backend_for
 
     return (
-        "shards" if backend_for(teacher) in ("transformers", "vllm") and not teacher.pool_column else "main"
+        "chunks" if backend_for(teacher) in ("transformers", "vllm") and not teacher.pool_column else "main"
+    )
+
+
+def generation_stage(
+    name: str,
+    teacher: TeacherConfig,
+    recipe: PersynRecipe,
+    rows: Any,
+    rows_key: Any,
+    **declaration: Any,
+) -> Stage:
+    """`teacher` answers `rows(context)`: in chunks on every process for an in-process teacher, on the
+    main process for the others (see `generation_parallelism`)."""
+    parallel = generation_parallelism(teacher)
+
+    def compute(context: StageContext) -> Dataset:
+        prompts = context.rows if parallel == "chunks" else rows(context)
+        return generate(context, prompts, teacher, recipe, rows_key())
+
+    return Stage(
+        name,
+        compute,
+        rerun_failed=True,
+        parallel=parallel,
+        rows=rows if parallel == "chunks" else None,
+        **declaration,
     )
 
 
@@ -148,38 +174,43 @@ def labeling_stages(
 
     generated = [prefix + label_generate(t.name) for t in recipe.teachers]
     stages = [
-        Stage(
+        generation_stage(
             name,
-            lambda context, teacher=teacher: generate(
-                context,
-                context.my_rows(select(context[prompts_stage])),
-                teacher,
-                recipe,
-                rows_key(runner, teacher, recipe, rows_from),
-            ),
+            teacher,
+            recipe,
+            lambda context: select(context[prompts_stage]),
+            lambda teacher=teacher: rows_key(runner, teacher, recipe, rows_from),
             inputs=tuple(dict.fromkeys((prompts_stage, rows_from))),
             identity={"teacher": teacher_identity(teacher), "seed": recipe.seed, "select": select_identity},
-            rerun_failed=True,
-            parallel=generation_parallelism(teacher),
         )
         for name, teacher in zip(generated, recipe.teachers)
     ]
+    in_process_student = not recipe.student.endpoint
     stages += [
         Stage(
             prefix + LEARNABILITY,
             lambda context: score_learnability(
-                context.my_rows(_concat(context, generated)), recipe.student, in_process=True
+                context.rows if in_process_student else _concat(context, generated),
+                recipe.student,
+                in_process=True,
             ),
             inputs=tuple(generated),
             identity=student_identity(recipe.student),
-            parallel="main" if recipe.student.endpoint else "shards",
+            parallel="chunks" if in_process_student else "main",
+            rows=lambda context: _concat(context, generated),
+            chunk_by="prompt_id",  # a prompt's answers in one chunk: its tokens are encoded once
         ),
         Stage(
             prefix + QUALITY,
-            lambda context: score_quality(context.my_rows(context[prefix + LEARNABILITY]), recipe.quality),
+            lambda context: score_quality(
+                context.rows if recipe.quality.reward_model else context[prefix + LEARNABILITY],
+                recipe.quality,
+            ),
             inputs=(prefix + LEARNABILITY,),
             identity=quality_identity(recipe.quality),
-            parallel="shards" if recipe.quality.reward_model else "main",
+            parallel="chunks" if recipe.quality.reward_model else "main",
+            rows=lambda context: context[prefix + LEARNABILITY],
+            chunk_by="prompt_id",
         ),
         Stage(
             prefix + COMBINE,
@@ -330,19 +361,14 @@ def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
         ),
     ]
     stages += [
-        Stage(
+        generation_stage(
             routed_generate(teacher.name),
-            lambda context, teacher=teacher: generate(
-                context,
-                context.my_rows(_own_routed_prompts(context, teacher)),
-                teacher,
-                recipe,
-                rows_key(runner, teacher, recipe, PROMPTS),
-            ),
+            teacher,
+            recipe,
+            lambda context, teacher=teacher: _own_routed_prompts(context, teacher),
+            lambda teacher=teacher: rows_key(runner, teacher, recipe, PROMPTS),
             inputs=(PROMPTS, ROUTE),
             identity={"teacher": teacher_identity(teacher), "seed": recipe.seed},
-            rerun_failed=True,
-            parallel=generation_parallelism(teacher),
         )
         for teacher in teachers
     ]

@@ -46,6 +46,26 @@ def generations_made(generation: dict[str, list[dict[str, Any]]]) -> int:
     )
 
 
+def teacher_notes(generation: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(system prompts folded, teachers stopped), per teacher, from the generation stages' accounting:
+    what a reader must know about how the answers were asked for, and which ones were never asked."""
+    folded: dict[str, Any] = {}
+    stopped: dict[str, Any] = {}
+    for teacher, parts in generation.items():
+        rows = sum(int(part.get("folded_rows", 0) or 0) for part in parts)
+        if rows:
+            reasons = [part["system_folded"] for part in parts if part.get("system_folded")]
+            folded[teacher] = {"rows": rows, "reason": reasons[0] if reasons else "no system turn accepted"}
+        halted = [part for part in parts if part.get("stopped")]
+        if halted:
+            stopped[teacher] = {
+                "rows_not_sent": sum(int(part.get("stopped_rows", 0) or 0) for part in halted),
+                "reason": halted[0]["stopped"],
+                "phases": [part.get("phase") for part in halted],
+            }
+    return folded, stopped
+
+
 def category_table(dataset: Dataset, column: str | None, teachers: list[str]) -> dict[str, dict[str, int]]:
     """{category: {teacher: rows}}: which teacher each task type went to."""
     if not column or column not in dataset.column_names or not len(dataset):
@@ -91,6 +111,7 @@ def build_summary(
     )
     category = recipe.prompts.category_column
     labeled_rows = assigned.filter(lambda rows: rows["labeled"], batched=True) if len(assigned) else assigned
+    folded, stopped = teacher_notes(generation)
     return {
         "name": recipe.name,
         "rows": len(final),
@@ -107,6 +128,8 @@ def build_summary(
         ),
         "stages": stages,
         "generation": generation,
+        "system_prompt_folded": folded,
+        "stopped_teachers": stopped,
         "router": router,
         "quality": {
             "kind": recipe.quality.kind,
@@ -175,6 +198,21 @@ def _router_lines(router: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _note_lines(summary: dict[str, Any]) -> list[str]:
+    """Teachers whose system prompt was folded, and teachers that were stopped (the run says so)."""
+    lines = []
+    for teacher, fold in (summary.get("system_prompt_folded") or {}).items():
+        lines.append(
+            f"  {teacher}: system prompt folded into the first user turn on {fold['rows']} rows ({fold['reason']})"
+        )
+    for teacher, stop in (summary.get("stopped_teachers") or {}).items():
+        lines.append(
+            f"  STOPPED {teacher} ({', '.join(map(str, stop['phases']))}): {stop['reason']}; "
+            f"{stop['rows_not_sent']} rows not sent. Fix it, then `persyn run RECIPE --retry-failed`."
+        )
+    return lines
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The human-readable end-of-run report printed by `persyn run`."""
     lines = [
@@ -225,6 +263,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  failures: {failures['generation']} prompts without a usable answer {failures['failed_reasons']}; "
             "`persyn run RECIPE --retry-failed` asks the failed rows again."
         )
+    lines += _note_lines(summary)
     lines.append("  stages:")
     for stage in summary["stages"]:
         lines.append(

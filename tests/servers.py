@@ -5,12 +5,17 @@ it can be stopped and started again on the same port (a server restart in the mi
 `FaultProxy` forwards HTTP/1.1 requests to an upstream server and, following a plan keyed by prompt
 text, answers some of them itself: 429 with Retry-After, 500, 503, a hang, a dropped connection,
 malformed JSON, or the real answer with its text emptied. It counts requests and upstream successes
-per prompt, so a test can check that every row was generated exactly once.
+per prompt, so a test can check that every row was generated exactly once; preflight's probe request
+(header `X-Persyn-Probe`) passes through uncounted, in `probes`.
+`ScriptedChatServer` is a minimal OpenAI-compatible chat server whose answers follow a settable mode:
+answer, refuse every request with an OpenAI-style error (a wrong setting), refuse system turns only
+(like Gemma-2's template), or fail with 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import socket
@@ -179,6 +184,8 @@ class FaultProxy:
         self.successes: Counter = Counter()
         self.injected: Counter = Counter()
         self.request_times: dict[str, list[float]] = defaultdict(list)
+        self.probes = 0
+        """Preflight probe requests (header X-Persyn-Probe): forwarded, never faulted or counted above."""
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -201,6 +208,7 @@ class FaultProxy:
         with self._lock:
             self.plan, self.default = {}, []
             self.requests.clear()
+            self.probes = 0
             self.successes.clear()
             self.injected.clear()
             self.request_times.clear()
@@ -259,7 +267,11 @@ class FaultProxy:
         fault = None
         key = ""
         self.authorizations.add(str({k.lower(): v for k, v in headers.items()}.get("authorization")))
-        if method == "POST":
+        probe = method == "POST" and "x-persyn-probe" in headers
+        if probe:  # preflight's probe: passed through, counted apart
+            with self._lock:
+                self.probes += 1
+        elif method == "POST":
             try:
                 key = prompt_key(json.loads(body or b"{}"))
             except json.JSONDecodeError:
@@ -278,7 +290,7 @@ class FaultProxy:
             await self._reply(writer, int(fault), b'{"error": "injected"}', extra)
             return True
         status, payload = await asyncio.to_thread(self._forward, method, path, headers, body)
-        if status == 200 and method == "POST":
+        if status == 200 and method == "POST" and not probe:
             with self._lock:
                 self.successes[key] += 1
         if fault == "malformed":
@@ -320,3 +332,115 @@ class FaultProxy:
         ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
         await writer.drain()
+
+
+class ScriptedChatServer:
+    """An OpenAI-compatible `/v1/chat/completions` on 127.0.0.1 (a threading HTTP server) whose replies
+    follow `mode`, settable while it runs:
+
+    - `answer`: a chat completion whose text names the last user turn;
+    - `refuse`: `status` with an OpenAI-style error body carrying `message`, to every request (a wrong
+      `served_model_name`, an unknown model);
+    - `refuse_system`: that error only to requests with a system turn (a Gemma-2 template), else answer;
+    - `unavailable`: 503, which clients retry.
+
+    `answer_first` requests are answered whatever the mode (e.g. the probe, then refusals). Every chat
+    request is counted in `requests` (probes too: `probes` counts those) and kept in `bodies`.
+    """
+
+    def __init__(
+        self, mode: str = "answer", *, status: int = 400, message: str = "System role not supported"
+    ):
+        self.mode, self.status, self.message = mode, status, message
+        self.answer_first = 0
+        self.requests = 0
+        self.probes = 0
+        self.bodies: list[dict] = []
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> ScriptedChatServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> ScriptedChatServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reply(self, body: dict, probe: bool) -> tuple[int, dict]:
+        """(status, JSON body) for one chat request, by the mode; counts it."""
+        with self._lock:
+            self.requests += 1
+            self.probes += probe
+            self.bodies.append(body)
+            count = self.requests
+        messages = body.get("messages") or []
+        system = any(m.get("role") == "system" for m in messages)
+        if (
+            count <= self.answer_first
+            or self.mode == "answer"
+            or (self.mode == "refuse_system" and not system)
+        ):
+            return 200, self.completion(messages)
+        if self.mode == "unavailable":
+            return 503, {"error": {"message": "overloaded", "type": "server_error", "code": 503}}
+        error = {"message": self.message, "type": "invalid_request_error", "param": None, "code": self.status}
+        return self.status, {"error": error}
+
+    @staticmethod
+    def completion(messages: list[dict]) -> dict:
+        text = f"Answer to: {str(messages[-1].get('content', ''))[-40:]}" if messages else "Answer"
+        return {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+    def _handler(self) -> type:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/v1/models"):
+                    self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+                else:
+                    self._send(404, {"error": {"message": "not found", "code": 404}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}", "code": 404}})
+                    return
+                self._send(*server.reply(body, probe="X-Persyn-Probe" in self.headers))
+
+        return Handler

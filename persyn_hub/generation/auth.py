@@ -35,3 +35,10 @@ def token_for(url: str) -> Optional[str]:
 def client_token(url: str) -> str:
     """`token=` for `AsyncInferenceClient`: the Hub token for Hugging Face hosts, a placeholder elsewhere."""
     return token_for(url) or NO_TOKEN
+
+
+def redact(text: str) -> str:
+    """`text` with the Hub token (if any) masked: a server's error body is quoted in logs, row errors and
+    one-line messages, and a server that echoes request headers must not leak the token through them."""
+    token = get_token()
+    return text.replace(token, "hf_***") if token and len(token) >= 8 else text

@@ -10,12 +10,19 @@ replica gets less work. Failed attempts are retried with exponential backoff and
 wins) and hold the endpoint's slot for the backoff, which steers traffic away from a struggling
 replica. After `max_retries` the row keeps an `error` and the run goes on. Finished rows reach the
 checkpoint within a fraction of a second, so a killed run loses almost nothing.
+
+A wrong setting fails every row alike, so it is caught once, not per row. Before a stage, preflight
+sends the teacher's first prompt as generation will (`probe_first_prompt`); a server that refuses a
+system turn gets it folded into the first user turn from then on, and any other refusal stops the run
+before spending. During generation, `stop_after_failures` non-retryable failures in a row with the same
+error stop the teacher (`StopGuard`): the rows not yet sent get a failed record `--retry-failed` redoes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import random
@@ -32,14 +39,22 @@ from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_
 
 from persyn_hub.config import TeacherConfig
 from persyn_hub.fingerprint import run_fingerprint
-from persyn_hub.generation.auth import client_token, token_for
+from persyn_hub.generation.auth import client_token, redact, token_for
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,
     CheckpointedGenerator,
     GenerationCheckpoint,
 )
-from persyn_hub.generation.prompting import chat_messages, completion_text, cut_at_stop, default_stop
-from persyn_hub.generation.retry import RowError, backoff_delay, classify
+from persyn_hub.generation.prompting import (
+    chat_messages,
+    completion_text,
+    cut_at_stop,
+    default_stop,
+    folds,
+    has_system_turn,
+    prompt_turns,
+)
+from persyn_hub.generation.retry import RowError, backoff_delay, classify, server_message
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.progress import progress_bar
 
@@ -56,6 +71,17 @@ TGI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 COOLDOWN_BASE = 0.5
 MAX_COOLDOWN = 30.0
 """Seconds a repeatedly failing endpoint's slots are held back: doubles per consecutive failure."""
+
+PROBE_HEADER = "X-Persyn-Probe"
+"""Header of preflight's probe request (value `preflight`), so server logs and proxies can tell it apart."""
+PROBE_MAX_TOKENS = 16
+"""New tokens the probe asks for at most: the request is the real one otherwise, and a long-answer
+teacher's probe takes seconds, not minutes."""
+NO_CHECKPOINT: Any = None
+"""The probe's generator: it sends one request and writes no row, so it has no checkpoint."""
+_SERVER_REFUSALS: dict[tuple, Optional[str]] = {}
+"""Per process: an endpoint teacher -> why its server refuses a system turn (None: it takes one), from
+preflight's probe. Endpoint teachers are driven from the process that ran preflight, so it is known there."""
 
 T = TypeVar("T")
 
@@ -192,6 +218,65 @@ def failed_record(prompt_id: str, error: str, num_prompt_tokens: int = 0) -> dic
     }
 
 
+def server_key(teacher: TeacherConfig) -> tuple:
+    """What identifies a served teacher's server-side chat template: its servers and the model asked for."""
+    return (teacher.name, tuple(teacher.endpoints), teacher.served_model_name, teacher.endpoint_api)
+
+
+def server_refusal(teacher: TeacherConfig) -> Optional[str]:
+    """Why the teacher's server refuses a system turn, as preflight's probe found (None: not refused, or
+    not probed in this process)."""
+    return _SERVER_REFUSALS.get(server_key(teacher))
+
+
+def failure_text(failure: RowError) -> str:
+    """`HTTP 400: <the server's message>`: the status without the URL, then the server's own words."""
+    message = server_message(failure.raw)
+    return redact(f"{failure.reason.split(':')[0]}: {message}" if message else failure.reason)
+
+
+class StopGuard:
+    """Stops a teacher whose last `limit` requests failed with the same non-retryable error.
+
+    A wrong setting (a refused system turn, a model the server does not have) fails every row alike:
+    sending the rest only multiplies the failure. Successes reset the count; retryable failures (429,
+    5xx, timeouts) neither count nor reset it, they have their own retry path.
+    """
+
+    def __init__(self, teacher: TeacherConfig):
+        self.teacher = teacher
+        self.limit = teacher.stop_after_failures
+        self.streak = 0
+        self.last: Optional[str] = None
+        self.stopped: Optional[str] = None
+        """Why the teacher was stopped (`failure_text` of the repeated error); None while it runs."""
+
+    def succeeded(self) -> None:
+        self.streak, self.last = 0, None
+
+    def failed(self, failure: RowError, url: str) -> None:
+        if self.limit <= 0 or self.stopped:
+            return
+        why = failure_text(failure)
+        self.streak = self.streak + 1 if why == self.last else 1
+        self.last = why
+        if self.streak >= self.limit:
+            self.stopped = why
+            logger.error(
+                "teacher %s stopped: its last %d requests to %s failed alike (%s). The rows not yet sent are "
+                "marked failed; fix the cause, then `persyn run RECIPE --retry-failed` asks them again.",
+                self.teacher.name, self.limit, url, why,
+            )  # fmt: skip
+
+    def record(self, prompt_id: str) -> dict[str, Any]:
+        """The failed record of a row not sent because the teacher was stopped."""
+        return failed_record(
+            prompt_id,
+            f"teacher stopped: its last {self.limit} requests failed alike ({self.stopped}); this row was not "
+            "sent. Fix the cause, then `persyn run RECIPE --retry-failed` asks it again",
+        )
+
+
 class EndpointGenerator(CheckpointedGenerator):
     """Served teachers: the rows the checkpoint lacks are sent concurrently, each checkpointed when done."""
 
@@ -207,6 +292,11 @@ class EndpointGenerator(CheckpointedGenerator):
         self.api = "tgi" if teacher.endpoint_api == "tgi" else "openai"
         self.progress = progress
         """Advanced per finished row, so a slow teacher shows progress within a map batch."""
+        self.refusal = server_refusal(teacher)
+        """Why the server refuses a system turn (preflight's probe): then it is folded into the user turn."""
+        self.guard = StopGuard(teacher)
+        self.headers: dict[str, str] = {}
+        """Extra request headers (the probe marks itself)."""
 
     def _advance(self, rows: int) -> None:
         if self.progress is not None:
@@ -219,7 +309,7 @@ class EndpointGenerator(CheckpointedGenerator):
         config = self.teacher.generation
         try:
             output = await endpoint.chat.chat_completion(
-                messages=chat_messages(self.teacher, messages),
+                messages=prompt_turns(self.teacher, messages, self.refusal),
                 model=self.teacher.served_model_name,
                 max_tokens=config.max_new_tokens,
                 temperature=config.temperature,
@@ -260,7 +350,7 @@ class EndpointGenerator(CheckpointedGenerator):
         response = await endpoint.http.post(
             f"{endpoint.root}/v1/completions",
             json=payload,
-            headers=build_hf_headers(token=endpoint.token or False),
+            headers={**build_hf_headers(token=endpoint.token or False), **self.headers},
         )
         hf_raise_for_status(response)
         raw = response.text
@@ -321,7 +411,11 @@ class EndpointGenerator(CheckpointedGenerator):
         problem = check_messages(row.get("messages"))
         if problem:
             record = failed_record(prompt_id, f"malformed prompt: row {prompt_id!r}: {problem}")
+        elif self.guard.stopped:
+            record = self._not_sent(prompt_id)
         else:
+            if folds(self.teacher, row["messages"], self.refusal):
+                self.stats.add_fold(self.refusal or "")
             record = await self._with_retries(prompt_id, row["messages"], pool)
         if record["error"]:
             self.stats.add_failure(record["error"])
@@ -330,23 +424,29 @@ class EndpointGenerator(CheckpointedGenerator):
         return record
 
     async def _with_retries(self, prompt_id: str, messages: list[dict], pool: SlotPool) -> dict[str, Any]:
-        self.stats.requests += 1
         failed_on: Optional[Endpoint] = None
         charged = 0  # attempts that count against max_retries
         max_attempts = (self.teacher.max_retries + 1) * len(pool.endpoints)
         for attempt in range(max_attempts):
+            endpoint = await pool.acquire(avoid=failed_on)
+            if self.guard.stopped:  # stopped while this row waited for a slot: it is not sent
+                pool.release(endpoint)
+                return self._not_sent(prompt_id)
             if attempt:
                 self.stats.retries += 1
-            endpoint = await pool.acquire(avoid=failed_on)
+            else:
+                self.stats.requests += 1
             try:
                 result = await asyncio.wait_for(self._request(endpoint, messages), self.teacher.timeout)
             except Exception as error:  # classify() re-raises what is not a server/transport failure
                 failure = classify(error, endpoint.root)
             else:
                 pool.succeeded(endpoint)
+                self.guard.succeeded()
                 return self._finished(prompt_id, result)
             if not failure.retryable:
                 pool.succeeded(endpoint)  # the server answered; the request itself is wrong
+                self.guard.failed(failure, endpoint.root)
                 return failed_record(prompt_id, failure.message())
             delay = backoff_delay(charged, self.teacher.retry_backoff, failure.retry_after)
             charged += pool.failed(endpoint, delay)
@@ -356,6 +456,12 @@ class EndpointGenerator(CheckpointedGenerator):
             failed_on = endpoint
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _not_sent(self, prompt_id: str) -> dict[str, Any]:
+        """A row the stopped teacher does not send: failed, counted, retried by `--retry-failed`."""
+        self.stats.stopped = self.guard.stopped
+        self.stats.stopped_rows += 1
+        return self.guard.record(prompt_id)
 
     def _finished(self, prompt_id: str, result: dict[str, Any]) -> dict[str, Any]:
         text = (result["text"] or "").strip()
@@ -379,11 +485,14 @@ class EndpointGenerator(CheckpointedGenerator):
     async def _open(self, stack: AsyncExitStack, url: str) -> Endpoint:
         root = endpoint_root(url)
         token = token_for(root)
+        headers = self.headers or None
         if self.api == "tgi":
-            chat = AsyncInferenceClient(model=root, token=client_token(root), timeout=self.teacher.timeout)
+            chat = AsyncInferenceClient(
+                model=root, token=client_token(root), timeout=self.teacher.timeout, headers=headers
+            )
         else:
             chat = AsyncInferenceClient(
-                base_url=f"{root}/v1", token=client_token(root), timeout=self.teacher.timeout
+                base_url=f"{root}/v1", token=client_token(root), timeout=self.teacher.timeout, headers=headers
             )
         await stack.enter_async_context(chat)
         http = None
@@ -404,6 +513,22 @@ class EndpointGenerator(CheckpointedGenerator):
     def reused(self, count: int) -> None:
         self._advance(count)
 
+    async def probe_once(self, messages: list[dict[str, str]]) -> tuple[Optional[RowError], str]:
+        """Send one prompt to the first endpoint that answers HTTP: (its failure or None, its root URL)."""
+        failure, root = None, ""
+        async with AsyncExitStack() as stack:
+            for url in self.teacher.endpoints:
+                endpoint = await self._open(stack, url)
+                root = endpoint.root
+                try:
+                    await asyncio.wait_for(self._request(endpoint, messages), self.teacher.timeout)
+                    return None, root
+                except Exception as error:  # classify() re-raises what is not a server/transport failure
+                    failure = classify(error, root)
+                if not failure.retryable:
+                    return failure, root
+        return failure, root
+
     def generate_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return run_coroutine(self._generate(rows))
 
@@ -421,6 +546,87 @@ def check_teacher(teacher: TeacherConfig) -> None:
         raise ValueError(f"{where}: max_retries and retry_backoff must not be negative.")
     if teacher.max_concurrency <= 0:
         raise ValueError(f"{where}.max_concurrency: must be positive.")
+    if teacher.stop_after_failures < 0:
+        raise ValueError(f"{where}.stop_after_failures: must not be negative (0 never stops the teacher).")
+
+
+class ProbeRefused(ValueError):
+    """The server refused a teacher's first prompt with an error no retry can change (one line)."""
+
+
+def probe_first_prompt(teacher: TeacherConfig, messages: list[dict[str, str]]) -> Optional[str]:
+    """Before a stage: send the teacher's first prompt once, as generation will send it (at most
+    PROBE_MAX_TOKENS new tokens), so a wrong setting fails once here instead of once per row.
+
+    A server that refuses the system turn but takes it folded into the first user turn: the fold applies
+    to this process's generation from now on, and its reason is returned. Any other refusal (4xx, an
+    unknown model) raises `ProbeRefused` with the server's message and the fix. A retryable failure
+    (429, 5xx, a timeout) says nothing about the settings: a warning, and generation retries as usual.
+    """
+    check_teacher(teacher)
+    generation = dataclasses.replace(
+        teacher.generation, max_new_tokens=min(teacher.generation.max_new_tokens, PROBE_MAX_TOKENS)
+    )
+    stats = GenerationStats(teacher.name)
+    prober = EndpointGenerator(dataclasses.replace(teacher, generation=generation), NO_CHECKPOINT, stats)
+    prober.headers, prober.refusal = {PROBE_HEADER: "preflight"}, None
+    failure, url = run_coroutine(prober.probe_once(messages))
+    if failure is None or failure.retryable:
+        return _probed(teacher, None, failure)
+    if teacher.prompt_format == "chat" and has_system_turn(chat_messages(teacher, messages)):
+        prober.refusal = f"the server refuses a system turn ({failure_text(failure)})"
+        folded, _ = run_coroutine(prober.probe_once(messages))
+        if folded is None or folded.retryable:
+            return _probed(teacher, prober.refusal, folded)
+    raise ProbeRefused(
+        f"{url} refused the first prompt ({failure_text(failure)}). {probe_fix(failure, url)} "
+        "Nothing was generated."
+    )
+
+
+def _probed(teacher: TeacherConfig, refusal: Optional[str], failure: Optional[RowError]) -> Optional[str]:
+    """Remember the probe's outcome for this process's generation, and say what it means in the log."""
+    _SERVER_REFUSALS[server_key(teacher)] = refusal
+    if refusal:
+        logger.warning(
+            "teacher %s: %s; the system prompt is folded into the first user turn", teacher.name, refusal
+        )
+    if failure is not None:
+        logger.warning(
+            "teacher %s: preflight's request failed (%s); generation retries such failures",
+            teacher.name,
+            redact(failure.message()),
+        )
+    return refusal
+
+
+def probe_fix(failure: RowError, url: str) -> str:
+    """The fix a refusal points to: the model name, the system prompt, or the teacher's settings."""
+    text = failure_text(failure).lower()
+    if failure.reason.startswith("HTTP 404") or "model" in text:
+        served = served_models(url)
+        listed = f" (it serves {served})" if served else ""
+        return f"Set served_model_name to a model the server serves{listed}, or check the endpoint."
+    if "system" in text:
+        return (
+            "Remove the system prompt (prompts.system_prompt or the teacher's system_prompt), or serve a chat "
+            "template that takes one."
+        )
+    return (
+        "Check the teacher's settings (served_model_name, endpoint_api, generation) against what the server "
+        "accepts, or check the endpoint."
+    )
+
+
+def served_models(root: str, timeout: float = 5.0) -> list[str]:
+    """The model ids a server lists at /v1/models (first 5), for the fix of an unknown-model refusal."""
+    import httpx
+
+    try:
+        body = httpx.get(f"{endpoint_root(root)}/v1/models", timeout=timeout).json()
+        return [str(model["id"]) for model in body.get("data", [])][:5]
+    except Exception:  # noqa: BLE001 - only a hint
+        return []
 
 
 def check_endpoints(teacher: TeacherConfig, timeout: float = 10.0) -> None:

@@ -6,7 +6,6 @@ per-batch seed), cut at stop strings, and checkpointed batch by batch.
 
 from __future__ import annotations
 
-import gc
 import logging
 import zlib
 
@@ -24,9 +23,10 @@ from transformers import (
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
 from persyn_hub.dtypes import local_device, resolve_dtype
+from persyn_hub.engines import held_engine
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import CheckpointedGenerator, GenerationCheckpoint
-from persyn_hub.generation.prompting import chat_messages, completion_text, cut_at_stop, default_stop
+from persyn_hub.generation.prompting import completion_text, cut_at_stop, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,17 @@ def load_teacher(teacher: TeacherConfig) -> tuple[PreTrainedModel, PreTrainedTok
     return model, tokenizer
 
 
-def render_prompt(teacher: TeacherConfig, tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+def render_prompt(
+    teacher: TeacherConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict],
+    stats: GenerationStats | None = None,
+) -> str:
+    """The text the teacher continues; generation and preflight both render with it. A chat template
+    that refuses a system turn gets it folded into the first user turn (counted in `stats` when given)."""
     if teacher.prompt_format == "chat":
         return tokenizer.apply_chat_template(
-            chat_messages(teacher, messages), add_generation_prompt=True, tokenize=False
+            template_turns(teacher, tokenizer, messages, stats), add_generation_prompt=True, tokenize=False
         )
     text = completion_text(teacher, messages)
     if tokenizer.bos_token and not text.startswith(tokenizer.bos_token):
@@ -72,23 +79,27 @@ class LocalGenerator(CheckpointedGenerator):
 
     def _load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if self._model is None:
-            self._model, self._tokenizer = load_teacher(self.teacher)
-            # `generate(stop_strings=...)` rebuilds this from the whole vocabulary on every call: about
-            # 1.3 s per batch with Gemma's 262k tokens. It holds no state between calls, so build it once.
-            self._stopping = (
-                StoppingCriteriaList([StopStringCriteria(self._tokenizer, self.stop)]) if self.stop else None
-            )
+            # held from one chunk of the stage to the next (released by the stage runner)
+            key = ("transformers-teacher", self.teacher.model, self.teacher.dtype, tuple(self.stop))
+            self._model, self._tokenizer, self._stopping = held_engine(key, self._load_engine)
         assert self._tokenizer is not None
         return self._model, self._tokenizer
 
+    def _load_engine(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList | None]:
+        model, tokenizer = load_teacher(self.teacher)
+        # `generate(stop_strings=...)` rebuilds this from the whole vocabulary on every call: about
+        # 1.3 s per batch with Gemma's 262k tokens. It holds no state between calls, so build it once.
+        stopping = StoppingCriteriaList([StopStringCriteria(tokenizer, self.stop)]) if self.stop else None
+        return model, tokenizer, stopping
+
     def release(self) -> None:
+        """Drop this generator's references; the engine itself is held until the stage ends."""
         self._model = self._tokenizer = self._stopping = None
-        gc.collect()
 
     @torch.inference_mode()
     def _generate(self, rows: list[dict]) -> list[dict]:
         model, tokenizer = self._load()
-        texts = [render_prompt(self.teacher, tokenizer, row["messages"]) for row in rows]
+        texts = [render_prompt(self.teacher, tokenizer, row["messages"], self.stats) for row in rows]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             model.device
         )

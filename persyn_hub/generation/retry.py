@@ -8,6 +8,7 @@ request itself is wrong (prompt too long, unknown model): retrying cannot help, 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from email.utils import parsedate_to_datetime
 from typing import Optional
@@ -36,6 +37,28 @@ class RowError(Exception):
         """The `error` column's text: reason, `note` (e.g. attempts), then the raw output if any."""
         text = f"{self.reason}{note}"
         return f"{text}; raw output: {self.raw[:RAW_LIMIT]!r}" if self.raw else text
+
+
+MESSAGE_LIMIT = 300
+"""Characters of a server's error message quoted in a stop or preflight message (one line)."""
+
+
+def server_message(raw: str) -> str:
+    """The server's own words from an error body, on one line: OpenAI-style `error.message`, TGI's
+    `error`, FastAPI's `detail`, else the body itself (cut to MESSAGE_LIMIT characters)."""
+    text = raw or ""
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        body = None
+    if isinstance(body, dict):
+        found = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(found, dict):
+            found = found.get("message", found)
+        if found is not None:
+            text = found if isinstance(found, str) else json.dumps(found)
+    text = " ".join(str(text).split())
+    return text[:MESSAGE_LIMIT] + (" [...]" if len(text) > MESSAGE_LIMIT else "")
 
 
 def parse_retry_after(value: Optional[str]) -> Optional[float]:

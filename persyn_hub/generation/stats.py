@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,10 +26,28 @@ class GenerationStats:
     corrupt_checkpoint_lines: int = 0
     """Checkpoint lines that could not be read back (their rows were generated again)."""
     failure_reasons: Counter = field(default_factory=Counter)
+    system_folded: Optional[str] = None
+    """Why this teacher's system turn was folded into the first user turn (its template refuses one)."""
+    folded_rows: int = 0
+    """Rows sent with the system text folded into the first user turn."""
+    stopped: Optional[str] = None
+    """Why generation stopped for this teacher (the same non-retryable error `stop_after_failures` times
+    in a row, with the server's message); None when it was not stopped."""
+    stopped_rows: int = 0
+    """Rows not sent because the teacher was stopped (failed, and retried by `--retry-failed`)."""
 
     def add_failure(self, reason: str) -> None:
         self.failures += 1
         self.failure_reasons[reason.split(":")[0][:80]] += 1
+
+    def add_fold(self, reason: str) -> None:
+        """One row folded; the first one of a stage says so in the log."""
+        if not self.folded_rows:
+            logger.warning(
+                "teacher %s: %s; the system prompt is folded into the first user turn", self.teacher, reason
+            )
+        self.system_folded = reason
+        self.folded_rows += 1
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

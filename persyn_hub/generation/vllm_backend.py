@@ -3,10 +3,19 @@
 vLLM schedules a whole `Dataset.map` batch at once (continuous batching), so this backend hands it
 every missing row of a batch and lets it pick the order. Not needed for CI: the import is guarded and
 a clear error says how to install it.
+
+Under a launch each engine sees only its own group of GPUs (`placement.py` says which): vLLM starts its
+engine core and workers as subprocesses that take the GPUs in `CUDA_VISIBLE_DEVICES`, so that variable
+is set, together with a spawn start method and without the launcher's rank variables, only while the
+engine starts (`engine_environment`). The engine stays loaded from one chunk of a stage to the next
+(`persyn_hub.engines.held_engine`) and is shut down when the stage ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from datasets import Dataset, Features
@@ -14,6 +23,7 @@ from datasets import Dataset, Features
 from persyn_hub.bundled import resolve_model
 from persyn_hub.config import TeacherConfig
 from persyn_hub.dtypes import dtype_name, local_device, resolve_dtype
+from persyn_hub.engines import held_engine
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,
@@ -21,10 +31,17 @@ from persyn_hub.generation.checkpoint import (
     GenerationCheckpoint,
 )
 from persyn_hub.generation.endpoint import check_messages, failed_record
-from persyn_hub.generation.prompting import chat_messages, completion_text, default_stop
+from persyn_hub.generation.placement import engine_devices
+from persyn_hub.generation.prompting import completion_text, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
 
 MAP_BATCH_SIZE = 1024
+LAUNCH_VARIABLES = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+)  # fmt: skip
+"""What torchrun / accelerate set for this process's rank; with `TORCHELASTIC_*`, hidden from the engine's
+processes, which are a single-process vLLM world of their own (vLLM reads `LOCAL_RANK` as its device)."""
 
 
 def vllm_available() -> bool:
@@ -35,6 +52,48 @@ def vllm_available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def engine_environment(devices: list[str] | None) -> Iterator[None]:
+    """The environment a vLLM engine starts in: only `devices` visible (None: unchanged), its processes
+    spawned (a forked child cannot use CUDA once this process has), none of the launcher's rank
+    variables; this process's own environment is restored as soon as the engine has started.
+
+    `VLLM_ENABLE_V1_MULTIPROCESSING=1` keeps vLLM's engine core in a process of its own: one created
+    in this process would not see the restriction once this process has initialized CUDA.
+    """
+    saved = dict(os.environ)
+    hidden = [name for name in os.environ if name in LAUNCH_VARIABLES or name.startswith("TORCHELASTIC_")]
+    try:
+        for name in hidden:
+            del os.environ[name]
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+        if devices is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Free an engine and its GPU memory (the next teacher's engine, or the next stage, needs it)."""
+    try:  # vLLM >= 0.6 tears down its workers and the distributed state it created
+        from vllm.distributed.parallel_state import (
+            destroy_distributed_environment,
+            destroy_model_parallel,
+        )
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception:  # noqa: BLE001 - older or newer vLLM: shutting the engine down is what remains
+        pass
+    engine = getattr(llm, "llm_engine", None)
+    if engine is not None and hasattr(engine, "shutdown"):
+        engine.shutdown()
+
+
 class VllmGenerator(CheckpointedGenerator):
     """Callable for `Dataset.map(batched=True)`; the engine is created on the first batch with work."""
 
@@ -43,47 +102,26 @@ class VllmGenerator(CheckpointedGenerator):
     ):
         super().__init__(teacher, checkpoint, stats)
         self.seed = seed
-        self._llm: Any = None
 
     def _engine(self) -> Any:
-        if self._llm is None:
-            from vllm import LLM
+        """This teacher's engine, kept loaded across the chunks of a stage (released at its end)."""
+        key = ("vllm", self.teacher.name, self.teacher.model, self.teacher.dtype, self.seed)
+        return held_engine(key, self._start_engine, shutdown_engine)
 
-            # vLLM's own `auto` is the checkpoint's dtype; resolve ours for the device vLLM runs on
-            self._llm = LLM(
+    def _start_engine(self) -> Any:
+        from vllm import LLM
+
+        devices = engine_devices(self.teacher)
+        # vLLM's own `auto` is the checkpoint's dtype; resolve ours for the device vLLM runs on
+        dtype = dtype_name(resolve_dtype(self.teacher.dtype, local_device()))
+        with engine_environment(devices):
+            return LLM(
                 model=resolve_model(self.teacher.model or ""),
-                dtype=dtype_name(resolve_dtype(self.teacher.dtype, local_device())),
+                dtype=dtype,
                 seed=self.seed,
                 trust_remote_code=self.teacher.trust_remote_code,
                 tensor_parallel_size=self.teacher.tensor_parallel_size,
             )
-        return self._llm
-
-    def release(self) -> None:
-        """Free the engine and its GPU memory before the next teacher's engine loads (one at a time)."""
-        if self._llm is None:
-            return
-        import gc
-
-        import torch
-
-        try:  # vLLM >= 0.6 tears down its workers and the distributed state it created
-            from vllm.distributed.parallel_state import (
-                destroy_distributed_environment,
-                destroy_model_parallel,
-            )
-
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except Exception:  # noqa: BLE001 - older or newer vLLM: deleting the engine is what remains
-            pass
-        engine = getattr(self._llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "shutdown"):
-            engine.shutdown()
-        self._llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from vllm import SamplingParams
@@ -98,7 +136,10 @@ class VllmGenerator(CheckpointedGenerator):
         )
         llm = self._engine()
         if self.teacher.prompt_format == "chat":
-            conversations = [chat_messages(self.teacher, row["messages"]) for row in rows]
+            tokenizer = llm.get_tokenizer()  # a template that refuses a system turn gets it folded
+            conversations = [
+                template_turns(self.teacher, tokenizer, row["messages"], self.stats) for row in rows
+            ]
             outputs = llm.chat(conversations, params, use_tqdm=False)
         else:
             outputs = llm.generate([completion_text(self.teacher, row["messages"]) for row in rows], params)
@@ -168,15 +209,12 @@ def generate_with_vllm(
             "(GPU machines), or use backend 'transformers' or an endpoint."
         )
     generator = VllmGenerator(teacher, checkpoint, stats, seed)
-    try:
-        return dataset.map(
-            generator,
-            batched=True,
-            batch_size=MAP_BATCH_SIZE,
-            features=Features({**dataset.features, **RECORD_FEATURES}),
-            desc=f"Generating with {teacher.name} (vLLM)",
-            load_from_cache_file=False,
-            new_fingerprint=run_fingerprint(),
-        )
-    finally:
-        generator.release()  # the next teacher's engine needs this one's GPU memory
+    return dataset.map(  # the engine stays held for the stage's next chunk; the runner releases it
+        generator,
+        batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        features=Features({**dataset.features, **RECORD_FEATURES}),
+        desc=f"Generating with {teacher.name} (vLLM)",
+        load_from_cache_file=False,
+        new_fingerprint=run_fingerprint(),
+    )

@@ -192,6 +192,8 @@ def train_router(
         oracle_share=oracle_share(table.rewards, teachers),
         validation_loss=float(validation_loss),
         epochs_trained=float(trainer.state.epoch or 0.0),
+        # "no" = float32: the recipe's precision, never a launch config's `mixed_precision` (single_process)
+        training_mixed_precision=str(trainer.accelerator.mixed_precision),
         test_prompt_ids=list(splits.test.prompt_ids),
         validation_prompt_ids=list(splits.validation.prompt_ids),
         train_prompt_ids=list(splits.train.prompt_ids),

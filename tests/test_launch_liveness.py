@@ -1,0 +1,214 @@
+"""Liveness of a launch: a rank that dies, hangs or fails ends the others within `launch.timeout`, with one
+line naming the stage and the rank; a long main-process stage does not.
+
+Each test starts the ranks of a launch itself, as `srun` starts one task per node: every process gets
+`RANK`, `WORLD_SIZE`, `LOCAL_RANK` and the rendezvous address, and no launcher agent watches them, so
+nothing but the processes' own coordination (the rendezvous store, heartbeats) can notice a dead or
+frozen peer. The ranks run the real `StageRunner` and `connect()` on cheap synthetic stages (a
+main-process stage, then a chunked one), so a test takes seconds, not a model load. One test repeats
+the hang under torch's elastic launcher (`torchrun`, what `accelerate launch` uses), whose agent hosts
+the store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+from servers import free_port
+
+TIMEOUT = 6.0
+DRIVER = textwrap.dedent(
+    """
+    import logging, os, signal, sys, time
+    from datasets import Dataset
+    from persyn_hub.errors import PersynError
+    from persyn_hub.launch import connect
+    from persyn_hub.stage_cache import StageCache
+    from persyn_hub.stage_runner import Stage, StageRunner
+
+    logging.basicConfig(level=logging.INFO)
+    scenario, root = sys.argv[1], sys.argv[2]
+    victim = int(os.environ["RANK"]) == int(os.environ.get("PERSYN_TEST_VICTIM", "1"))
+
+    def rows(context):
+        return Dataset.from_dict({"prompt_id": [f"p{i:03d}" for i in range(24)], "x": list(range(24))})
+
+    def slow(context):
+        if scenario == "die-main" and victim:
+            time.sleep(2)  # the others are waiting for this stage by now
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(float(os.environ.get("PERSYN_TEST_SLOW", "0")))
+        return Dataset.from_dict({"z": [1]})
+
+    def square(context):
+        if victim and scenario in ("kill", "stop", "fail"):
+            print(f"rank {os.environ['RANK']} in chunk {context.chunk.index}", flush=True)
+            if scenario == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if scenario == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            raise ValueError(f"row {context.rows['prompt_id'][0]} is malformed")
+        time.sleep(0.2)
+        return context.rows.map(lambda row: {"y": row["x"] ** 2})
+
+    stages = [
+        Stage("slow", slow, identity=1),
+        Stage("square", square, inputs=("slow",), identity=1, parallel="chunks", rows=rows),
+    ]
+    try:
+        launch = connect(float(os.environ["PERSYN_TEST_TIMEOUT"]))
+        runner = StageRunner(StageCache(root), launch=launch, chunk_rows=3)
+        for stage in stages:
+            runner.run(stage)
+        launch.finish()
+    except PersynError as error:
+        print(f"persyn: error: {error}", flush=True)
+        sys.exit(2)
+    print(f"rank {os.environ['RANK']} finished", flush=True)
+    """
+)
+
+
+def start_ranks(tmp_path: Path, scenario: str, count: int = 2, **env: str) -> list[subprocess.Popen]:
+    """`count` processes of one launch, started the way `srun` starts them (no agent watching)."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    port = free_port()
+    processes = []
+    for rank in range(count):
+        environment = {
+            **os.environ,
+            "RANK": str(rank), "WORLD_SIZE": str(count), "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(count), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "PERSYN_TEST_TIMEOUT": str(TIMEOUT), "OMP_NUM_THREADS": "1", **env,
+        }  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(driver), scenario, str(tmp_path / "run")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=environment,
+            )
+        )
+    return processes
+
+
+def finish(process: subprocess.Popen, limit: float) -> tuple[int, str, float]:
+    started = time.monotonic()
+    output, _ = process.communicate(timeout=limit)
+    return process.returncode, output, time.monotonic() - started
+
+
+def kill_all(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.communicate()
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("persyn: error:")]
+
+
+@pytest.mark.parametrize("scenario", ["kill", "stop"])
+def test_a_dead_or_hung_rank_ends_the_launch_within_the_timeout_naming_it_and_the_stage(tmp_path, scenario):
+    processes = start_ranks(tmp_path, scenario)
+    try:
+        code, output, seconds = finish(processes[0], TIMEOUT + 60)
+    finally:
+        kill_all(processes)
+    assert code == 2, output
+    (line,) = error_lines(output)
+    assert "stage square" in line and "rank 1 did not arrive" in line, line
+    assert "launch.timeout" in line and "run the same command again" in line
+    assert seconds < TIMEOUT + 30
+    assert "Traceback" not in output
+    # every chunk rank 0 claimed is on disk, kept for the resume
+    assert list((tmp_path / "run" / "stages").glob("square-*/chunks/*.done"))
+
+
+def test_a_rank_that_fails_stops_the_others_at_once_with_its_message(tmp_path):
+    processes = start_ranks(tmp_path, "fail", PERSYN_TEST_TIMEOUT="120")
+    try:
+        code, output, seconds = finish(processes[0], 60)
+        other_code, other_output, _ = finish(processes[1], 30)
+    finally:
+        kill_all(processes)
+    assert code == 2 and other_code != 0, output + other_output
+    (line,) = error_lines(output)
+    assert "stage square: rank 1 failed: ValueError: row p" in line and "is malformed" in line, line
+    assert seconds < 60  # not the 120 s liveness timeout: the failure was announced
+
+
+def test_the_main_process_dying_ends_the_others_within_the_timeout(tmp_path):
+    processes = start_ranks(tmp_path, "die-main", PERSYN_TEST_VICTIM="0")
+    try:
+        code, output, seconds = finish(processes[1], TIMEOUT + 60)
+    finally:
+        kill_all(processes)
+    assert code == 2, output
+    (line,) = error_lines(output)
+    assert "stage slow" in line and "rank 0" in line, line
+    assert seconds < TIMEOUT + 30
+
+
+def test_a_main_process_stage_longer_than_the_timeout_does_not_stop_the_waiting_ranks(tmp_path):
+    processes = start_ranks(tmp_path, "slow", PERSYN_TEST_SLOW=str(2.5 * TIMEOUT))
+    try:
+        results = [finish(process, 120) for process in processes]
+    finally:
+        kill_all(processes)
+    for code, output, _ in results:
+        assert code == 0, output
+    assert "waits for rank(s) [0]" in results[1][1]  # it did wait, longer than the timeout, and went on
+    data = load_from_disk(str(next((tmp_path / "run" / "stages").glob("square-*")) / "data"))
+    assert data["y"] == [x**2 for x in range(24)]
+
+
+def test_four_ranks_share_the_chunks_and_give_the_one_process_result(tmp_path):
+    processes = start_ranks(tmp_path, "plain", count=4)
+    try:
+        results = [finish(process, 120) for process in processes]
+    finally:
+        kill_all(processes)
+    for code, output, _ in results:
+        assert code == 0, output
+    data = load_from_disk(str(next((tmp_path / "run" / "stages").glob("square-*")) / "data"))
+    assert data["prompt_id"] == [f"p{i:03d}" for i in range(24)]
+    assert data["y"] == [x**2 for x in range(24)]
+
+
+@pytest.mark.slow
+def test_a_hung_rank_under_torchrun_ends_the_launch_with_a_line_naming_it(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+        str(free_port()), str(driver), "stop", str(tmp_path / "run"),
+    ]  # fmt: skip
+    environment = {**os.environ, "PERSYN_TEST_TIMEOUT": str(TIMEOUT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        code, output, seconds = finish(process, TIMEOUT + 90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-CONT", "-f", str(driver)], check=False)
+        subprocess.run(["pkill", "-KILL", "-f", str(driver)], check=False)
+    assert code != 0
+    assert any("stage square" in line and "rank 1 did not arrive" in line for line in error_lines(output)), (
+        output[-3000:]
+    )
