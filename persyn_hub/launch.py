@@ -224,4 +224,4 @@ def single_process() -> Iterator[None]:
         os.environ.update(saved)
 
 
-__all__ = ["Launch", "LaunchError", "connect", "single_process"]
+__all__ = ["LAUNCH_VARIABLES", "Launch", "LaunchError", "connect", "single_process"]

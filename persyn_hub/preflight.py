@@ -184,6 +184,9 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
             f"routing.budgets: shares sum to {sum(budgets.values()):.2f} < 1, so some prompts could go to no "
             "teacher. Raise a share or leave one teacher unbudgeted."
         )
+    from persyn_hub.generation.placement import check_placements
+
+    check_placements(recipe.teachers)  # a vLLM group that does not fit the node fails now, not at its stage
     first = prompts[0]["messages"] if len(prompts) and "messages" in columns else None
     for index, teacher in enumerate(recipe.teachers):
         _check_teacher(index, teacher, columns, first)

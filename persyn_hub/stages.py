@@ -97,8 +97,8 @@ def read_stats(folder: Path) -> dict[str, Any]:
                 merged = total.setdefault(key, {})
                 for k, v in value.items():
                     merged[k] = merged.get(k, 0) + v
-            else:
-                total.setdefault(key, value)
+            elif total.get(key) is None:  # the first chunk that says something (a stop reason)
+                total[key] = value
     return total
 
 
@@ -130,12 +130,16 @@ def generation_stage(
         prompts = context.rows if parallel == "chunks" else rows(context)
         return generate(context, prompts, teacher, recipe, rows_key())
 
+    from persyn_hub.generation.placement import generates_here
+
     return Stage(
         name,
         compute,
         rerun_failed=True,
         parallel=parallel,
         rows=rows if parallel == "chunks" else None,
+        # a vLLM group's other processes take no chunk
+        works_here=lambda: generates_here(teacher, recipe.teachers.index(teacher)),
         **declaration,
     )
 

@@ -55,7 +55,7 @@ def teacher_notes(generation: dict[str, list[dict[str, Any]]]) -> tuple[dict[str
         rows = sum(int(part.get("folded_rows", 0) or 0) for part in parts)
         if rows:
             reasons = [part["system_folded"] for part in parts if part.get("system_folded")]
-            folded[teacher] = {"rows": rows, "reason": reasons[0] if reasons else "no system turn accepted"}
+            folded[teacher] = {"rows": rows, "reason": reasons[0] if reasons else "a system turn is refused"}
         halted = [part for part in parts if part.get("stopped")]
         if halted:
             stopped[teacher] = {

@@ -232,6 +232,17 @@ def test_a_server_that_refuses_system_turns_gets_them_folded(prompts, tmp_path):
     assert {body["messages"][0]["content"] for body in sent} == {f"{SYSTEM}\n\n{text}" for text in users}
 
 
+def test_without_preflight_generation_probes_once_itself_and_folds(prompts, tmp_path):
+    """A library call (or a command whose process ran no preflight) decides the fold the same way."""
+    rows = prompts.select(range(6))
+    with ScriptedChatServer("refuse_system") as server:
+        result, stats = generate_responses(
+            rows, teacher(served(server.url, name="library-call")), checkpoint_dir=tmp_path / "rows"
+        )
+        assert (server.probes, server.requests) == (2, 8)  # as it is (refused), folded (answered); 6 rows
+    assert result["error"] == [None] * 6 and stats.folded_rows == 6
+
+
 def test_a_teacher_failing_alike_is_stopped_and_retry_failed_asks_the_rest(prompts, tmp_path, caplog):
     limit, concurrency = 5, 4
     with ScriptedChatServer("refuse", message="model 'x' is not loaded") as server:
@@ -256,9 +267,17 @@ def test_a_teacher_failing_alike_is_stopped_and_retry_failed_asks_the_rest(promp
         stops = [r for r in caplog.records if r.levelno >= logging.ERROR and "stopped" in r.getMessage()]
         assert len(stops) == 1 and "model 'x' is not loaded" in stops[0].getMessage()
 
-        server.mode = (
-            "answer"  # fixed: a re-run of the stage (what --retry-failed does) asks every failed row
+        # The stop holds in this process (a later stage, e.g. the routed prompts, sends nothing) ...
+        later, stats_later = generate_responses(
+            prompts, recipe.teachers[0], checkpoint_dir=tmp_path / "later"
         )
+        assert server.requests - server.probes == sent and stats_later.stopped_rows == ROWS
+        assert all(error.startswith("teacher stopped") for error in later["error"])
+
+        # ... until it is fixed: a re-run's preflight probe is answered, and the stage (what --retry-failed
+        # does) asks every failed row again.
+        server.mode = "answer"
+        check_before_work(recipe, prompts)
         again, stats_again = generate_responses(prompts, recipe.teachers[0], checkpoint_dir=tmp_path / "rows")
     assert again["error"] == [None] * ROWS
     assert (stats_again.requests, stats_again.stopped, stats_again.failures) == (ROWS, None, 0)
@@ -270,12 +289,12 @@ def test_retryable_failures_and_a_disabled_guard_never_stop_a_teacher(prompts, t
         _, stats = generate_responses(
             rows, teacher(served(server.url, stop_after_failures=2)), checkpoint_dir=tmp_path / "a"
         )
-        assert (stats.stopped, stats.failures, server.requests) == (None, 12, 12)
+        assert (stats.stopped, stats.failures, server.requests - server.probes) == (None, 12, 12)
         server.mode = "refuse"
         _, stats = generate_responses(
             rows, teacher(served(server.url, stop_after_failures=0)), checkpoint_dir=tmp_path / "b"
         )
-        assert (stats.stopped, stats.failures, server.requests) == (None, 12, 24)
+        assert (stats.stopped, stats.failures, server.requests - server.probes) == (None, 12, 24)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -295,7 +314,10 @@ def persyn(recipe: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_persyn_run_records_folds_and_stops_and_retry_failed_recovers(gemma_like, tmp_path):
     run_dir = tmp_path / "run"
-    with ScriptedChatServer("refuse_system") as folding, ScriptedChatServer("refuse") as breaking:
+    with (
+        ScriptedChatServer("refuse_system") as folding,
+        ScriptedChatServer("refuse", message="model 'breaking' is not loaded") as breaking,
+    ):
         breaking.answer_first = 1
         teachers = [
             local(gemma_like),
@@ -310,12 +332,14 @@ def test_persyn_run_records_folds_and_stops_and_retry_failed_recovers(gemma_like
         assert set(summary["system_prompt_folded"]) == {"gemma-like", "gemma-2-served"}
         assert "System role not supported" in summary["system_prompt_folded"]["gemma-like"]["reason"]
         stopped = summary["stopped_teachers"]["breaking"]
-        assert stopped["reason"] == "HTTP 400: System role not supported" and stopped["rows_not_sent"] > 0
+        assert (
+            stopped["reason"] == "HTTP 400: model 'breaking' is not loaded" and stopped["rows_not_sent"] > 0
+        )
         assert "STOPPED breaking" in first.stdout
         card = (run_dir / "artifacts" / "dataset" / "README.md").read_text()
         assert "## System prompt folded" in card and "## Stopped teachers" in card and "`breaking`" in card
-        # labeling: 2 refused, the rest not sent; routed prompts: at most 2 more (one stage at a time)
-        assert breaking.requests - breaking.probes <= 2 * (2 + 1)
+        # 2 refused (stop_after_failures), at most 1 more in flight; the rest, routed prompts included, not sent
+        assert breaking.requests - breaking.probes <= 2 + 1
 
         breaking.mode = "answer"
         second = persyn(recipe, "--retry-failed")

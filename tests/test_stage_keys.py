@@ -224,6 +224,7 @@ IRRELEVANT = {
     "teacher timeout": ([], ["--teachers.0.timeout", "5"]),
     "teacher max_retries": ([], ["--teachers.0.max_retries", "1"]),
     "teacher retry_backoff": ([], ["--teachers.0.retry_backoff", "0.1"]),
+    "teacher stop_after_failures": ([], ["--teachers.0.stop_after_failures", "2"]),
     "greedy teacher batch_size": ([], ["--teachers.0.batch_size", "4"]),
     "completion teacher batch_size": ([], ["--teachers.1.batch_size", "2"]),
     "teacher family": ([], ["--teachers.0.family", "other"]),
@@ -244,6 +245,10 @@ IRRELEVANT = {
     "output private": ([], ["--output.hub.private", "true"]),
     "recipe name": ([], ["--name", "renamed"]),
     "env": ([], ["--env", "{SOME_SETTING: x}"]),
+    # how a launch shares the work: chunks and waits change no output (chunks do not depend on the
+    # process count; a changed chunk size is like a changed batch size)
+    "launch timeout": ([], ["--launch.timeout", "60"]),
+    "launch chunk_rows": ([], ["--launch.chunk_rows", "16"]),
     # endpoint teachers: URLs, concurrency, timeouts, retries, and the dtype (the server decides it)
     "endpoint URL": (ENDPOINT, ["--teachers.0.endpoints", '["http://127.0.0.1:10/"]']),
     "endpoint URL list": (
@@ -253,6 +258,7 @@ IRRELEVANT = {
     "endpoint max_concurrency": (ENDPOINT, ["--teachers.0.max_concurrency", "64"]),
     "endpoint timeout": (ENDPOINT, ["--teachers.0.timeout", "1"]),
     "endpoint max_retries": (ENDPOINT, ["--teachers.0.max_retries", "0"]),
+    "endpoint stop_after_failures": (ENDPOINT, ["--teachers.0.stop_after_failures", "0"]),
     "endpoint batch_size": (ENDPOINT, ["--teachers.0.batch_size", "1"]),
     "endpoint dtype": (ENDPOINT, ["--teachers.0.dtype", "float32"]),
     "served student URL": (STUDENT_ENDPOINT, ["--student.endpoint", "http://127.0.0.1:10/"]),

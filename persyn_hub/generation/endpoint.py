@@ -82,6 +82,9 @@ NO_CHECKPOINT: Any = None
 _SERVER_REFUSALS: dict[tuple, Optional[str]] = {}
 """Per process: an endpoint teacher -> why its server refuses a system turn (None: it takes one), from
 preflight's probe. Endpoint teachers are driven from the process that ran preflight, so it is known there."""
+_STOPPED: dict[tuple, str] = {}
+"""Per process: endpoint teachers stopped by their `StopGuard`, and why. A stop holds for the stages
+after it (the routed prompts of a stopped teacher are not sent either) until a probe is answered."""
 
 T = TypeVar("T")
 
@@ -248,7 +251,7 @@ class StopGuard:
         self.limit = teacher.stop_after_failures
         self.streak = 0
         self.last: Optional[str] = None
-        self.stopped: Optional[str] = None
+        self.stopped: Optional[str] = _STOPPED.get(server_key(teacher)) if self.limit > 0 else None
         """Why the teacher was stopped (`failure_text` of the repeated error); None while it runs."""
 
     def succeeded(self) -> None:
@@ -261,7 +264,7 @@ class StopGuard:
         self.streak = self.streak + 1 if why == self.last else 1
         self.last = why
         if self.streak >= self.limit:
-            self.stopped = why
+            self.stopped = _STOPPED[server_key(self.teacher)] = why
             logger.error(
                 "teacher %s stopped: its last %d requests to %s failed alike (%s). The rows not yet sent are "
                 "marked failed; fix the cause, then `persyn run RECIPE --retry-failed` asks them again.",
@@ -530,7 +533,18 @@ class EndpointGenerator(CheckpointedGenerator):
         return failure, root
 
     def generate_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.refusal is None and server_key(self.teacher) not in _SERVER_REFUSALS:
+            self._decide_fold(rows)
         return run_coroutine(self._generate(rows))
+
+    def _decide_fold(self, rows: list[dict[str, Any]]) -> None:
+        """No preflight probed this teacher in this process (a library call, another command): probe
+        here, once, when a row has a system turn its server might refuse."""
+        first = next((row["messages"] for row in rows if check_messages(row.get("messages")) is None), None)
+        if first is None or self.teacher.prompt_format != "chat":
+            return
+        if has_system_turn(chat_messages(self.teacher, first)):
+            self.refusal = probe_first_prompt(self.teacher, first, stop_on_refusal=False)
 
 
 def check_teacher(teacher: TeacherConfig) -> None:
@@ -554,13 +568,16 @@ class ProbeRefused(ValueError):
     """The server refused a teacher's first prompt with an error no retry can change (one line)."""
 
 
-def probe_first_prompt(teacher: TeacherConfig, messages: list[dict[str, str]]) -> Optional[str]:
+def probe_first_prompt(
+    teacher: TeacherConfig, messages: list[dict[str, str]], *, stop_on_refusal: bool = True
+) -> Optional[str]:
     """Before a stage: send the teacher's first prompt once, as generation will send it (at most
     PROBE_MAX_TOKENS new tokens), so a wrong setting fails once here instead of once per row.
 
     A server that refuses the system turn but takes it folded into the first user turn: the fold applies
     to this process's generation from now on, and its reason is returned. Any other refusal (4xx, an
-    unknown model) raises `ProbeRefused` with the server's message and the fix. A retryable failure
+    unknown model) raises `ProbeRefused` with the server's message and the fix (without
+    `stop_on_refusal`: returns None, and generation's `StopGuard` stops the teacher). A retryable failure
     (429, 5xx, a timeout) says nothing about the settings: a warning, and generation retries as usual.
     """
     check_teacher(teacher)
@@ -578,6 +595,8 @@ def probe_first_prompt(teacher: TeacherConfig, messages: list[dict[str, str]]) -
         folded, _ = run_coroutine(prober.probe_once(messages))
         if folded is None or folded.retryable:
             return _probed(teacher, prober.refusal, folded)
+    if not stop_on_refusal:
+        return _probed(teacher, None, failure)
     raise ProbeRefused(
         f"{url} refused the first prompt ({failure_text(failure)}). {probe_fix(failure, url)} "
         "Nothing was generated."
@@ -585,15 +604,18 @@ def probe_first_prompt(teacher: TeacherConfig, messages: list[dict[str, str]]) -
 
 
 def _probed(teacher: TeacherConfig, refusal: Optional[str], failure: Optional[RowError]) -> Optional[str]:
-    """Remember the probe's outcome for this process's generation, and say what it means in the log."""
+    """Remember the probe's outcome for this process's generation, and say what it means in the log.
+    A probe the server answered lifts a stop from an earlier stage (the cause was fixed)."""
     _SERVER_REFUSALS[server_key(teacher)] = refusal
+    if failure is None:
+        _STOPPED.pop(server_key(teacher), None)
     if refusal:
         logger.warning(
             "teacher %s: %s; the system prompt is folded into the first user turn", teacher.name, refusal
         )
     if failure is not None:
         logger.warning(
-            "teacher %s: preflight's request failed (%s); generation retries such failures",
+            "teacher %s: the probe request failed (%s)",
             teacher.name,
             redact(failure.message()),
         )

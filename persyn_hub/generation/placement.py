@@ -121,7 +121,15 @@ def generates_here(teacher: TeacherConfig, index: int | None = None) -> bool:
         _warn_if_gpus_are_shared(teacher)
     if backend != "vllm":
         return True
-    return _vllm_group(teacher, index) is not None
+    if _vllm_group(teacher, index) is not None:
+        return True
+    _log_once(
+        ("idle", teacher.name),
+        f"local rank {local_process()[0]} runs no vLLM engine for teacher {teacher.name!r} "
+        f"({teacher.tensor_parallel_size} GPU(s) per engine, {len(node_devices())} on this node): "
+        "the group leaders generate its rows",
+    )
+    return False
 
 
 def engine_devices(teacher: TeacherConfig, index: int | None = None) -> list[str] | None:

@@ -34,14 +34,9 @@ from persyn_hub.generation.endpoint import check_messages, failed_record
 from persyn_hub.generation.placement import engine_devices
 from persyn_hub.generation.prompting import completion_text, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
+from persyn_hub.launch import LAUNCH_VARIABLES
 
 MAP_BATCH_SIZE = 1024
-LAUNCH_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
-)  # fmt: skip
-"""What torchrun / accelerate set for this process's rank; with `TORCHELASTIC_*`, hidden from the engine's
-processes, which are a single-process vLLM world of their own (vLLM reads `LOCAL_RANK` as its device)."""
 
 
 def vllm_available() -> bool:
