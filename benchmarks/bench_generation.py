@@ -36,11 +36,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run from a checkout, installe
 from servers import LlamaServer, TransformersServer  # noqa: E402
 
 from persyn_hub.bundled import bundled_gguf_path, resolve_model  # noqa: E402
-from persyn_hub.config import GenerationConfig, PromptsConfig, TeacherConfig  # noqa: E402
 from persyn_hub.data import load_prompts  # noqa: E402
 from persyn_hub.generation.checkpoint import GenerationCheckpoint  # noqa: E402
 from persyn_hub.generation.endpoint import generate_with_endpoints  # noqa: E402
 from persyn_hub.generation.stats import GenerationStats  # noqa: E402
+from persyn_hub.recipe.config import GenerationConfig, PromptsConfig, TeacherConfig  # noqa: E402
 
 DISTILABEL_SCRIPT = r"""
 import json, sys, threading, time

@@ -72,10 +72,10 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, disable_progress_bars
 
-from persyn_hub.config import ProceduralTask, PromptsConfig, StudentConfig
 from persyn_hub.data import load_prompts
-from persyn_hub.learnability import load_student, score_learnability
-from persyn_hub.learnability_tokens import tokenize_for_student
+from persyn_hub.recipe.config import ProceduralTask, PromptsConfig, StudentConfig
+from persyn_hub.scoring.learnability import load_student, score_learnability
+from persyn_hub.scoring.learnability_tokens import tokenize_for_student
 
 FILLER_PROBLEMS = 128
 """gsm_symbolic problems whose worked solutions long answers borrow (beyond the prompts themselves)."""

@@ -73,8 +73,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from persyn_hub.bundled import resolve_model
-    from persyn_hub.config import PromptsConfig
     from persyn_hub.data import load_prompts
+    from persyn_hub.recipe.config import PromptsConfig
     from persyn_hub.router import (
         PersynRouter,
         assign_with_budgets,

@@ -4,7 +4,7 @@ Importing the package registers `PersynRouter` with the transformers Auto classe
 `AutoModel.from_pretrained("org/router")` works without `trust_remote_code`.
 """
 
-from persyn_hub.config import PersynRecipe, RecipeError, load_recipe
+from persyn_hub.recipe.config import PersynRecipe, RecipeError, load_recipe
 from persyn_hub.router.modeling import PersynRouter, PersynRouterConfig, register_auto_classes
 
 register_auto_classes()

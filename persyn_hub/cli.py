@@ -36,9 +36,9 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
-    from persyn_hub.config import load_recipe
-    from persyn_hub.pipeline import run_pipeline
-    from persyn_hub.summary import format_summary
+    from persyn_hub.pipeline.run import run_pipeline
+    from persyn_hub.pipeline.summary import format_summary
+    from persyn_hub.recipe.config import load_recipe
 
     recipe = load_recipe(args.recipe, extra)
     summary = run_pipeline(recipe, retry_failed=args.retry_failed)
@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _validate(args: argparse.Namespace, extra: list[str]) -> int:
-    from persyn_hub.config import load_recipe
+    from persyn_hub.recipe.config import load_recipe
 
     recipe = load_recipe(args.recipe, extra)
     print(recipe.to_yaml())
@@ -57,9 +57,9 @@ def _validate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _route(args: argparse.Namespace, extra: list[str]) -> int:
     """Route a new prompt set with a trained router; no teacher generates anything."""
-    from persyn_hub.config import PromptsConfig, _apply_override, _build_dataclass, parse_overrides
     from persyn_hub.data import load_prompts
-    from persyn_hub.preflight import open_router
+    from persyn_hub.pipeline.preflight import open_router
+    from persyn_hub.recipe.config import PromptsConfig, _apply_override, _build_dataclass, parse_overrides
     from persyn_hub.router import route_prompts
 
     values = {"source": args.prompts, "prompt_column": args.prompt_column, "split": args.split}
@@ -113,7 +113,7 @@ def _parse_budgets(text: str | None) -> dict[str, float] | None:
 
 def _migrate(args: argparse.Namespace, extra: list[str]) -> int:
     """Rewrite an older recipe into the current format, saying every change (comments are not kept)."""
-    from persyn_hub.migrate import migrate_file
+    from persyn_hub.recipe.migrate import migrate_file
 
     text, changes = migrate_file(args.recipe)
     if args.output:
@@ -136,9 +136,13 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 DELEGATED: dict[str, tuple[str, str, bool]] = {
-    "sft": ("persyn_hub.sft", "fine-tune the student with TRL (args as `python -m persyn_hub.sft`)", True),
-    "evaluate": ("persyn_hub.evaluation", "evaluate a model with lm-evaluation-harness", True),
-    "compare": ("persyn_hub.compare", "build baselines, train and evaluate a student on each", False),
+    "sft": (
+        "persyn_hub.compare.sft",
+        "fine-tune the student with TRL (args as `python -m persyn_hub.compare.sft`)",
+        True,
+    ),
+    "evaluate": ("persyn_hub.compare.evaluation", "evaluate a model with lm-evaluation-harness", True),
+    "compare": ("persyn_hub.compare.run", "build baselines, train and evaluate a student on each", False),
 }
 """Subcommands implemented by another module's `main(argv)`: name -> (module, help, has its own --help)."""
 

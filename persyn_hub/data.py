@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, load_dataset, load_from_disk
 
 from persyn_hub.bundled import bundled_data, bundled_data_file, is_bundled
-from persyn_hub.config import REASONING_GYM, PromptsConfig
 from persyn_hub.errors import PersynError
+from persyn_hub.recipe.config import REASONING_GYM, PromptsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def load_prompts(config: PromptsConfig, seed: int = 42, report: dict[str, Any] |
     dataset = _check_unique_ids(dataset, config)
     report["duplicates_dropped"] = report["source_rows"] - len(dataset)
     if config.drop_eval_items:
-        from persyn_hub.eval_tasks.items import drop_eval_items
+        from persyn_hub.compare.eval_tasks.items import drop_eval_items
 
         before = len(dataset)
         dataset = drop_eval_items(dataset, "prompt")

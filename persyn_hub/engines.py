@@ -1,7 +1,7 @@
 """Models kept loaded from one chunk of a stage to the next, and released when the stage ends.
 
 A sharded stage computes its rows chunk by chunk in every process (so its result does not depend on the
-process count, see `stage_runner`). Loading a teacher, the student or a reward model once per chunk
+process count, see `pipeline/runner.py`). Loading a teacher, the student or a reward model once per chunk
 would cost a model load per few hundred rows, minutes each for a large vLLM engine. Loaders ask
 `held_engine` instead: the engine stays loaded for the next chunk of the same stage, and the runner calls
 `release_engines()` when the stage ends, so the next stage's model gets the memory. One engine is held

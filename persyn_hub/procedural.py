@@ -17,8 +17,8 @@ from typing import Any
 
 from datasets import Dataset
 
-from persyn_hub.config import ProceduralTask
 from persyn_hub.errors import PersynError
+from persyn_hub.recipe.config import ProceduralTask
 
 logger = logging.getLogger(__name__)
 

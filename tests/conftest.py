@@ -37,8 +37,8 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def asdiv_prompts():
     """32 real ASDiv prompts, normalized (prompt_id, messages, prompt, answer)."""
-    from persyn_hub.config import PromptsConfig
     from persyn_hub.data import load_prompts
+    from persyn_hub.recipe.config import PromptsConfig
 
     return load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=32, drop_duplicates=True), seed=0)
 

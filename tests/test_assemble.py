@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from persyn_hub.assemble import NO_ANSWER, assemble_dataset, collect_responses
-from persyn_hub.config import QualityConfig
+from persyn_hub.pipeline.assemble import NO_ANSWER, assemble_dataset, collect_responses
+from persyn_hub.recipe.config import QualityConfig
 
 
 def responses(rows):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from persyn_hub.baselines import (
+from persyn_hub.compare.baselines import (
     STRATEGIES,
     BaselineError,
     car_teacher,
@@ -15,7 +15,7 @@ from persyn_hub.baselines import (
     strongest,
     weakest,
 )
-from persyn_hub.comparison_report import bootstrap_cells
+from persyn_hub.compare.report import bootstrap_cells
 
 TEACHERS = ["big", "mid", "small", "key"]
 

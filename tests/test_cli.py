@@ -200,7 +200,7 @@ def test_validate_refuses_a_local_prompts_file_that_does_not_exist(capsys, tmp_p
 
 
 def test_local_paths_are_told_from_hub_ids(tmp_path):
-    from persyn_hub.config import RecipeError, check_prompts_source
+    from persyn_hub.recipe.config import RecipeError, check_prompts_source
 
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "hi"}\n')
@@ -304,7 +304,7 @@ def test_a_strategy_the_pool_cannot_support_is_one_line(capsys):
     """BaselineError, raised by the real Family-Strong definition on a pool without the student's family."""
     from datasets import Dataset
 
-    from persyn_hub.baselines import family_strongest
+    from persyn_hub.compare.baselines import family_strongest
 
     labels = Dataset.from_dict({"prompt_id": ["p"], "teacher": ["a"], "quality": [1.0]})
     reported(
@@ -400,23 +400,23 @@ def test_router_data_error(capsys):
 
 
 def test_served_scoring_error(capsys):
-    from persyn_hub.served_scoring import vllm_token_logprobs
+    from persyn_hub.scoring.learnability_served import vllm_token_logprobs
 
     body = {"choices": [{"prompt_logprobs": [None]}]}
     reported(capsys, lambda: vllm_token_logprobs(body, [1, 2]), "the server scored 1 prompt tokens")
 
 
 def test_reward_model_error(capsys):
-    from persyn_hub.config import QualityConfig
-    from persyn_hub.reward_model import load_reward_model
+    from persyn_hub.recipe.config import QualityConfig
+    from persyn_hub.scoring.reward_model import load_reward_model
 
     quality = QualityConfig(kind="reward_model")
     reported(capsys, lambda: load_reward_model(quality), "quality.reward_model: no model named")
 
 
 def test_publish_error(capsys, tmp_path):
-    from persyn_hub.config import load_recipe
-    from persyn_hub.hub import publish_run
+    from persyn_hub.publish.hub import publish_run
+    from persyn_hub.recipe.config import load_recipe
 
     recipe = load_recipe(DEMO, ["--output.hub.labels_repo", "someone/labels"])
     reported(
@@ -447,17 +447,17 @@ def test_a_long_wrapped_message_keeps_its_start_and_its_fix():
 @pytest.mark.parametrize(
     ("module", "name", "base"),
     [
-        ("persyn_hub.config", "RecipeError", ValueError),
+        ("persyn_hub.recipe.config", "RecipeError", ValueError),
         ("persyn_hub.data", "PromptDataError", ValueError),
-        ("persyn_hub.preflight", "PreflightError", RuntimeError),
-        ("persyn_hub.pipeline", "RunLockedError", RuntimeError),
-        ("persyn_hub.stage_cache", "CorruptCacheError", RuntimeError),
+        ("persyn_hub.pipeline.preflight", "PreflightError", RuntimeError),
+        ("persyn_hub.pipeline.run", "RunLockedError", RuntimeError),
+        ("persyn_hub.pipeline.cache", "CorruptCacheError", RuntimeError),
         ("persyn_hub.router.labels", "RouterDataError", ValueError),
         ("persyn_hub.router.budgets", "BudgetError", ValueError),
-        ("persyn_hub.baselines", "BaselineError", ValueError),
-        ("persyn_hub.served_scoring", "ServedScoringError", RuntimeError),
-        ("persyn_hub.reward_model", "RewardModelError", ValueError),
-        ("persyn_hub.hub", "PublishError", RuntimeError),
+        ("persyn_hub.compare.baselines", "BaselineError", ValueError),
+        ("persyn_hub.scoring.learnability_served", "ServedScoringError", RuntimeError),
+        ("persyn_hub.scoring.reward_model", "RewardModelError", ValueError),
+        ("persyn_hub.publish.hub", "PublishError", RuntimeError),
         ("persyn_hub.router.storage", "RouterMismatchError", ValueError),
     ],
 )

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from persyn_hub.combine import (
+from persyn_hub.recipe.config import LabelingConfig
+from persyn_hub.scoring.combine import (
     REASON_FAILED,
     REASON_FEW_TEACHERS,
     REASON_NO_LEARNABILITY,
     REASON_NO_QUALITY,
     combine_rewards,
 )
-from persyn_hub.config import LabelingConfig
 
 
 def pool() -> Dataset:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.baselines import STRATEGIES
-from persyn_hub.cards import comparison_card_section
-from persyn_hub.compare import load_compare_recipe
-from persyn_hub.comparison_report import comparison_markdown, plot_comparison
-from persyn_hub.config import RecipeError, load_recipe
+from persyn_hub.compare.baselines import STRATEGIES
+from persyn_hub.compare.report import comparison_markdown, plot_comparison
+from persyn_hub.compare.run import load_compare_recipe
+from persyn_hub.publish.cards import comparison_card_section
+from persyn_hub.recipe.config import RecipeError, load_recipe
 
 ROOT = Path(__file__).parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -39,7 +39,7 @@ def test_every_recipe_parses_with_its_parser(path, monkeypatch):
     elif kind == "sft":
         import torch
 
-        from persyn_hub.sft import make_parser
+        from persyn_hub.compare.sft import make_parser
 
         # SFTConfig refuses bf16 without a GPU: GPU recipes are parsed here with bf16 switched off.
         cpu = [] if torch.cuda.is_available() else ["--bf16", "false", "--use_cpu", "true"]
@@ -129,7 +129,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
 
     from datasets import load_from_disk
 
-    from persyn_hub.eval_tasks.items import is_eval_item
+    from persyn_hub.compare.eval_tasks.items import is_eval_item
 
     run_dir, overrides, _, _ = small_task_mix_run
     out = tmp_path / "cmp"
@@ -171,7 +171,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     for prompt_id, messages in zip(common, sets["persyn"]["messages"]):
         assert messages == persyn_rows[prompt_id]  # exactly the routed data set `persyn run` published
     # The eval items the students were tested on are held out, so none can be a training prompt.
-    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
+    from persyn_hub.compare.eval_tasks.task_mix import task_mix_heldout
 
     assert not set(task_mix_heldout()["question"]) & {m[-2]["content"] for m in sets["oracle"]["messages"]}
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persyn_hub.config import PersynRecipe, RecipeError, load_recipe, parse_overrides
+from persyn_hub.recipe.config import PersynRecipe, RecipeError, load_recipe, parse_overrides
 
 DEMO = Path(__file__).parents[1] / "recipes" / "demo" / "asdiv-smollm2.yaml"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from persyn_hub.config import RecipeError, StudentConfig, load_recipe
-from persyn_hub.dtypes import DTYPE_NAMES, check_dtype, describe_cpu, resolve_dtype
+from persyn_hub.recipe.config import RecipeError, StudentConfig, load_recipe
+from persyn_hub.recipe.dtypes import DTYPE_NAMES, check_dtype, describe_cpu, resolve_dtype
 
 ROOT = Path(__file__).parents[1]
 RECIPE = "recipes/demo/asdiv-smollm2.yaml"
@@ -35,7 +35,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 RESOLVE_AUTO = """
 import json, logging, torch
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-from persyn_hub.dtypes import describe_cpu, resolve_dtype
+from persyn_hub.recipe.dtypes import describe_cpu, resolve_dtype
 first, second = resolve_dtype("auto"), resolve_dtype("auto", "cpu")
 print(json.dumps({"dtype": str(first), "again": str(second), "cpu": describe_cpu(),
                   "capability": torch.backends.cpu.get_cpu_capability()}))
@@ -148,8 +148,8 @@ def test_describe_cpu_matches_torch():
 
 def test_an_auto_student_loads_in_float32_on_an_avx2_machine():
     code = (
-        "from persyn_hub.config import StudentConfig\n"
-        "from persyn_hub.learnability import load_student\n"
+        "from persyn_hub.recipe.config import StudentConfig\n"
+        "from persyn_hub.scoring.learnability import load_student\n"
         "model, _ = load_student(StudentConfig(dtype='auto'))\n"
         "print(model.dtype)\n"
     )

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from persyn_hub.config import PromptsConfig, TeacherConfig, recipe_from_dict
 from persyn_hub.data import load_prompts
 from persyn_hub.generation import generate_responses
-from persyn_hub.preflight import PreflightError, check_before_work
+from persyn_hub.pipeline.preflight import PreflightError, check_before_work
+from persyn_hub.recipe.config import PromptsConfig, TeacherConfig, recipe_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import ScriptedChatServer  # noqa: E402
@@ -134,9 +134,9 @@ def test_a_template_that_refuses_a_system_turn_is_folded_not_failed_per_row(
 ):
     from transformers import AutoTokenizer
 
-    from persyn_hub.cards import render_dataset_card
     from persyn_hub.generation.local import render_prompt
-    from persyn_hub.summary import teacher_notes
+    from persyn_hub.pipeline.summary import teacher_notes
+    from persyn_hub.publish.cards import render_dataset_card
 
     recipe = recipe_with(local(gemma_like))
     rows = prompts.select(range(4))

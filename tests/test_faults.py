@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.stage_cache import SUCCESS, CorruptCacheError, StageCache, load_dataset_folder
+from persyn_hub.pipeline.cache import SUCCESS, CorruptCacheError, StageCache, load_dataset_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import FaultProxy, LlamaServer, free_port, llama_cpp_available  # noqa: E402
@@ -80,7 +80,7 @@ STARTED = re.compile(r"stage (\S+): started")
 KILLER = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time
-    from persyn_hub import stage_cache
+    from persyn_hub.pipeline import cache as stage_cache
     from persyn_hub.generation import checkpoint
 
     spec = json.loads(os.environ["PERSYN_FAULT_KILL"])
@@ -600,8 +600,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     ],
 )
 def test_prompt_values_that_are_not_text_are_named_by_row_and_column(tmp_path, rows, config, message):
-    from persyn_hub.config import PromptsConfig
     from persyn_hub.data import PromptDataError, load_prompts
+    from persyn_hub.recipe.config import PromptsConfig
 
     source = write_jsonl(tmp_path / "prompts.jsonl", rows)
     with pytest.raises(PromptDataError, match=message):
@@ -611,10 +611,10 @@ def test_prompt_values_that_are_not_text_are_named_by_row_and_column(tmp_path, r
 def test_trust_remote_code_is_off_unless_a_recipe_turns_it_on_for_a_named_model(monkeypatch):
     import transformers
 
-    from persyn_hub.config import QualityConfig, StudentConfig, TeacherConfig, load_recipe
     from persyn_hub.generation.local import load_teacher
-    from persyn_hub.learnability import load_student
-    from persyn_hub.reward_model import load_reward_model
+    from persyn_hub.recipe.config import QualityConfig, StudentConfig, TeacherConfig, load_recipe
+    from persyn_hub.scoring.learnability import load_student
+    from persyn_hub.scoring.reward_model import load_reward_model
 
     recipe = load_recipe(ROOT / RECIPE)
     assert not recipe.student.trust_remote_code and not recipe.quality.trust_remote_code

@@ -18,10 +18,10 @@ import pytest
 from datasets import Dataset
 
 from persyn_hub.bundled import bundled_gguf_path
-from persyn_hub.config import FewShotExample, GenerationConfig, TeacherConfig
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.endpoint import generate_with_endpoints
 from persyn_hub.generation.stats import GenerationStats
+from persyn_hub.recipe.config import FewShotExample, GenerationConfig, TeacherConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import FaultProxy, LlamaServer, free_port, llama_cpp_available  # noqa: E402
@@ -280,7 +280,7 @@ CLIENT = textwrap.dedent(
     """
     import sys
     from datasets import load_from_disk
-    from persyn_hub.config import GenerationConfig, TeacherConfig
+    from persyn_hub.recipe.config import GenerationConfig, TeacherConfig
     from persyn_hub.generation.checkpoint import GenerationCheckpoint
     from persyn_hub.generation.endpoint import generate_with_endpoints
     from persyn_hub.generation.stats import GenerationStats

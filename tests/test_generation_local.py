@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from persyn_hub.config import FewShotExample, GenerationConfig, TeacherConfig
 from persyn_hub.generation import GENERATION_COLUMNS, generate_responses
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
 from persyn_hub.generation.prompting import chat_messages, completion_text
+from persyn_hub.recipe.config import FewShotExample, GenerationConfig, TeacherConfig
 
 
 def smol_teacher(**overrides) -> TeacherConfig:
@@ -122,7 +122,7 @@ def test_a_torn_checkpoint_line_is_regenerated_not_trusted(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from persyn_hub.config import PromptsConfig, TeacherConfig, GenerationConfig
+from persyn_hub.recipe.config import PromptsConfig, TeacherConfig, GenerationConfig
 from persyn_hub.data import load_prompts
 from persyn_hub.generation import generate_responses
 prompts = load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=8, drop_duplicates=True), seed=0)

@@ -74,7 +74,7 @@ def olah_url(local_hub, tmp_path_factory):
 
 
 def _recipe(run_dir: Path, **hub):
-    from persyn_hub.config import recipe_from_dict
+    from persyn_hub.recipe.config import recipe_from_dict
 
     return recipe_from_dict(
         {
@@ -172,7 +172,7 @@ def _build_run(run_dir: Path, prompts: Dataset, minilm_path: str, suffix: str = 
         data.save_to_disk(str(run_dir / "artifacts" / name))
     _save_tiny_router(run_dir / "artifacts" / "router", minilm_path)
     counts = {name: dataset["teacher"].count(name) for name in TEACHERS}
-    from persyn_hub.summary import package_versions
+    from persyn_hub.pipeline.summary import package_versions
 
     return {
         "name": "hub-test",
@@ -286,7 +286,7 @@ print(json.dumps({"router_teachers": list(router.config.teachers), "scores_shape
 def test_dataset_card_renders_without_push(run_v1):
     from huggingface_hub import DatasetCard
 
-    from persyn_hub.cards import render_dataset_card, teacher_distribution_png
+    from persyn_hub.publish.cards import render_dataset_card, teacher_distribution_png
 
     run_dir, summary = run_v1
     recipe = _recipe(run_dir)
@@ -324,7 +324,7 @@ def test_dataset_card_renders_without_push(run_v1):
 def test_publish_run_then_load_every_artifact(api, local_hub, olah_url, run_v1, tmp_path, caplog, capfd):
     from huggingface_hub import DatasetCard, hf_hub_download
 
-    from persyn_hub.hub import publish_run
+    from persyn_hub.publish.hub import publish_run
 
     caplog.set_level(logging.DEBUG)
     run_dir, summary = run_v1
@@ -392,7 +392,7 @@ def test_publish_run_then_load_every_artifact(api, local_hub, olah_url, run_v1, 
 
 
 def test_republish_makes_no_new_commit(api, run_v1):
-    from persyn_hub.hub import publish_run
+    from persyn_hub.publish.hub import publish_run
 
     run_dir, summary = run_v1
     repos = {
@@ -410,7 +410,7 @@ def test_republish_makes_no_new_commit(api, run_v1):
 
 
 def test_new_revision_keeps_the_old_one_loadable(api, olah_url, run_v1, run_v2, tmp_path):
-    from persyn_hub.hub import publish_run
+    from persyn_hub.publish.hub import publish_run
 
     repos = {
         "labels_repo": f"{ORG}/rev-labels",
@@ -445,7 +445,7 @@ print(json.dumps([old[0]["messages"][-1]["content"], new[0]["messages"][-1]["con
 def test_interrupted_push_is_completed_by_a_rerun(api, local_hub, run_v1):
     from huggingface_hub.errors import HfHubHTTPError
 
-    from persyn_hub.hub import publish_run
+    from persyn_hub.publish.hub import publish_run
 
     run_dir, summary = run_v1
     repos = {
@@ -482,7 +482,7 @@ def test_branch_private_and_organisation_settings(api, local_hub, run_v1, tmp_pa
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from persyn_hub.hub import publish_run
+    from persyn_hub.publish.hub import publish_run
 
     run_dir, summary = run_v1
     repos = {"dataset_repo": "other-org/private-data", "router_repo": "other-org/private-router"}
@@ -583,7 +583,7 @@ def test_local_hub_rejects_what_the_hub_rejects(api, local_hub):
 
 
 def test_publish_run_names_a_missing_artifact(api, tmp_path):
-    from persyn_hub.hub import PublishError, publish_run
+    from persyn_hub.publish.hub import PublishError, publish_run
 
     recipe = _recipe(tmp_path, dataset_repo=f"{ORG}/nothing")
     with pytest.raises(PublishError, match="artifacts/dataset"):

@@ -4,7 +4,7 @@ changing a row.
 
 Every run here is bf16 (student and both LLM teachers): bf16 greedy decoding and scoring follow batch
 shapes, so equality holds only because the sharded stages are computed in chunks that do not depend on the
-process count (see `stage_runner.py`). On a CPU without native bf16 it is slower, with the same numerics.
+process count (see `pipeline/runner.py`). On a CPU without native bf16 it is slower, with the same numerics.
 The 2-process launch uses the repository's own `recipes/accelerate_configs/multi_gpu.yaml`, whose
 `mixed_precision: bf16` reaches the processes as ACCELERATE_MIXED_PRECISION: the router must not train
 under it. `accelerate launch` starts the ranks through torch's elastic launcher, on CPUs too.

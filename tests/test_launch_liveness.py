@@ -30,9 +30,9 @@ DRIVER = textwrap.dedent(
     import logging, os, signal, sys, time
     from datasets import Dataset
     from persyn_hub.errors import PersynError
-    from persyn_hub.launch import connect
-    from persyn_hub.stage_cache import StageCache
-    from persyn_hub.stage_runner import Stage, StageRunner
+    from persyn_hub.pipeline.launch import connect
+    from persyn_hub.pipeline.cache import StageCache
+    from persyn_hub.pipeline.runner import Stage, StageRunner
 
     logging.basicConfig(level=logging.INFO)
     scenario, root = sys.argv[1], sys.argv[2]

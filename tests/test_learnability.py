@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-import persyn_hub.learnability as learnability
-import persyn_hub.learnability_engines as engines
-from persyn_hub.answers import is_usable_answer
-from persyn_hub.config import StudentConfig
-from persyn_hub.learnability import load_student, score_learnability
+import persyn_hub.scoring.learnability as learnability
+import persyn_hub.scoring.learnability_engines as engines
+from persyn_hub.recipe.config import StudentConfig
+from persyn_hub.scoring.answers import is_usable_answer
+from persyn_hub.scoring.learnability import load_student, score_learnability
 
 
 @pytest.fixture(scope="module")

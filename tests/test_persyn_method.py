@@ -18,9 +18,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from persyn_hub.assignment import LABELED, ROUTED, assign_teachers
-from persyn_hub.combine import combine_rewards
-from persyn_hub.config import (
+from persyn_hub.recipe.config import (
     LabelingConfig,
     PersynRecipe,
     ProceduralTask,
@@ -31,8 +29,10 @@ from persyn_hub.config import (
     TeacherConfig,
     recipe_from_dict,
 )
-from persyn_hub.migrate import migrate_values
-from persyn_hub.selection import select_best
+from persyn_hub.recipe.migrate import migrate_values
+from persyn_hub.router.assignment import LABELED, ROUTED, assign_teachers
+from persyn_hub.router.selection import select_best
+from persyn_hub.scoring.combine import combine_rewards
 
 DEMO = Path(__file__).parents[1] / "recipes" / "demo" / "asdiv-smollm2.yaml"
 NAN = float("nan")

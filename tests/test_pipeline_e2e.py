@@ -117,7 +117,7 @@ def test_the_run_produces_the_dataset_and_the_summary(finished_run):
 
 @pytest.mark.slow
 def test_labeled_prompts_keep_their_best_labeled_answer(finished_run):
-    from persyn_hub.selection import select_best
+    from persyn_hub.router.selection import select_best
 
     output_dir = finished_run[0]
     labels = load_from_disk(str(output_dir / "artifacts" / "labels"))

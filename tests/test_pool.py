@@ -29,8 +29,8 @@ def answers(smollm2_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from persyn_hub.config import PromptsConfig
     from persyn_hub.data import load_prompts
+    from persyn_hub.recipe.config import PromptsConfig
 
     prompts = load_prompts(
         PromptsConfig(source="bundled:asdiv", num_prompts=24, drop_duplicates=True), seed=3
@@ -186,11 +186,11 @@ def test_the_same_pool_in_long_format_gives_the_same_data_set(answers, wide_run,
 def test_a_mixed_pool_scores_each_row_with_its_own_checker(tmp_path):
     """ASDiv rows (gold answers) and IFBench rows (instruction checks) in one run, quality chosen per row."""
     from persyn_hub.bundled import bundled_data_file
-    from persyn_hub.config import PromptsConfig
     from persyn_hub.data import load_prompts
+    from persyn_hub.recipe.config import PromptsConfig
 
     asdiv = load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=6, drop_duplicates=True), seed=1)
-    from persyn_hub.eval_tasks.heldout import is_heldout
+    from persyn_hub.compare.eval_tasks.heldout import is_heldout
     from persyn_hub.verifiers.instructions import check_instructions
 
     ifbench = []

@@ -14,9 +14,9 @@ from datasets import Dataset
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, tqdm
 
 from persyn_hub import progress
-from persyn_hub.config import QualityConfig, StudentConfig
-from persyn_hub.learnability import load_student, score_learnability
-from persyn_hub.quality import score_quality
+from persyn_hub.recipe.config import QualityConfig, StudentConfig
+from persyn_hub.scoring.learnability import load_student, score_learnability
+from persyn_hub.scoring.quality import score_quality
 
 
 class EveryUpdate(tqdm):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from persyn_hub.config import PromptsConfig, QualityConfig
 from persyn_hub.data import load_prompts
-from persyn_hub.quality import score_quality
-from persyn_hub.reward_model import RewardModelError
+from persyn_hub.recipe.config import PromptsConfig, QualityConfig
+from persyn_hub.scoring.quality import score_quality
+from persyn_hub.scoring.reward_model import RewardModelError
 from persyn_hub.verifiers.math_answer import check_math_answer, gold_number
 
 
@@ -89,7 +89,7 @@ def test_math_requires_answer_column():
 
 
 def test_reasoning_gym_quality_uses_each_tasks_checker_on_generated_prompts():
-    from persyn_hub.config import ProceduralTask
+    from persyn_hub.recipe.config import ProceduralTask
 
     tasks = [
         ProceduralTask(name="basic_arithmetic", size=3, config={"max_terms": 2, "max_digits": 2}),

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from datasets import Dataset, concatenate_datasets
 
-from persyn_hub.config import PromptsConfig, RouterSettings
 from persyn_hub.data import load_prompts
+from persyn_hub.recipe.config import PromptsConfig, RouterSettings
 from persyn_hub.router import (
     PersynRouter,
     RouterDataError,

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 from datasets import Dataset, load_from_disk
 
-from persyn_hub.config import StudentConfig
-from persyn_hub.learnability import load_student, score_learnability
+from persyn_hub.recipe.config import StudentConfig
+from persyn_hub.scoring.learnability import load_student, score_learnability
 
 SCRIPT = textwrap.dedent(
     """
@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent(
     from accelerate import PartialState
     from datasets import load_from_disk
 
-    from persyn_hub.config import StudentConfig
-    from persyn_hub.learnability import score_learnability
+    from persyn_hub.recipe.config import StudentConfig
+    from persyn_hub.scoring.learnability import score_learnability
 
     torch.set_num_threads(1)
     state = PartialState(cpu=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persyn_hub.sft import SFTScriptArguments, main, make_parser, to_prompt_completion
+from persyn_hub.compare.sft import SFTScriptArguments, main, make_parser, to_prompt_completion
 
 SYSTEM = "Solve the math word problem. Think briefly, then end with: The answer is <number>."
 

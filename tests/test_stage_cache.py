@@ -7,7 +7,7 @@ import shutil
 import pytest
 from datasets import Dataset
 
-from persyn_hub.stage_cache import CorruptCacheError, StageCache
+from persyn_hub.pipeline.cache import CorruptCacheError, StageCache
 
 
 def test_a_finished_stage_is_reused_and_a_new_key_recomputes(tmp_path):

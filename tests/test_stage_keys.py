@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.config import load_recipe
-from persyn_hub.fingerprint import fingerprint
-from persyn_hub.identity import model_identity
-from persyn_hub.stage_cache import StageCache
-from persyn_hub.stage_runner import Stage, StageRunner
-from persyn_hub.stages import persyn_stages
+from persyn_hub.pipeline.cache import StageCache
+from persyn_hub.pipeline.fingerprint import fingerprint
+from persyn_hub.pipeline.identity import model_identity
+from persyn_hub.pipeline.runner import Stage, StageRunner
+from persyn_hub.pipeline.stages import persyn_stages
+from persyn_hub.recipe.config import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "task-mix-smollm2.yaml"
 
@@ -379,7 +379,7 @@ def test_an_unresolvable_hub_id_falls_back_to_its_name_with_a_warning(monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     name = f"persyn-tests/not-a-model-{uuid.uuid4().hex}"
-    with caplog.at_level(logging.WARNING, logger="persyn_hub.identity"):
+    with caplog.at_level(logging.WARNING, logger="persyn_hub.pipeline.identity"):
         identity = model_identity(name)
         pinned = model_identity(name, revision="v1")
     assert identity == {"hub": name, "revision": None, "commit": None}

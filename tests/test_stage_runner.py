@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, load_from_disk
 
-from persyn_hub.stage_cache import StageCache
-from persyn_hub.stage_runner import Stage, StageContext, StageRunner
+from persyn_hub.pipeline.cache import StageCache
+from persyn_hub.pipeline.runner import Stage, StageContext, StageRunner
 
 
 @pytest.fixture

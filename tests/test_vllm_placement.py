@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.config import TeacherConfig
 from persyn_hub.generation.placement import (
     PlacementError,
     check_placements,
@@ -29,6 +28,7 @@ from persyn_hub.generation.placement import (
     node_devices,
 )
 from persyn_hub.generation.vllm_backend import engine_environment
+from persyn_hub.recipe.config import TeacherConfig
 
 ROOT = Path(__file__).parents[1]
 STAND_INS = Path(__file__).parent / "stand_ins"
@@ -185,7 +185,7 @@ GENERATE_AS_A_RANK = textwrap.dedent(
     """
     import json, os, sys
     from datasets import Dataset
-    from persyn_hub.config import GenerationConfig, TeacherConfig
+    from persyn_hub.recipe.config import GenerationConfig, TeacherConfig
     from persyn_hub.engines import release_engines
     from persyn_hub.generation import generate_responses
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from datasets import Dataset, Value
 
-from persyn_hub.config import PoolConfig, TeacherConfig
 from persyn_hub.generation.checkpoint import RECORD_FEATURES, GenerationCheckpoint
 from persyn_hub.generation.stats import GenerationStats
+from persyn_hub.recipe.config import PoolConfig, TeacherConfig
 
 GENERATION_FEATURES = {**RECORD_FEATURES, "pool_scores": Value("string")}
 """`pool_scores`: JSON of the scores an answer pool holds beside the answer (None when generated)."""

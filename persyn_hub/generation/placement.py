@@ -28,8 +28,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from persyn_hub.config import TeacherConfig
 from persyn_hub.errors import PersynError
+from persyn_hub.recipe.config import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

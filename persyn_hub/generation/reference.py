@@ -14,9 +14,9 @@ from typing import Any
 
 from datasets import Dataset
 
-from persyn_hub.config import TeacherConfig
 from persyn_hub.generation.checkpoint import RECORD_FEATURES
 from persyn_hub.generation.stats import GenerationStats
+from persyn_hub.recipe.config import TeacherConfig
 
 
 def template_columns(template: str) -> list[str]:

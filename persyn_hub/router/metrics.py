@@ -1,6 +1,6 @@
 """How well a router picks teachers on held-out prompts, next to the baselines it must beat.
 
-The computation lives in the `evaluate` module `persyn_hub/evaluate_modules/routing_metrics` (one file,
+The computation lives in the `evaluate` module `persyn_hub/router/evaluate_modules/routing_metrics` (one file,
 pushable to the Hub as-is, definitions in its docstring and metric card); this module re-exports it so
 persyn_hub and `evaluate.load(routing_metrics_module_path())` give the same numbers from the same code.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from persyn_hub.evaluate_modules.routing_metrics.routing_metrics import (
+from persyn_hub.router.evaluate_modules.routing_metrics.routing_metrics import (
     DEFINITIONS,
     INTERVAL_METRICS,
     REWARD_RECOVERED_DEFINITION,
@@ -41,7 +41,7 @@ def routing_metrics_module_path() -> Path:
 
     Resolved through the installed package (works from a wheel), not the source checkout.
     """
-    path = Path(str(resources.files("persyn_hub.evaluate_modules") / "routing_metrics"))
+    path = Path(str(resources.files("persyn_hub.router.evaluate_modules") / "routing_metrics"))
     if not (path / "routing_metrics.py").is_file():
         raise FileNotFoundError(
             f"The routing_metrics evaluate module is missing at {path}; reinstall persyn_hub (unzipped) so its "

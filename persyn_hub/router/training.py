@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from persyn_hub.bundled import resolve_model
-from persyn_hub.config import RouterSettings
+from persyn_hub.recipe.config import RouterSettings
 from persyn_hub.router.budgets import calibration_table
 from persyn_hub.router.labels import RewardTable, pivot_rewards, split_by_prompt
 from persyn_hub.router.metrics import effective_rewards, routing_metrics

@@ -1,0 +1,176 @@
+"""`persyn run`: the whole PerSyn pipeline, Route then Generate, as the list of stages in `pipeline/stages.py`.
+
+    persyn run recipes/demo/task-mix-smollm2.yaml [--key value ...] [--retry-failed]
+    accelerate launch --multi_gpu --num_processes 8 -m persyn_hub.cli run RECIPE    # one process per GPU
+    torchrun --nproc_per_node 8 -m persyn_hub.cli run RECIPE                        # the same, plain torch
+
+Every stage's output is saved under `output.dir/stages/`, keyed by what changes it (its identity and
+its inputs' content), so a re-run reuses finished stages and a crashed generation resumes from its
+row checkpoints. One writer per output directory; the run log, summary and card are written here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from filelock import FileLock, Timeout
+
+from persyn_hub.errors import PersynError
+from persyn_hub.pipeline.cache import StageCache
+from persyn_hub.pipeline.launch import Launch, connect
+from persyn_hub.pipeline.runner import Stage, StageRunner
+from persyn_hub.pipeline.stages import ASSEMBLE, persyn_stages, run_outputs
+from persyn_hub.pipeline.summary import build_summary, package_versions
+from persyn_hub.recipe.config import PersynRecipe
+
+logger = logging.getLogger("persyn_hub")
+
+
+class RunLockedError(PersynError, RuntimeError):
+    """Another `persyn run` is writing the same output directory."""
+
+
+@contextmanager
+def run_lock(run_dir: Path, launch: Launch | None = None) -> Iterator[None]:
+    """One writer per output directory: a second run (or launch) refuses at once instead of corrupting it.
+
+    Under a launch the lock belongs to the launch: the main process takes it and tells the others
+    through the launch's store whether it got it.
+    """
+    launch = launch or Launch()
+    if not launch.main:
+        refusal = launch.wait_for("run-lock", stage="start", ranks=[0])
+        if refusal:
+            raise RunLockedError(refusal)
+        yield
+        return
+    lock = FileLock(str(run_dir / ".persyn.lock"))
+    owner = run_dir / ".persyn.lock.owner"
+    me = f"persyn run (pid {os.getpid()}" + (
+        f", launch {launch.id}, {launch.count} processes)" if launch.count > 1 else ")"
+    )
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = owner.read_text().strip() if owner.is_file() else "another process"
+        refusal = (
+            f"output.dir {str(run_dir)!r} is in use by {who}. Wait for that run to finish, or set "
+            "--output.dir to another directory."
+        )
+        launch.signal("run-lock", refusal)
+        raise RunLockedError(refusal) from None
+    try:
+        owner.write_text(me)
+        launch.signal("run-lock", "")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+@contextmanager
+def run_log(run_dir: Path, launch: Launch | None = None) -> Iterator[None]:
+    """`run.log` (the main process), `run.rank-<i>.log` (the others): a timeline that travels with the data."""
+    launch = launch or Launch()
+    name = "run.log" if launch.main else f"run.rank-{launch.index}.log"
+    handler = logging.FileHandler(run_dir / name, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def run_pipeline(
+    recipe: PersynRecipe,
+    *,
+    retry_failed: bool = False,
+    then: Callable[[StageRunner], list[Stage]] | None = None,
+) -> dict[str, Any]:
+    """Run a recipe end to end and return (and write) its summary.
+
+    `retry_failed`: ask the rows whose generation failed in an earlier run again (otherwise a finished
+    stage, failed rows included, is reused as it is). `then(runner)`: stages to run after the run's own,
+    on its runner and under its lock and log (`persyn compare` labels the routed prompts so)."""
+    started = time.perf_counter()
+    run_dir = Path(recipe.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for key, value in recipe.env.items():
+        os.environ[key] = str(value)
+    launch = connect(recipe.launch.timeout)
+    try:
+        with run_lock(run_dir, launch), run_log(run_dir, launch):
+            summary, runner = _run(recipe, run_dir, started, retry_failed, launch)
+            for stage in then(runner) if then else ():
+                runner.run(stage)
+            launch.finish()
+            return summary
+    finally:
+        launch.stop_heartbeat()
+
+
+def _run(
+    recipe: PersynRecipe, run_dir: Path, started: float, retry_failed: bool, launch: Launch
+) -> tuple[dict[str, Any], StageRunner]:
+    if launch.main:
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    logger.info(
+        "PerSyn run %r: teachers %s, student %s%s",
+        recipe.name,
+        recipe.teacher_names(),
+        recipe.student.model,
+        f" (process {launch.index + 1} of {launch.count}, launch {launch.id})" if launch.count > 1 else "",
+    )
+    runner = StageRunner(
+        StageCache(run_dir), retry_failed=retry_failed, launch=launch, chunk_rows=recipe.launch.chunk_rows
+    )
+    for stage in persyn_stages(recipe, runner):
+        runner.run(stage)
+    if not launch.main:  # summary, cards and publishing happen once, on the main process
+        return {"rank": launch.index, "output_dir": str(run_dir)}, runner
+    if recipe.routing.reuse_router:
+        shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
+
+    summary = build_summary(
+        recipe=recipe,
+        run_dir=run_dir,
+        outputs=run_outputs(recipe, runner),
+        stages=runner.summary(),
+        seconds=time.perf_counter() - started,
+        versions=package_versions(),
+    )
+    write_local_card(runner.outputs[ASSEMBLE], recipe, summary, run_dir)
+    if any([recipe.output.hub.labels_repo, recipe.output.hub.dataset_repo, recipe.output.hub.router_repo]):
+        from persyn_hub.publish.hub import publish_run
+
+        summary["hub"] = publish_run(run_dir, recipe, summary)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    logger.info("Finished in %.1f s: %d rows in %s", summary["wall_seconds"], summary["rows"], run_dir)
+    return summary, runner
+
+
+def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, Any], run_dir: Path) -> None:
+    """A local copy of the data set card, so an unpublished run documents itself too."""
+    from persyn_hub.publish.cards import comparison_card_section, render_dataset_card
+
+    card = render_dataset_card(
+        recipe=recipe, summary=summary, dataset=final, comparison=comparison_card_section(run_dir)
+    )
+    (run_dir / "artifacts" / "dataset" / "README.md").write_text(str(card), encoding="utf-8")
+
+
+__all__ = ["RunLockedError", "run_pipeline", "write_local_card"]
