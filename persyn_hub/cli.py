@@ -40,6 +40,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     from persyn_hub.pipeline.summary import format_summary
     from persyn_hub.recipe.config import load_recipe
 
+    if getattr(args, "resume_from_hub", None):  # the same as --output.hub.resume_from REPO[@revision]
+        extra = [*extra, "--output.hub.resume_from", args.resume_from_hub]
     recipe = load_recipe(args.recipe, extra)
     summary = run_pipeline(recipe, retry_failed=args.retry_failed)
     if "rows" in summary:  # the main process of a launch reports; the others only worked
@@ -48,9 +50,13 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _validate(args: argparse.Namespace, extra: list[str]) -> int:
+    from persyn_hub.data import check_local_source
     from persyn_hub.recipe.config import load_recipe
 
     recipe = load_recipe(args.recipe, extra)
+    # a local source is opened here too, so a column the recipe names and the file lacks fails now
+    pool_teachers = [t.pool_column for t in recipe.teachers if t.pool_column]
+    check_local_source(recipe.prompts, pool_teachers)
     print(recipe.to_yaml())
     return 0
 
@@ -59,14 +65,15 @@ def _route(args: argparse.Namespace, extra: list[str]) -> int:
     """Route a new prompt set with a trained router; no teacher generates anything."""
     from persyn_hub.data import load_prompts
     from persyn_hub.pipeline.preflight import open_router
-    from persyn_hub.recipe.config import PromptsConfig, _apply_override, _build_dataclass, parse_overrides
+    from persyn_hub.recipe.config import PromptsConfig
+    from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
     from persyn_hub.router import route_prompts
 
     values = {"source": args.prompts, "prompt_column": args.prompt_column, "split": args.split}
     values["num_prompts"] = args.num_prompts
     for key, value in parse_overrides(extra):  # any prompts setting: --drop_duplicates true, --id_column id
-        _apply_override(values, key, value)
-    prompt_config = _build_dataclass(PromptsConfig, values, "prompts")  # typed; unknown keys named
+        apply_override(values, key, value)
+    prompt_config = build_dataclass(PromptsConfig, values, "prompts")  # typed; unknown keys named
     budgets = _parse_budgets(args.budgets)
     teachers = args.teachers.split(",") if args.teachers else None
     router, tokenizer = open_router(args.router, teachers, field="--router")  # before any prompt loads
@@ -192,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed",
         action="store_true",
         help="ask the rows whose generation failed in an earlier run again (finished stages are otherwise reused)",
+    )
+    run.add_argument(
+        "--resume-from-hub",
+        metavar="REPO[@REVISION]",
+        default=None,
+        help="continue from the stages a run published (output.hub.stages): every stage whose key matches is "
+        "downloaded instead of computed, a partial generation asks only its missing rows; new stages are "
+        "published to output.hub.stages_repo (default: this repo)",
     )
     run.set_defaults(handler=_run)
 

@@ -44,8 +44,99 @@ def _read_source(config: PromptsConfig, seed: int) -> Dataset:
     if path.suffix in LOCAL_BUILDERS:
         if not path.is_file():
             raise PromptDataError(f"prompts.source: file {source!r} does not exist.")
-        return load_dataset(LOCAL_BUILDERS[path.suffix], data_files=str(path), split="train")
+        return _read_local_file(path)
     return load_dataset(source, config.subset, split=config.split, revision=config.revision)
+
+
+def _read_local_file(path: Path) -> Dataset:
+    """A local data file through `datasets`; a malformed file names its first bad line instead of a
+    `DatasetGenerationError` traceback."""
+    from datasets.exceptions import DatasetGenerationError
+
+    quiet = logging.getLogger("datasets")  # its builders log the parse error with a traceback first
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return load_dataset(LOCAL_BUILDERS[path.suffix], data_files=str(path), split="train")
+    except DatasetGenerationError as error:
+        bad = _first_bad_json_line(path) if path.suffix == ".jsonl" else None
+        where = (
+            f"line {bad[0]} is not JSON ({bad[1]})" if bad else f"cannot be read ({error.__cause__ or error})"
+        )
+        raise PromptDataError(
+            f"prompts.source: {str(path)!r} {where}; fix or remove it (one JSON object per line)."
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    import json
+
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                return number, error.msg
+            if not isinstance(value, dict):
+                return number, f"a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def local_source_columns(config: PromptsConfig) -> set[str] | None:
+    """The columns of a local prompt source, read without loading it (None: not a local source)."""
+    path = Path(config.source)
+    if path.is_dir() and (path / "dataset_info.json").is_file():
+        return set(load_from_disk(str(path)).column_names)
+    if path.suffix not in LOCAL_BUILDERS or not path.is_file():
+        return None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(path).names)
+    return set(_read_local_file(path).column_names)
+
+
+def check_local_source(config: PromptsConfig, pool_teachers: list[str]) -> None:
+    """What `persyn validate` can see without loading a model: a local source has the recipe's columns,
+    and every teacher that answers from the pool has answers there (`pool_teachers`: their columns, or
+    for a long pool their names)."""
+    columns = local_source_columns(config)
+    if columns is None:
+        return
+    pool = config.pool
+    if pool is not None and pool.format == "long":
+        needed = [
+            ("prompts.pool.teacher_column", pool.teacher_column),
+            ("prompts.pool.response_column", pool.response_column),
+        ]
+        needed += [("prompts.pool.score_columns", name) for name in pool.score_columns]
+        for key, column in needed:
+            if column not in columns:
+                raise PromptDataError(
+                    f"{key}: column {column!r} is not in {config.source!r}; its columns are {sorted(columns)}."
+                )
+        present = set(map(str, _read_source(config, seed=0)[pool.teacher_column]))
+        missing = [name for name in pool_teachers if name not in present]
+        if missing:
+            raise PromptDataError(
+                f"teachers: {missing} answer from the pool, but {config.source!r} has no row with "
+                f"{pool.teacher_column} = {missing[0]!r} (teachers there: {sorted(present)[:20]}). Set the "
+                "teacher's pool_column to a name the pool has, or give it a model or endpoints."
+            )
+        columns = columns | set(pool_teachers)
+    else:
+        missing = [name for name in pool_teachers if name not in columns]
+        if missing:
+            raise PromptDataError(
+                f"teachers: {missing} answer from the pool, but {config.source!r} has no such column (its "
+                f"columns are {sorted(columns)}). Set the teacher's pool_column to one of them, or give it a "
+                "model or endpoints."
+            )
+    check_columns(columns, apply_bundled_defaults(config))
 
 
 def pivot_long_pool(dataset: Dataset, config: PromptsConfig) -> Dataset:
@@ -120,8 +211,8 @@ def _template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
-def _check_columns(dataset: Dataset, config: PromptsConfig) -> None:
-    columns = set(dataset.column_names)
+def check_columns(columns: set[str], config: PromptsConfig) -> None:
+    """The recipe's prompt, id, answer and kept columns are among `columns` (one error per missing one)."""
     needed: list[tuple[str, str]] = []
     if config.prompt_template:
         needed += [("prompts.prompt_template", name) for name in _template_fields(config.prompt_template)]
@@ -239,7 +330,7 @@ def load_prompts(config: PromptsConfig, seed: int = 42, report: dict[str, Any] |
     dataset = _read_source(config, seed)
     if config.pool is not None and config.pool.format == "long":
         dataset = pivot_long_pool(dataset, config)
-    _check_columns(dataset, config)
+    check_columns(set(dataset.column_names), config)
     if len(dataset) == 0:
         raise PromptDataError(f"prompts.source: {config.source!r} has no rows.")
     keep = set(config.keep_columns)

@@ -459,6 +459,8 @@ def test_a_long_wrapped_message_keeps_its_start_and_its_fix():
         ("persyn_hub.scoring.reward_model", "RewardModelError", ValueError),
         ("persyn_hub.publish.hub", "PublishError", RuntimeError),
         ("persyn_hub.router.storage", "RouterMismatchError", ValueError),
+        ("persyn_hub.compare.evaluation", "EvaluationError", ValueError),
+        ("persyn_hub.pipeline.launch", "LaunchError", RuntimeError),
     ],
 )
 def test_every_package_error_is_a_persyn_error(module, name, base):
@@ -469,3 +471,117 @@ def test_every_package_error_is_a_persyn_error(module, name, base):
 
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, PersynError) and issubclass(cls, base)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input to every command: one line, exit 2
+
+
+def test_evaluate_with_a_model_that_does_not_exist_is_one_line(tmp_path):
+    result = persyn("evaluate", "--model", str(tmp_path / "nonexistent"), "--tasks", "persyn_asdiv")
+    one_error_line(result, "--model: cannot load", "nonexistent", "point --model at a saved model folder")
+
+
+def test_evaluate_with_a_bad_hub_id_is_one_line(capsys):
+    line = main_error(capsys, "evaluate", "--model", "no org/with spaces", "--tasks", "persyn_asdiv")
+    assert "--model: cannot load 'no org/with spaces'" in line and "check the Hub id" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "not found"),
+        ("model_name_or_path: [unclosed", "is not valid YAML"),
+        ("- a list", "YAML mapping"),
+    ],
+    ids=["missing", "bad-yaml", "not-a-mapping"],
+)
+def test_sft_with_a_bad_config_file_is_one_line(capsys, tmp_path, content, fragment):
+    config = tmp_path / "sft.yaml"
+    if content is not None:
+        config.write_text(content)
+    line = main_error(capsys, "sft", "--config", str(config))
+    assert line.startswith("persyn: error: --config:") and fragment in line, line
+
+
+def test_sft_with_an_unknown_key_is_one_line(capsys, tmp_path):
+    config = tmp_path / "sft.yaml"
+    config.write_text("dataset_name: x\nuse_cpu: true\nbf16: false\nnot_a_setting: 1\n")
+    line = main_error(capsys, "sft", "--config", str(config))
+    assert line.startswith("persyn: error: --config:") and "not_a_setting" in line, line
+
+
+def test_route_on_a_prompts_file_with_a_line_that_is_not_json_names_the_line(capsys, tmp_path, tiny_router):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 2 + 2?"}\n{"prompt": "What is 3 + 3?"}\nthis is not json\n')
+    line = main_error(
+        capsys,
+        *route(tmp_path, str(tiny_router))[:3],
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(tmp_path / "o"),
+    )
+    assert "prompts.source:" in line and "line 3 is not JSON" in line and "fix or remove it" in line, line
+
+
+def write_local_recipe(tmp_path: Path, rows: list[dict], **prompts: object) -> Path:
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo" / "asdiv-smollm2.yaml").read_text())
+    recipe["prompts"] = {"source": str(data), "prompt_column": "question", **prompts}
+    recipe["quality"] = {"kind": "column", "column": "score"}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+WIDE_ROWS = [{"question": f"q{i}", "id": i, "a": {"content": "x", "score": 1.0}, "b": None} for i in range(4)]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "teachers", "fragment"),
+    [
+        ({"answer_column": "gold"}, None, "prompts.answer_column: column 'gold' is not in"),
+        ({"id_column": "uuid"}, None, "prompts.id_column: column 'uuid' is not in"),
+        ({"prompt_column": "instruction"}, None, "prompts.prompt_column: column 'instruction' is not in"),
+        (
+            {"pool": {"format": "wide"}},
+            [{"name": "a"}, {"name": "c"}],
+            "teachers: ['c'] answer from the pool, but",
+        ),
+        (
+            {"pool": {"format": "long", "teacher_column": "model"}},
+            [{"name": "a"}, {"name": "b"}],
+            "prompts.pool.teacher_column: column 'model' is not in",
+        ),
+    ],
+    ids=["answer", "id", "prompt", "wide-teacher", "long-teacher-column"],
+)
+def test_validate_checks_a_local_sources_columns(tmp_path, prompts, teachers, fragment):
+    path = write_local_recipe(tmp_path, WIDE_ROWS, **prompts)
+    if teachers is not None:
+        recipe = yaml.safe_load(path.read_text())
+        recipe["teachers"] = teachers
+        path.write_text(yaml.safe_dump(recipe))
+    one_error_line(persyn("validate", str(path)), fragment)
+
+
+def test_validate_checks_that_every_long_pool_teacher_has_answers(tmp_path):
+    rows = [
+        {"question": f"q{i}", "teacher": t, "response": "x", "score": 1.0}
+        for i in range(3)
+        for t in ("a", "b")
+    ]
+    path = write_local_recipe(tmp_path, rows, pool={"format": "long", "score_columns": ["score"]})
+    recipe = yaml.safe_load(path.read_text())
+    recipe["teachers"] = [{"name": "a"}, {"name": "gpt-9"}]
+    path.write_text(yaml.safe_dump(recipe))
+    one_error_line(
+        persyn("validate", str(path)),
+        "teachers: ['gpt-9'] answer from the pool",
+        "has no row with teacher = 'gpt-9'",
+    )
+    recipe["teachers"] = [{"name": "a"}, {"name": "b"}]
+    path.write_text(yaml.safe_dump(recipe))
+    assert persyn("validate", str(path)).returncode == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from persyn_hub.compare.eval_tasks import TASK_NAMES, TASKS_DIR
+from persyn_hub.errors import PersynError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,40 @@ def task_manager(include_defaults: bool = True):
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
+
+
+class EvaluationError(PersynError, ValueError):
+    """The model or tasks to evaluate cannot be used; the message names the flag and the fix."""
+
+
+def check_model(model: str, gguf_file: Optional[str] = None) -> str:
+    """The loadable path or Hub id of `model` (`bundled:` resolved), or an `EvaluationError` naming it.
+
+    lm-eval would otherwise fail deep inside `simple_evaluate` with a traceback (e.g. "Repo id must use
+    alphanumeric chars" for a local path that does not exist)."""
+    from transformers import AutoConfig
+
+    from persyn_hub.bundled import resolve_model
+
+    try:
+        resolved = resolve_model(str(model))
+        if not gguf_file:
+            AutoConfig.from_pretrained(resolved)
+        elif not (Path(resolved) / gguf_file).is_file():
+            raise FileNotFoundError(f"{gguf_file} is not in {resolved}")
+    except PersynError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every load failure gets the same one-line report
+        looks_local = str(model).startswith(("/", "./", "../", "~")) or str(model).count("/") > 1
+        fix = (
+            "the local folder does not exist or holds no config.json; point --model at a saved model folder"
+            if looks_local
+            else "check the Hub id (and that you are logged in for gated models), or use a local folder or bundled:NAME"
+        )
+        raise EvaluationError(
+            f"--model: cannot load {str(model)!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]}); {fix}."
+        ) from error
+    return resolved
 
 
 def evaluate_model(
@@ -64,16 +99,14 @@ def evaluate_model(
     from lm_eval import simple_evaluate
     from lm_eval.api.model import LM
 
-    from persyn_hub.bundled import resolve_model
-
     if not tasks:
-        raise ValueError("tasks: empty; name at least one task, e.g. persyn_asdiv.")
+        raise EvaluationError("--tasks: empty; name at least one task, e.g. persyn_asdiv.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(model, LM):
         lm, label = model, type(model).__name__
     else:
         label = str(model)
-        model_args: dict[str, Any] = {"pretrained": resolve_model(str(model)), "dtype": dtype}
+        model_args: dict[str, Any] = {"pretrained": check_model(str(model), gguf_file), "dtype": dtype}
         if gguf_file:
             model_args["gguf_file"] = gguf_file
         lm = "hf"

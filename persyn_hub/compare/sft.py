@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from persyn_hub.errors import RecipeError
+
 logger = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -188,9 +190,42 @@ def train(script_args: SFTScriptArguments, training_args, model_args) -> dict[st
     return metrics
 
 
+def check_config_flag(argv: Optional[list[str]]) -> None:
+    """`--config FILE` must name a readable YAML mapping; checked before TRL's parser opens it."""
+    import yaml
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    for index, argument in enumerate(arguments):
+        if argument == "--config" or argument.startswith("--config="):
+            value = (
+                argument.split("=", 1)[1]
+                if "=" in argument
+                else (arguments[index + 1 : index + 2] or [""])[0]
+            )
+            path = Path(value)
+            if not path.is_file():
+                raise RecipeError(
+                    f"--config: file {value!r} not found; give an SFT recipe, e.g. recipes/demo/sft.yaml."
+                )
+            try:
+                values = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as error:
+                raise RecipeError(f"--config: {value!r} is not valid YAML: {one_line(str(error))}") from None
+            if values is not None and not isinstance(values, dict):
+                raise RecipeError(f"--config: {value!r} must be a YAML mapping of SFT settings.")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())[:400]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """`python -m persyn_hub.compare.sft --config recipes/demo/sft.yaml [--key value ...]`."""
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    check_config_flag(argv)
+    try:
+        script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    except ValueError as error:  # TrlParser: unknown keys, wrong types in the YAML
+        raise RecipeError(f"--config: {one_line(str(error))}") from error
     metrics = train(script_args, training_args, model_args)
     logger.info("SFT finished: %s", metrics)
     print(
