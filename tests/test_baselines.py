@@ -117,13 +117,15 @@ def test_strong_and_weak_are_the_highest_and_lowest_mean_quality():
 def test_car_is_the_best_mean_reward_on_the_routers_train_prompts_only():
     assert car_teacher(LABELS, TEACHERS, ["l1", "l2"]) == "mid"  # mid 0.65, big 0.15 on train
     assert car_teacher(LABELS, TEACHERS, ["l1", "l2", "l3"]) == "big"  # l3 would have changed it
-    assert picks("car") == {"t1": "mid", "t2": "mid"}
+    # mid failed on t2: CAR falls back to its own next teacher there (big, 0.15), not to another prompt set
+    assert picks("car") == {"t1": "mid", "t2": "big"}
     with pytest.raises(BaselineError, match="train prompts"):
         car_teacher(LABELS, TEACHERS, ["elsewhere"])
 
 
 def test_family_strong_is_the_strongest_teacher_of_the_students_family():
-    assert picks("family_strong") == {"t1": "mid", "t2": "mid"}  # llama: mid (1/3) beats small (0)
+    # llama: mid (1/3) beats small (0); mid failed on t2, so there the family's next teacher answers
+    assert picks("family_strong") == {"t1": "mid", "t2": "small"}
     assert picks("family_strong", student_family="qwen2") == {"t1": "big", "t2": "big"}
     with pytest.raises(BaselineError, match="no teacher of the student's family 'gemma'"):
         picks("family_strong", student_family="gemma")
@@ -173,3 +175,179 @@ def test_bootstrap_cells_give_intervals_and_paired_significance():
         {"base": good[:1], "persyn": good}, reference="persyn", resamples=200, seed=0
     )
     assert "interval" in single_seed["base"]
+
+
+# ---- Fair protocol: ties, fallbacks, a common set no strategy shapes, costs, what students learned from
+
+
+def rankings_for_all(train: Dataset, **kwargs) -> dict[str, dict[str, list[str]]]:
+    from persyn_hub.compare.baselines import strategy_rankings
+
+    arguments = {
+        "prompt_ids": IDS,
+        "pool": train,
+        "labels": LABELS,
+        "teachers": TEACHERS,
+        "seed": 0,
+        "train_ids": ["l1", "l2"],
+        "families": {"big": "qwen2", "mid": "llama", "small": "llama", "key": None},
+        "student_family": "llama",
+        "routed": {"t1": "mid", "t2": "key"},
+        "router_scores": {"t1": {"mid": 2.0, "key": 1.0, "big": 0.5, "small": -1.0}},
+        **kwargs,
+    }
+    return {s: strategy_rankings(s, **arguments)[0] for s in STRATEGIES}
+
+
+def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_the_common_set_holds():
+    from persyn_hub.compare.baselines import pool_usable
+    from persyn_hub.compare.run import choose_training_answers
+
+    picks_ok, counts_ok, common_ok = choose_training_answers(rankings_for_all(TRAIN), pool_usable(TRAIN), IDS)
+    assert picks_ok["strong"] == {"t1": "big", "t2": "big"} and counts_ok["strong"]["fallbacks"] == 0
+    # big's answer on t1 fails: strong (and the Oracle's runner-up logic) must not lose t1 for anyone
+    broken = pool(
+        [
+            ("t1", "big", None, None, None, "HTTP 500", "no usable answer"),
+            *[
+                (
+                    r["prompt_id"],
+                    r["teacher"],
+                    r["quality"],
+                    r["learnability"],
+                    r["reward"],
+                    r["error"],
+                    r["excluded"],
+                )
+                for r in TRAIN.to_list()
+                if (r["prompt_id"], r["teacher"]) != ("t1", "big")
+            ],
+        ]
+    )
+    rankings = rankings_for_all(broken)
+    picks_bad, counts_bad, common_bad = choose_training_answers(rankings, pool_usable(broken), IDS)
+    assert common_bad == common_ok == IDS  # the common prompt set is unchanged
+    # strong's own next choice by mean quality is `key` (2.5/3), then mid (1/3)
+    assert rankings["strong"]["t1"][:2] == ["big", "key"]
+    assert picks_bad["strong"] == {"t1": "key", "t2": "big"}
+    assert counts_bad["strong"] == {"unanswerable": 0, "fallbacks_all": 1, "fallbacks": 1}
+    assert picks_bad["gts_quality"]["t1"] == "mid"  # big's tie is gone; mid is next in recipe order
+    # persyn's routed answers (mid on t1, key on t2) are usable: no fallback
+    assert picks_bad["persyn"] == {"t1": "mid", "t2": "key"} and counts_bad["persyn"]["fallbacks"] == 0
+    for strategy, chosen in picks_bad.items():
+        assert set(chosen) == set(IDS), strategy
+        assert all(pool_usable(broken)(p, t) for p, t in chosen.items()), strategy
+
+
+def test_persyn_falls_back_by_the_routers_next_score_and_mix_and_random_by_their_own_draws():
+    from persyn_hub.compare.baselines import first_usable, pool_usable
+
+    rankings = rankings_for_all(TRAIN, routed={"t1": "mid", "t2": "mid"}, router_scores={
+        "t2": {"mid": 3.0, "small": 2.0, "big": 1.0, "key": 0.0}
+    })  # fmt: skip
+    chosen, fallbacks, lost = first_usable(rankings["persyn"], pool_usable(TRAIN))
+    assert chosen == {"t1": "mid", "t2": "small"} and fallbacks == ["t2"] and not lost  # mid failed on t2
+    mix = rankings["mix"]
+    for p in IDS:
+        assert set(mix[p][:2]) == {"big", "small"} and sorted(mix[p]) == sorted(TEACHERS)
+        assert sorted(rankings["random"][p]) == sorted(TEACHERS)
+    assert {p: r[0] for p, r in rankings["random"].items()} == picks("random")  # first draw unchanged
+
+
+def test_single_teacher_ties_go_to_the_teacher_with_more_scored_labeled_answers_and_are_reported():
+    # `worked` is right whenever it answers but answers only l1; `key` is right on all three: both mean 1.0
+    labels = pool(
+        [
+            ("l1", "worked", 1.0, -1.0, 0.5, None, None),
+            ("l2", "worked", None, None, None, "no worked solution", "no usable answer"),
+            ("l3", "worked", None, None, None, "no worked solution", "no usable answer"),
+            *[(p, "key", 1.0, -3.0, 0.0, None, None) for p in ("l1", "l2", "l3")],
+            *[(p, "small", 0.0, -0.2, -0.5, None, None) for p in ("l1", "l2", "l3")],
+        ]
+    )
+    teachers = ["worked", "key", "small"]  # recipe order alone would pick `worked`
+    assert strongest(labels, teachers) == "key"
+    from persyn_hub.compare.baselines import strategy_rankings
+
+    ranking, defined = strategy_rankings(
+        "strong", prompt_ids=["t"], pool=labels, labels=labels, teachers=teachers, seed=0
+    )
+    assert ranking["t"] == ["key", "worked", "small"]
+    assert defined == {"teacher": "key", "ties": ["key", "worked"], "uses_labels": True}
+
+
+def test_score_rankings_start_with_select_best():
+    from persyn_hub.compare.baselines import score_rankings
+    from persyn_hub.router.selection import select_best
+
+    for by in ("reward", "quality", "learnability"):
+        ranked = score_rankings(TRAIN, by, TEACHERS)
+        assert {p: order[0] for p, order in ranked.items()} == select_best(TRAIN, by, TEACHERS)
+        assert ranked["t2"][-1] == "mid"  # the failed answer ranks last
+
+
+def test_costs_charge_labeling_to_every_strategy_that_reads_the_labels_and_stage_seconds():
+    from persyn_hub.compare.protocol import answer_stats, stage_seconds, strategy_cost
+
+    rows = {
+        (r["prompt_id"], r["teacher"]): {
+            **r,
+            "num_tokens": 10,
+            "num_prompt_tokens": 5,
+            "num_response_tokens": 8,
+        }
+        for r in TRAIN.to_list()
+    }
+    label_rows = [
+        {"teacher": t, "num_tokens": 10, "num_prompt_tokens": 5} for t in TEACHERS for _ in range(3)
+    ]
+    stages = [
+        {"name": "label-generate/big", "seconds": 4.0, "cached": False},
+        {"name": "label-generate/key", "seconds": 0.5, "cached": False},
+        {"name": "quality", "seconds": 1.0, "cached": False},
+        {"name": "learnability", "seconds": 2.0, "cached": True},
+        {"name": "combine", "seconds": 0.25, "cached": False},
+        {"name": "router", "seconds": 8.0, "cached": False},
+        {"name": "route", "seconds": 1.0, "cached": False},
+        {"name": "compare/label-generate/big", "seconds": 16.0, "cached": False},
+        {"name": "compare/quality", "seconds": 3.0, "cached": False},
+        {"name": "compare/learnability", "seconds": 5.0, "cached": False},
+        {"name": "compare/combine", "seconds": 0.5, "cached": False},
+        {"name": "assemble", "seconds": 9.0, "cached": False},
+    ]
+    assert stage_seconds(stages)["labeling"] == {"seconds": 4.5, "cached": False}
+    rankings = rankings_for_all(TRAIN)
+    free = {"key"}
+    common = IDS
+
+    def cost(strategy, chosen, uses_labels, ranking=None):
+        return strategy_cost(
+            strategy, chosen=chosen, rankings=ranking or rankings[strategy], common=common, rows=rows,
+            label_rows=label_rows, free=free, teachers=TEACHERS, uses_labels=uses_labels, stages=stages,
+        )  # fmt: skip
+
+    strong = cost("strong", {"t1": "big", "t2": "big"}, True)
+    assert strong["labeling_generations"] == 9  # 3 model teachers x 3 labeled prompts; `key` is free
+    assert strong["generations"] == 2 + 9 and strong["tokens"] == 11 * 15
+    assert strong["seconds"] == 5.5 and strong["seconds_by_stage"] == {"labeling": 4.5, "label_quality": 1.0}
+    routed_mid = rankings_for_all(TRAIN, routed={"t1": "mid", "t2": "mid"}, router_scores={
+        "t2": {"mid": 3.0, "small": 2.0, "big": 1.0, "key": 0.0}
+    })["persyn"]  # fmt: skip
+    persyn = cost(
+        "persyn", {"t1": "mid", "t2": "small"}, True, routed_mid
+    )  # t2: mid tried (failed), then small
+    assert persyn["generations"] == 1 + 2 + 9 and persyn["seconds"] == 16.75
+    assert persyn["cached_stages"] == ["label_learnability"]
+    random = cost("random", {p: r[0] for p, r in rankings["random"].items()}, False)
+    assert random["labeling_generations"] == 0 and random["seconds"] == 0
+    oracle = cost("oracle", {"t1": "mid", "t2": "key"}, False)
+    assert oracle["generations"] == 2 * 3 and oracle["labeling_generations"] == 0
+    assert oracle["seconds"] == 24.5
+    stats = answer_stats({"t1": "mid", "t2": "key"}, IDS, rows)
+    assert stats == {
+        "verified_correct_share": 1.0,
+        "mean_quality": 1.0,
+        "mean_response_tokens": 8.0,
+        "mean_student_logprob": -2.5,
+    }
+    assert answer_stats({"t1": "small", "t2": "big"}, IDS, rows)["verified_correct_share"] == 0.0

@@ -106,14 +106,28 @@ def test_table_and_chart_from_a_comparison(tmp_path):
             {"strategy": "oracle", "rows": 6, "cost": {"generations": 12, "tokens": 120},
              "scores": {key: {**cell(0.62, 0.5, 0.7, (0.02, -0.05, 0.1)),
                               "minus_random": {"mean": 0.22, "interval": [0.1, 0.3], "significant": True}}}},
-            {"strategy": "persyn", "rows": 6, "cost": {"generations": 10, "tokens": 90}, "scores": {key: cell(0.6, 0.5, 0.7)}},
+            {"strategy": "persyn", "rows": 6, "cost": {"generations": 10, "tokens": 90, "labeling_generations": 4,
+                                                       "seconds": 12.5, "cached_stages": []},
+             "teacher_counts": {"big": 2, "key": 4}, "fallbacks": 1,
+             "defined_by": {"uses_labels": True},
+             "answers": {"verified_correct_share": 0.75, "mean_quality": 0.8, "mean_response_tokens": 12.25,
+                         "mean_student_logprob": -1.5},
+             "scores": {key: cell(0.6, 0.5, 0.7)}},
         ],
     }  # fmt: skip
+    comparison["rows"][1].update(
+        teacher_counts={"big": 6}, fallbacks=0, defined_by={"ties": ["big", "key"]},
+        answers={"verified_correct_share": 1.0, "mean_quality": 1.0, "mean_response_tokens": 3.0, "mean_student_logprob": None},
+    )  # fmt: skip
     table = comparison_markdown(comparison)
     assert "| random | 6 | 6 | 60 | 0.400 [0.300, 0.500] | -0.200 [-0.300, -0.100] * |" in table
     assert "| oracle | 6 | 12 | 120 | 0.620 [0.500, 0.700] | +0.020 [-0.050, +0.100] |" in table
     assert "| persyn | 6 | 10 | 90 | 0.600 [0.500, 0.700] |  |" in table
     assert "Oracle - random on persyn_taskmix exact_match: +0.220 [+0.100, +0.300] *." in table
+    # what each student learned from: teacher mix, fallbacks, checker-accepted share, length, log-prob, cost
+    assert "| persyn | big 33%, key 67% | 1 | 0.750 | 0.800 | 12.2 | -1.500 | 4 | 12.5 |" in table
+    assert "| random | big 100% | 0 | 1.000 | 1.000 | 3.0 |  |  |  |" in table
+    assert "random: big, key tie; the tie rule chose big." in table
     plot_comparison(comparison, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "comparison.md").write_text(table)
@@ -135,7 +149,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     out = tmp_path / "cmp"
     result = subprocess.run(
         [
-            sys.executable, "-m", "persyn_hub.cli", "compare", "recipes/demo/compare-task-mix-smollm2.yaml",
+            sys.executable, "-m", "persyn_hub.cli", "compare", "recipes/demo/compare-task-mix-smollm2-full.yaml",
             "--pipeline_overrides", json.dumps(overrides),
             "--seeds", "[0]", "--bootstrap", "50",
             "--sft.max_steps", "1", "--sft.per_device_train_batch_size", "2",
@@ -168,8 +182,18 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
         assert set(data["prompt_id"]) <= routed
         texts = [m[-2]["content"] for m in data["messages"]]
         assert not any(is_eval_item(t) for t in texts)  # and outside every evaluation set
-    for prompt_id, messages in zip(common, sets["persyn"]["messages"]):
-        assert messages == persyn_rows[prompt_id]  # exactly the routed data set `persyn run` published
+    routed_teacher = dict(zip(published["prompt_id"], published["teacher"]))
+    for prompt_id, teacher, messages in zip(common, sets["persyn"]["teacher"], sets["persyn"]["messages"]):
+        if prompt_id in persyn_rows and routed_teacher[prompt_id] == teacher:
+            assert messages == persyn_rows[prompt_id]  # exactly the routed data set `persyn run` published
+    # every strategy reports its seeds, fallbacks and what its student learned from
+    for name in STRATEGIES:
+        assert rows[name]["seeds"] == [0] and rows[name]["fallbacks"] >= 0
+        assert set(rows[name]["answers"]) == {
+            "verified_correct_share", "mean_quality", "mean_response_tokens", "mean_student_logprob",
+        }  # fmt: skip
+        assert 0.0 <= rows[name]["answers"]["verified_correct_share"] <= 1.0
+        assert "seconds" in rows[name]["cost"]
     # The eval items the students were tested on are held out, so none can be a training prompt.
     from persyn_hub.compare.eval_tasks.task_mix import task_mix_heldout
 
@@ -181,8 +205,11 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
         == model_labeling
         == rows["car"]["cost"]["labeling_generations"]
     )
-    assert rows["oracle"]["cost"]["generations"] == 2 * len(set(routed))
-    assert rows["strong"]["cost"]["labeling_generations"] == 0
+    assert rows["oracle"]["cost"]["generations"] == 2 * len(common)
+    assert rows["strong"]["cost"]["labeling_generations"] == model_labeling  # it read the labels too
+    assert rows["random"]["cost"]["labeling_generations"] == 0
+    assert rows["oracle"]["cost"]["labeling_generations"] == 0
+    assert rows["persyn"]["cost"]["seconds"] > 0  # labeling, scoring and router training are charged
     cells = rows["persyn"]["scores"]["persyn_taskmix exact_match"]
     assert 0.0 <= cells["interval"][0] <= cells["mean"] <= cells["interval"][1] <= 1.0
     assert "minus_persyn" in rows["random"]["scores"]["persyn_taskmix exact_match"]

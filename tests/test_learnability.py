@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 import persyn_hub.scoring.learnability as learnability
+import persyn_hub.scoring.learnability_costs as costs
 import persyn_hub.scoring.learnability_engines as engines
+import persyn_hub.scoring.learnability_prefix as prefix_cache
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.scoring.answers import is_usable_answer
 from persyn_hub.scoring.learnability import load_student, score_learnability
@@ -174,7 +176,7 @@ def test_prefix_shared_path_matches_full_softmax_loop(student, shared_pool, monk
     with an empty response and a failed row (neither scored), a truncated row and a row with no other row
     to share with."""
     _, model, tokenizer = student
-    assert engines.supports_prefix_cache(model)
+    assert prefix_cache.supports_prefix_cache(model)
     references = [
         reference_scores(model, tokenizer, row["messages"], row["response"])
         if is_usable_answer(row["response"], row["error"])
@@ -190,13 +192,13 @@ def test_prefix_shared_path_matches_full_softmax_loop(student, shared_pool, monk
         len(ref[0]) > max_length for ref, row in zip(references, shared_pool) if row["teacher"] == "long"
     )
     calls = []
-    shared = engines.prefix_shared_logprob_sums
+    shared = prefix_cache.prefix_shared_logprob_sums
 
     def spy(model, prefixes, segments, *args):
         calls.append((len(prefixes), len(segments)))
         return shared(model, prefixes, segments, *args)
 
-    monkeypatch.setattr(engines, "prefix_shared_logprob_sums", spy)
+    monkeypatch.setattr(prefix_cache, "prefix_shared_logprob_sums", spy)
     config = StudentConfig(max_length=max_length, batch_tokens=256)  # several prefix and segment batches
     scored = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
     assert calls and sum(n for _, n in calls) == 8  # 3 prompts x 3 answering teachers, less the failed row
@@ -230,12 +232,12 @@ def test_long_answers_are_scored_alone_and_short_ones_share_the_prompt(student, 
     is scored alone (unpadded, so SDPA's causal kernel applies); short answers of the same prompt still
     share it. Every number equals the independent full-forward one either way."""
     config, model, tokenizer = student
-    ratio = engines.attention_per_position(model)
-    solo = engines.solo_length(model, torch.device("cpu"))
+    ratio = costs.attention_per_position(model)
+    solo = costs.solo_length(model, torch.device("cpu"))
     assert 0 < ratio < 1e-3 and 100 < solo < 2000  # from SmolLM2-135M's sizes
-    assert engines.shares_prefix_profitably(ratio, 90, 50, 4)
-    assert not engines.shares_prefix_profitably(ratio, 90, 1500, 4)
-    assert not engines.shares_prefix_profitably(ratio, 90, 50, 1)  # nothing to share with
+    assert costs.shares_prefix_profitably(ratio, 90, 50, 4)
+    assert not costs.shares_prefix_profitably(ratio, 90, 1500, 4)
+    assert not costs.shares_prefix_profitably(ratio, 90, 50, 1)  # nothing to share with
     row = asdiv_prompts[0]
     base = {k: row[k] for k in ("prompt_id", "messages")}
     sentence = "Each step adds the two numbers again and writes the running total down. "
@@ -250,7 +252,7 @@ def test_long_answers_are_scored_alone_and_short_ones_share_the_prompt(student, 
         [{**base, "teacher": t, "response": r, "error": None} for t, r in responses.items()]
     )
     shared_calls, plain_calls = [], []
-    shared, plain = engines.prefix_shared_logprob_sums, engines.response_logprob_sums
+    shared, plain = prefix_cache.prefix_shared_logprob_sums, engines.response_logprob_sums
 
     def spy_shared(model, prefixes, segments, *args):
         shared_calls.append(len(segments))
@@ -260,7 +262,7 @@ def test_long_answers_are_scored_alone_and_short_ones_share_the_prompt(student, 
         plain_calls.append([len(r) for r in rows])
         return plain(model, rows, *args)
 
-    monkeypatch.setattr(engines, "prefix_shared_logprob_sums", spy_shared)
+    monkeypatch.setattr(prefix_cache, "prefix_shared_logprob_sums", spy_shared)
     monkeypatch.setattr(engines, "response_logprob_sums", spy_plain)
     scored = score_learnability(pool, StudentConfig(max_length=4096), model=model, tokenizer=tokenizer)
     assert shared_calls == [2]  # the two short answers
@@ -275,7 +277,7 @@ def test_prefix_shared_batches_and_waves_agree(student, shared_pool, monkeypatch
     """Tiny token and cache budgets (one prefix per batch, one cached batch per wave) change nothing."""
     config, model, tokenizer = student
     big = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
-    monkeypatch.setattr(engines, "KV_BUDGET_BYTES", 1)
+    monkeypatch.setattr(prefix_cache, "KV_BUDGET_BYTES", 1)
     small = score_learnability(shared_pool, StudentConfig(batch_tokens=16), model=model, tokenizer=tokenizer)
     assert small["num_response_tokens"] == big["num_response_tokens"]
     for a, b in zip(big["learnability"], small["learnability"]):
@@ -299,10 +301,10 @@ def test_model_that_ignores_the_cache_falls_back_to_full_rows(student, shared_po
     config, model, tokenizer = student
     expected = score_learnability(shared_pool, config, model=model, tokenizer=tokenizer)
     wrapped = _CacheIgnoringModel(model)
-    assert not engines.supports_prefix_cache(wrapped)  # not a transformers model: plain path
+    assert not prefix_cache.supports_prefix_cache(wrapped)  # not a transformers model: plain path
     monkeypatch.setattr(learnability, "supports_prefix_cache", lambda model: True)  # pretend it is
     scored = score_learnability(shared_pool, config, model=wrapped, tokenizer=tokenizer)
-    assert wrapped in engines._NO_PREFIX_CACHE
+    assert wrapped in prefix_cache.NO_PREFIX_CACHE
     assert scored["num_response_tokens"] == expected["num_response_tokens"]
     for a, b in zip(scored["learnability"], expected["learnability"]):
         assert (a is None and b is None) or a == pytest.approx(b, abs=1e-4)

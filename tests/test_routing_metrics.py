@@ -316,7 +316,7 @@ def test_bootstrap_is_fast_at_paper_scale():
 def test_module_is_self_contained_package_data():
     path = routing_metrics_module_path()
     assert path.name == "routing_metrics" and path.parent.name == "evaluate_modules"
-    assert path.parent.parent.name == "persyn_hub"
+    assert path.parent.parent.name == "router"  # persyn_hub/router/evaluate_modules/routing_metrics
     card = (path / "README.md").read_text()
     assert card.startswith("---\n") and "\n---\n" in card[4:] and "## How to Use" in card
     tree = ast.parse((path / "routing_metrics.py").read_text())

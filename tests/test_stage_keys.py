@@ -181,9 +181,12 @@ RELEVANT = {
     "router tie_margin": ([], ["--router.tie_margin", "0.01"], {"router"}),
     "router backbone": ([], ["--router.backbone", "bundled:smollm2-135m-instruct"], {"router"}),
     "labels repo (stored in the router config)": ([], ["--output.hub.labels_repo", "me/labels"], {"router"}),
+    # the learning curve's extra routers are trained and recorded inside the router stage
+    "router learning_curve": ([], ["--router.learning_curve", "[0.5, 1.0]"], {"router"}),
     # routing, output
     "routing budgets": ([], ["--routing.budgets", "{gemma-3-270m: 0.2}"], {"route"}),
     "output drop_truncated": ([], ["--output.drop_truncated", "false"], {"assemble"}),
+    "output drop_incorrect": ([], ["--output.drop_incorrect", "true"], {"assemble"}),
     # quality
     "quality kind": ([], ["--quality.kind", "math_answer"], {"quality", "assemble"}),
     # seed: prompts (shuffle), generation, router training
@@ -243,6 +246,11 @@ IRRELEVANT = {
     "output dataset_repo": ([], ["--output.hub.dataset_repo", "me/data"]),
     "output router_repo": ([], ["--output.hub.router_repo", "me/router"]),
     "output private": ([], ["--output.hub.private", "true"]),
+    "output stages_repo": (
+        [],
+        ["--output.hub.stages_repo", "me/stages", "--output.hub.checkpoint_every", "8"],
+    ),
+    "output resume_from": ([], ["--output.hub.resume_from", "me/stages@abc123"]),
     "recipe name": ([], ["--name", "renamed"]),
     "env": ([], ["--env", "{SOME_SETTING: x}"]),
     # how a launch shares the work: chunks and waits change no output (chunks do not depend on the
@@ -430,3 +438,46 @@ def test_reward_model_quality_fields(tmp_path, override, expected):
         "float32",
     ]
     check_case(tmp_path, base, override, expected)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Verified routing adds declared stages only when asked for (`routing.fallback_on_incorrect: N`)
+
+FALLBACK_ONE = ["--routing.fallback_on_incorrect", "1"]
+
+
+def test_fallback_rounds_add_their_own_stages_and_the_default_run_is_unchanged(tmp_path):
+    default = build(tmp_path, [])
+    assert [s.name for s in default] == [
+        s.name for s in build(tmp_path, ["--routing.fallback_on_incorrect", "0"])
+    ]
+    assert identities(default) == identities(build(tmp_path, ["--routing.fallback_on_incorrect", "0"]))
+    rounds = {s.name: s for s in build(tmp_path, ["--routing.fallback_on_incorrect", "2"])}
+    added = set(rounds) - ALL_STAGES
+    assert added == {
+        "fallback-route-1",
+        "fallback-route-2",
+        *{f"fallback-generate-{r}/{t}" for r in (1, 2) for t in TEACHERS},
+    }
+    assert set(rounds["fallback-route-1"].inputs) == {"route", "router", *ROUTED_GENERATE}
+    assert "fallback-route-1" in rounds["fallback-route-2"].inputs
+    assert set(rounds["fallback-generate-2/answer-key"].inputs) == {"prompts", "fallback-route-2"}
+    assert {"fallback-route-2", "fallback-generate-2/answer-key"} <= set(rounds["assemble"].inputs)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["--output.drop_incorrect", "true"], {"assemble"}),
+        (["--quality.kind", "math_answer"], {"quality", "fallback-route-1", "assemble"}),
+        (["--teachers.0.generation.max_new_tokens", "32"], {*gen(SMOL), f"fallback-generate-1/{SMOL}"}),
+        (["--routing.batch_size", "8"], set()),
+    ],
+    ids=["drop_incorrect", "quality kind", "teacher max_new_tokens", "routing batch_size"],
+)
+def test_fields_with_a_fallback_round(tmp_path, override, expected):
+    base = build(tmp_path, FALLBACK_ONE)
+    changed = build(tmp_path, FALLBACK_ONE + override)
+    own = own_changes(base, changed)
+    assert own == expected
+    assert recomputed(base, changed, tmp_path) == dependants(base, own)

@@ -17,18 +17,31 @@ outside every evaluation set); it only differs in which teacher's answer each pr
 N is the number of training prompts, K the number of MODEL teachers (a reference teacher writes from
 the data set and costs no generation). The picks are pure functions of the scored pool, so the test
 suite pins each definition on a hand-built pool.
+
+Every strategy ranks ALL teachers per prompt (`strategy_rankings`); its pick is the first teacher in its
+own ranking whose answer is usable (`strategy_picks(..., usable=...)`), so an unusable first choice falls
+back to the strategy's own next choice and never removes the prompt from the other strategies:
+
+| strategy | its ranking (first choice, then its fallbacks) |
+| --- | --- |
+| `strong`, `family_strong` | teachers by mean quality on the labeled prompts; ties: more scored labeled answers, then recipe order (`family_strong`: its family first) |
+| `car` | teachers by mean combined reward on the router's train prompts; ties: recipe order |
+| `mix` | the seeded coin's side, the other side, then the rest by mean quality |
+| `random` | a seeded permutation of the teachers per prompt (its first element is the old single draw) |
+| `oracle`, `gts_*` | teachers by their signal on that prompt (the same keys and ties as `select_best`) |
+| `persyn` | the routed teacher, then the rest by the router's scores (`router_scores`) |
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from datasets import Dataset
 
 from persyn_hub.errors import PersynError
-from persyn_hub.router.selection import select_best
 
 STRATEGIES = (
     "strong",
@@ -64,10 +77,34 @@ def mean_quality(labels: Dataset, teachers: list[str]) -> dict[str, float]:
     return {t: (sums[t] / counts[t] if counts[t] else float("-inf")) for t in teachers}
 
 
-def strongest(labels: Dataset, teachers: list[str]) -> str:
-    """Highest mean quality on the labeled prompts; ties go to the earlier teacher in `teachers`."""
+def scored_answers(labels: Dataset, teachers: list[str]) -> dict[str, int]:
+    """How many labeled answers of each teacher have a quality score (its coverage of the labeled prompts)."""
+    counts = dict.fromkeys(teachers, 0)
+    for teacher, quality in zip(_column(labels, "teacher"), _column(labels, "quality")):
+        if teacher in counts and quality is not None and not np.isnan(quality):
+            counts[teacher] += 1
+    return counts
+
+
+def quality_ranking(labels: Dataset, teachers: list[str]) -> list[str]:
+    """Teachers, strongest first: by mean quality on the labeled prompts; TIES go to the teacher with more
+    scored labeled answers (a teacher that answers fewer prompts is not stronger for it), then to the
+    earlier teacher in `teachers`."""
     means = mean_quality(labels, teachers)
-    return max(teachers, key=lambda t: (means[t], -teachers.index(t)))
+    answered = scored_answers(labels, teachers)
+    return sorted(teachers, key=lambda t: (-means[t], -answered[t], teachers.index(t)))
+
+
+def quality_ties(labels: Dataset, teachers: list[str], winner: str) -> list[str]:
+    """The teachers whose mean quality equals `winner`'s (winner included, ranking order); [winner]: no tie."""
+    means = mean_quality(labels, teachers)
+    return [t for t in quality_ranking(labels, teachers) if np.isclose(means[t], means[winner])]
+
+
+def strongest(labels: Dataset, teachers: list[str]) -> str:
+    """Highest mean quality on the labeled prompts; ties go to the teacher with more scored labeled
+    answers, then to the earlier teacher in `teachers` (`quality_ranking`)."""
+    return quality_ranking(labels, teachers)[0]
 
 
 def weakest(labels: Dataset, teachers: list[str]) -> str:
@@ -76,14 +113,10 @@ def weakest(labels: Dataset, teachers: list[str]) -> str:
     return min(teachers, key=lambda t: (means[t], -teachers.index(t)))
 
 
-def car_teacher(labels: Dataset, teachers: list[str], train_ids: list[str]) -> str:
-    """CAR: one teacher for the whole set, the best mean combined reward on the router's train prompts.
-
-    The same definition as the router metrics' best single teacher (`best_single_teacher`), on the same
-    prompts, so "the best single teacher" means one thing in the summary, the card and the comparison.
-    """
+def car_means(labels: Dataset, teachers: list[str], train_ids: list[str]) -> dict[str, float]:
+    """Mean effective combined reward per teacher on the router's train prompts (what CAR ranks by)."""
     from persyn_hub.router.labels import pivot_rewards
-    from persyn_hub.router.metrics import best_single_teacher
+    from persyn_hub.router.metrics import effective_rewards
 
     table = pivot_rewards(labels, teachers)
     train = set(train_ids)
@@ -92,7 +125,24 @@ def car_teacher(labels: Dataset, teachers: list[str], train_ids: list[str]) -> s
         raise BaselineError(
             "car: none of the router's train prompts is in the labeled pool; re-run the pipeline."
         )
-    return teachers[best_single_teacher(table.subset(keep).rewards)]
+    means = effective_rewards(table.subset(keep).rewards).mean(axis=0)
+    return {t: float(m) for t, m in zip(teachers, means)}
+
+
+def car_ranking(labels: Dataset, teachers: list[str], train_ids: list[str]) -> list[str]:
+    """Teachers by mean combined reward on the router's train prompts; ties: the earlier in `teachers`."""
+    means = car_means(labels, teachers, train_ids)
+    return sorted(teachers, key=lambda t: (-means[t], teachers.index(t)))
+
+
+def car_teacher(labels: Dataset, teachers: list[str], train_ids: list[str]) -> str:
+    """CAR: one teacher for the whole set, the best mean combined reward on the router's train prompts.
+
+    The same definition as the router metrics' best single teacher (`best_single_teacher`: argmax, ties
+    to the lowest index), on the same prompts, so "the best single teacher" means one thing in the
+    summary, the card and the comparison.
+    """
+    return car_ranking(labels, teachers, train_ids)[0]
 
 
 def family_strongest(
@@ -113,7 +163,52 @@ def _coin(seed: int, prompt_id: str, sides: int) -> int:
     return int(hashlib.sha256(f"{seed}\x1f{prompt_id}".encode()).hexdigest()[:12], 16) % sides
 
 
-def strategy_picks(
+def _draw_order(seed: int, prompt_id: str, teachers: list[str]) -> list[str]:
+    """`random`'s seeded sequence for one prompt: the single draw first, then the others in a seeded order."""
+    first = teachers[_coin(seed, prompt_id, len(teachers))]
+    rest = sorted(
+        (t for t in teachers if t != first),
+        key=lambda t: hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{t}".encode()).hexdigest(),
+    )
+    return [first, *rest]
+
+
+def score_rankings(pool: Dataset, by: str, teachers: list[str]) -> dict[str, list[str]]:
+    """prompt_id -> every teacher, best `by` score first, with `select_best`'s keys and ties (usable answers
+    before unusable ones; for `reward`, an excluded or unscored answer ranks by `quality` after the scored
+    ones; ties: the earlier teacher). The first element is `select_best`'s pick whenever it has one."""
+    from persyn_hub.scoring.answers import is_usable_answer
+
+    rank = {name: i for i, name in enumerate(teachers)}
+    primary = [np.nan if v is None else float(v) for v in _column(pool, by)]
+    if by == "reward" and "excluded" in pool.column_names:
+        primary = [np.nan if e is not None else v for v, e in zip(primary, _column(pool, "excluded"))]
+    fallback = (
+        [np.nan if v is None else float(v) for v in _column(pool, "quality")]
+        if "quality" in pool.column_names
+        else [np.nan] * len(pool)
+    )
+    usable = [is_usable_answer(r, e) for r, e in zip(_column(pool, "response"), _column(pool, "error"))]
+    keys: dict[str, dict[str, tuple]] = {}
+    for row, (prompt_id, teacher) in enumerate(zip(_column(pool, "prompt_id"), _column(pool, "teacher"))):
+        if teacher not in rank:
+            continue
+        has_primary, has_fallback = not np.isnan(primary[row]), not np.isnan(fallback[row])
+        keys.setdefault(prompt_id, {})[teacher] = (
+            usable[row],
+            usable[row] and has_primary,
+            primary[row] if usable[row] and has_primary else -np.inf,
+            usable[row] and has_fallback and not has_primary,
+            fallback[row] if usable[row] and has_fallback and not has_primary else -np.inf,
+        )
+    missing = (False, False, -np.inf, False, -np.inf)
+    return {
+        prompt_id: sorted(teachers, key=lambda t: (*(-v for v in found.get(t, missing)), rank[t]))
+        for prompt_id, found in keys.items()
+    }
+
+
+def strategy_rankings(
     strategy: str,
     *,
     prompt_ids: list[str],
@@ -125,47 +220,145 @@ def strategy_picks(
     families: dict[str, str | None] | None = None,
     student_family: str | None = None,
     routed: dict[str, str] | None = None,
+    router_scores: dict[str, dict[str, float]] | None = None,
     strong: str | None = None,
     weak: str | None = None,
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """(prompt_id -> teacher for every training prompt it can answer, what defined the choice).
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """(prompt_id -> every teacher in the strategy's order of preference, what defined the order).
 
     `pool`: every teacher's scored answer on the training prompts; `labels`: the labeled pool;
-    `routed`: the router's choice per training prompt (persyn).
+    `routed`: the router's choice per training prompt, `router_scores`: its score per teacher (persyn).
+    `defined_by["uses_labels"]` says whether the order was read from the labeled prompts (the strategy is
+    then charged their labeling); single-teacher strategies report `ties` (the teachers level with their
+    choice on its criterion, in the order the tie rule put them).
     """
-    strong = strong or strongest(labels, teachers)
+    ranking = quality_ranking(labels, teachers)
+    strong_from_labels = strong is None
+    strong = strong or ranking[0]
+    by_strength = [strong, *(t for t in ranking if t != strong)]
     if strategy == "strong":
-        return dict.fromkeys(prompt_ids, strong), {"teacher": strong}
+        ties = quality_ties(labels, teachers, strong) if strong_from_labels else [strong]
+        defined = {"teacher": strong, "ties": ties, "uses_labels": strong_from_labels}
+        return dict.fromkeys(prompt_ids, by_strength), defined
     if strategy == "mix":
+        weak_from_labels = weak is None
         weak = weak or weakest(labels, teachers)
         pair = [strong, weak]
-        return {p: pair[_coin(seed, p, 2)] for p in prompt_ids}, {"strong": strong, "weak": weak}
+        rest = [t for t in by_strength if t not in pair]
+        order = {p: [pair[side], pair[1 - side], *rest] for p in prompt_ids for side in [_coin(seed, p, 2)]}
+        defined = {"strong": strong, "weak": weak, "uses_labels": strong_from_labels or weak_from_labels}
+        return order, defined
     if strategy == "family_strong":
         teacher = family_strongest(labels, teachers, families or {}, student_family or "")
-        return dict.fromkeys(prompt_ids, teacher), {"teacher": teacher, "family": student_family}
+        same = [t for t in ranking if (families or {}).get(t) == student_family]
+        order = [*same, *(t for t in ranking if t not in same)]
+        defined = {
+            "teacher": teacher,
+            "family": student_family,
+            "ties": quality_ties(labels, same, teacher),
+            "uses_labels": True,
+        }
+        return dict.fromkeys(prompt_ids, order), defined
     if strategy == "car":
-        teacher = car_teacher(labels, teachers, train_ids or [])
-        return dict.fromkeys(prompt_ids, teacher), {"teacher": teacher}
+        order = car_ranking(labels, teachers, train_ids or [])
+        means = car_means(labels, teachers, train_ids or [])
+        ties = [t for t in order if np.isclose(means[t], means[order[0]])]
+        defined = {"teacher": order[0], "ties": ties, "uses_labels": True}
+        return dict.fromkeys(prompt_ids, order), defined
     if strategy == "random":
-        return {p: teachers[_coin(seed, p, len(teachers))] for p in prompt_ids}, {}
+        return {p: _draw_order(seed, p, teachers) for p in prompt_ids}, {"uses_labels": False}
     if strategy in GTS:
-        best = select_best(pool, GTS[strategy], teachers)
-        return {p: best[p] for p in prompt_ids if p in best}, {"by": GTS[strategy]}
+        ranked = score_rankings(pool, GTS[strategy], teachers)
+        return {p: ranked[p] for p in prompt_ids if p in ranked}, {"by": GTS[strategy], "uses_labels": False}
     if strategy == "persyn":
         if routed is None:
             raise BaselineError("persyn: the routed data set is missing; run `persyn run` first.")
-        return {p: routed[p] for p in prompt_ids if p in routed}, {}
+        scores = router_scores or {}
+        order = {}
+        for p in prompt_ids:
+            if p not in routed:
+                continue
+            mine = scores.get(p, {})
+            rest = sorted(
+                (t for t in teachers if t != routed[p]),
+                key=lambda t: (-mine.get(t, -np.inf), teachers.index(t)),
+            )
+            order[p] = [routed[p], *rest]
+        return order, {"uses_labels": True}
     raise BaselineError(f"strategy {strategy!r} is unknown; choose from {list(STRATEGIES)}.")
+
+
+def pool_usable(pool: Dataset) -> Callable[[str, str], bool]:
+    """The default usability test: an answer the pool holds with an error or no text is unusable."""
+    from persyn_hub.scoring.answers import is_usable_answer
+
+    bad = {
+        (p, t)
+        for p, t, r, e in zip(
+            _column(pool, "prompt_id"),
+            _column(pool, "teacher"),
+            _column(pool, "response"),
+            _column(pool, "error"),
+        )
+        if not is_usable_answer(r, e)
+    }
+    return lambda prompt_id, teacher: (prompt_id, teacher) not in bad
+
+
+def first_usable(
+    rankings: dict[str, list[str]], usable: Callable[[str, str], bool]
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """(prompt_id -> the first usable teacher of its ranking, the prompts where that was not the first
+    choice (fallbacks), the prompts where no teacher in the ranking was usable)."""
+    chosen: dict[str, str] = {}
+    fallbacks: list[str] = []
+    lost: list[str] = []
+    for prompt_id, order in rankings.items():
+        pick = next((t for t in order if usable(prompt_id, t)), None)
+        if pick is None:
+            lost.append(prompt_id)
+            continue
+        chosen[prompt_id] = pick
+        if pick != order[0]:
+            fallbacks.append(prompt_id)
+    return chosen, fallbacks, lost
+
+
+def strategy_picks(
+    strategy: str,
+    *,
+    usable: Callable[[str, str], bool] | None = None,
+    **kwargs: Any,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(prompt_id -> teacher for every training prompt it can answer, what defined the choice).
+
+    The strategy's first choice per prompt (`strategy_rankings`), or, where `usable(prompt_id, teacher)`
+    rejects it, its own next choice; default `usable`: the pool's answer has no error and some text.
+    `defined_by["fallbacks"]` counts the prompts answered by a later choice, `["unanswerable"]` those
+    no teacher in its ranking could answer.
+    """
+    rankings, defined_by = strategy_rankings(strategy, **kwargs)
+    chosen, fallbacks, lost = first_usable(rankings, usable or pool_usable(kwargs["pool"]))
+    return chosen, {**defined_by, "fallbacks": len(fallbacks), "unanswerable": len(lost)}
 
 
 __all__ = [
     "GTS",
     "STRATEGIES",
     "BaselineError",
+    "car_means",
+    "car_ranking",
     "car_teacher",
     "family_strongest",
+    "first_usable",
     "mean_quality",
+    "pool_usable",
+    "quality_ranking",
+    "quality_ties",
+    "score_rankings",
+    "scored_answers",
     "strategy_picks",
+    "strategy_rankings",
     "strongest",
     "weakest",
 ]

@@ -97,6 +97,7 @@ def summarize_comparison(
         row = {"strategy": name, **({} if name == BASE_ROW else info[name])}
         if name in training:
             row["training"] = training[name]
+            row["seeds"] = [run["seed"] for run in training[name]]
         row["scores"] = {key: value["cells"][name] for key, value in scores.items()}
         rows.append(row)
     return {
@@ -129,6 +130,63 @@ def _difference_text(cell: Optional[dict[str, Any]]) -> str:
         return ""
     low, high = cell["interval"]
     return f"{cell['mean']:+.3f} [{low:+.3f}, {high:+.3f}]" + (" *" if cell["significant"] else "")
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _teacher_mix(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    return ", ".join(f"{t} {c / total:.0%}" for t, c in counts.items() if c) if total else ""
+
+
+def training_data_markdown(comparison: dict[str, Any]) -> str:
+    """What each student learned from: teacher mix, fallbacks, checker-accepted share, quality, length and
+    student log-prob of its training answers, and what choosing them cost (labeling, stage seconds)."""
+    header = [
+        "strategy",
+        "teacher mix",
+        "fallbacks",
+        "checker-accepted share",
+        "mean quality",
+        "mean response tokens",
+        "mean student log-prob",
+        "labeling generations",
+        "selection seconds",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    ties = []
+    for row in comparison["rows"]:
+        if "answers" not in row:
+            continue
+        answers, cost = row["answers"], row.get("cost") or {}
+        seconds = _number(cost.get("seconds"), 1) + (" (cached)" if cost.get("cached_stages") else "")
+        cells = [
+            row["strategy"],
+            _teacher_mix(row.get("teacher_counts") or {}),
+            str(row.get("fallbacks", "")),
+            _number(answers.get("verified_correct_share")),
+            _number(answers.get("mean_quality")),
+            _number(answers.get("mean_response_tokens"), 1),
+            _number(answers.get("mean_student_logprob")),
+            str(cost.get("labeling_generations", "")),
+            seconds,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        tied = (row.get("defined_by") or {}).get("ties") or []
+        if len(tied) > 1:
+            ties.append(f"{row['strategy']}: {', '.join(tied)} tie; the tie rule chose {tied[0]}.")
+    if len(lines) == 2:
+        return ""
+    note = (
+        "\nTraining answers of each strategy on the common prompts: checker-accepted share = quality >= 1 "
+        "(full marks), response tokens and log-prob per token under the untuned student. Fallbacks: prompts "
+        "where the strategy's first choice was unusable and its own next choice answered. Ties in a "
+        "single-teacher choice: strong/family_strong go to the teacher with more scored labeled answers, then "
+        "recipe order; car to the earlier teacher in recipe order.\n"
+    )
+    return "\n".join(lines) + "\n" + note + ("\n" + "\n".join(ties) + "\n" if ties else "")
 
 
 def comparison_markdown(comparison: dict[str, Any]) -> str:
@@ -166,10 +224,18 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         f"({', '.join(str(v['items']) + ' items' for v in comparison['scores'].values())}, max {ev['max_gen_toks']} new tokens). "
         f"Cells: mean over seeds and items [95% bootstrap interval, {comparison['bootstrap']} resamples of items and seeds]; "
         "differences are paired bootstraps, * = the interval excludes 0. Teacher generations count model answers "
-        "each strategy needed (reference answers are free): PerSyn and CAR include labeling every teacher on the labeled prompts; "
-        "Oracle and Generate-then-Select pay every teacher on every prompt.\n"
+        "each strategy needed (reference answers are free): every strategy that read the labeled prompts (strong, mix, "
+        "family_strong, car, persyn) includes labeling every teacher on them; a fallback pays for the unusable first "
+        "choice too; Oracle and Generate-then-Select pay every teacher on every prompt.\n"
     )
-    return "\n".join(lines) + "\n" + note + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    data = training_data_markdown(comparison)
+    return (
+        "\n".join(lines)
+        + "\n"
+        + note
+        + ("\n" + "\n".join(notes) + "\n" if notes else "")
+        + ("\n" + data if data else "")
+    )
 
 
 def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
@@ -225,5 +291,6 @@ __all__ = [
     "plot_comparison",
     "score_matrix",
     "summarize_comparison",
+    "training_data_markdown",
     "write_comparison",
 ]

@@ -10,9 +10,14 @@ Protocol (the same for every strategy):
 2. Every teacher answers every training prompt and each answer is scored (learnability, quality,
    combined reward): the Oracle's pool, paid for this experiment only. The teachers' row checkpoints
    are shared with the run, so the answers the run already has are not asked again.
-3. Each strategy (`persyn_hub.compare.baselines`) picks one teacher per training prompt; PerSyn's set IS the
-   routed data set `persyn run` published. Every strategy trains on the same prompts: a prompt any
-   strategy cannot use (failed or truncated answer) is left out of all of them, and counted.
+3. Each strategy (`persyn_hub.compare.baselines`) ranks the teachers per training prompt and takes the
+   first whose answer is usable (no error, not truncated): an unusable first choice falls back to the
+   strategy's OWN next choice, counted as a fallback, so no strategy's failures remove prompts from the
+   others. PerSyn's rows are the routed data set `persyn run` published (a fallback: the router's next
+   score). Every strategy trains on the same prompts (those some teacher answered usably). Ties in a
+   single-teacher choice follow a stated rule and are reported (`baselines.quality_ranking`); costs
+   charge the labeling to every strategy that read the labeled prompts, with stage seconds
+   (`compare.protocol`), and each row reports what its student learned from.
 4. The student is fine-tuned on each set with the same TRL settings, once per seed, and evaluated with
    lm-evaluation-harness on the same items (greedy), together with the untrained student.
 5. Each cell is the mean over seeds and items with a 95% bootstrap interval (items and seeds
@@ -33,9 +38,10 @@ from typing import Any, Optional
 import yaml
 from datasets import Dataset
 
-from persyn_hub.compare.baselines import GTS, STRATEGIES, strategy_picks, strongest
+from persyn_hub.compare.baselines import STRATEGIES
 from persyn_hub.compare.report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
-from persyn_hub.recipe.config import RecipeError, _apply_override, _build_dataclass, parse_overrides
+from persyn_hub.recipe.config import RecipeError
+from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
 from persyn_hub.scoring.answers import is_trainable_answer
 
 logger = logging.getLogger("persyn_hub")
@@ -75,8 +81,9 @@ class CompareRecipe:
     """The Strong baseline's teacher; None: the highest mean quality on the labeled prompts."""
     weak_teacher: Optional[str] = None
     """Mix's weak teacher; None: the lowest mean quality on the labeled prompts."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    """SFT seeds (data order, dropout): every strategy is trained once per seed."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """SFT seeds (data order, dropout): every strategy is trained once per seed; the intervals resample
+    seeds and items together, so one seed hides the training-run noise."""
     bootstrap: int = 1000
     include_base_student: bool = True
     sft: dict[str, Any] = field(default_factory=dict)
@@ -123,9 +130,9 @@ def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None)
         raise RecipeError(f"{path}: comparison recipe not found.")
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for key, value in parse_overrides(overrides or []):
-        _apply_override(values, key, value)
+        apply_override(values, key, value)
     try:
-        return _build_dataclass(CompareRecipe, values, "")
+        return build_dataclass(CompareRecipe, values, "")
     except RecipeError as error:
         raise RecipeError(f"{path}: {error}") from None
 
@@ -183,6 +190,9 @@ def _rows(pool: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
         "finish_reason",
         "num_tokens",
         "num_prompt_tokens",
+        "quality",
+        "learnability",
+        "num_response_tokens",
     ]
     table = pool.select_columns([c for c in columns if c in pool.column_names]).to_list()
     return {(row["prompt_id"], row["teacher"]): row for row in table}
@@ -218,11 +228,67 @@ def teacher_families(pipeline: Any) -> dict[str, str | None]:
     return families
 
 
+def router_teachers(router_dir: Any, fallback: list[str]) -> list[str]:
+    """The router's own teacher order (`router_scores` follow it): its saved config's `teachers`."""
+    path = Path(str(router_dir)) / "config.json"
+    if path.is_file():
+        teachers = json.loads(path.read_text(encoding="utf-8")).get("teachers")
+        if teachers:
+            return list(teachers)
+    return list(fallback)
+
+
+def routed_choices(assigned: Dataset, order: list[str]) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """(prompt_id -> routed teacher, prompt_id -> {teacher: router score}) for the ROUTED prompts."""
+    from persyn_hub.router.assignment import ROUTED
+
+    columns = [
+        c for c in ("prompt_id", "teacher", "selected_by", "router_scores") if c in assigned.column_names
+    ]
+    teachers: dict[str, str] = {}
+    scores: dict[str, dict[str, float]] = {}
+    for row in assigned.select_columns(columns).to_list():
+        if row["selected_by"] != ROUTED or row["teacher"] is None:
+            continue
+        teachers[row["prompt_id"]] = row["teacher"]
+        if row.get("router_scores"):
+            scores[row["prompt_id"]] = dict(zip(order, map(float, row["router_scores"])))
+    return teachers, scores
+
+
+def choose_training_answers(
+    rankings: dict[str, dict[str, list[str]]], usable: Any, prompt_ids: list[str]
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]], list[str]]:
+    """Each strategy's first usable teacher in its own order ({strategy: {prompt: teacher}}), its counts
+    (`fallbacks`: prompts answered by a later choice; `unanswerable`: none of its choices usable), and the
+    common prompts: those every strategy could answer (with full rankings, the prompts some teacher answered)."""
+    from persyn_hub.compare.baselines import first_usable
+
+    picks: dict[str, dict[str, str]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for strategy, ranking in rankings.items():
+        chosen, fallbacks, lost = first_usable(ranking, usable)
+        picks[strategy] = chosen
+        counts[strategy] = {"unanswerable": len(lost) + len(set(prompt_ids) - set(ranking))}
+        counts[strategy]["fallbacks_all"] = len(fallbacks)
+    common = sorted(set.intersection(*(set(c) for c in picks.values()))) if picks else []
+    for strategy, ranking in rankings.items():  # fallbacks among the prompts actually trained on
+        counts[strategy]["fallbacks"] = sum(1 for p in common if picks[strategy][p] != ranking[p][0])
+    return picks, counts, common
+
+
 def build_training_sets(
-    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset
+    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset, summary: Optional[dict[str, Any]] = None
 ) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]], list[str]]:
-    """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids)."""
-    from persyn_hub.pipeline.stages import ASSEMBLE, COMBINE, ROUTER
+    """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids).
+
+    Each strategy takes, per prompt, the first teacher of its own ranking whose answer is usable (no
+    error, not truncated): an unusable first choice falls back to the strategy's OWN next choice
+    (`baselines.strategy_rankings`) and is counted, so no strategy's failures shape the others' prompts.
+    """
+    from persyn_hub.compare.baselines import strategy_rankings
+    from persyn_hub.compare.protocol import answer_stats, strategy_cost
+    from persyn_hub.pipeline.stages import ASSEMBLE, COMBINE, ROUTE, ROUTER
     from persyn_hub.router.assignment import ROUTED
     from persyn_hub.router.storage import read_router_record
 
@@ -232,20 +298,21 @@ def build_training_sets(
     metrics = read_router_record(runner.outputs[ROUTER])["metrics"]
     prompt_ids = sorted(set(pool["prompt_id"]))
     rows = _rows(pool)
-    routed = {
+    published = {
         row["prompt_id"]: row
         for row in final.select_columns(["prompt_id", "teacher", "messages", "selected_by"]).to_list()
         if row["selected_by"] == ROUTED
     }
+    routed_teachers, router_scores = routed_choices(
+        runner.outputs[ROUTE], router_teachers(runner.outputs[ROUTER], teachers)
+    )
     needs_family = "family_strong" in recipe.strategies
     families = teacher_families(pipeline) if needs_family else None  # each reads every teacher's config
     family = student_family(pipeline) if needs_family else None
-    routed_teachers = {p: row["teacher"] for p, row in routed.items()}
-    strong = recipe.strong_teacher or strongest(labels, teachers)
-    picks: dict[str, dict[str, str]] = {}
+    rankings: dict[str, dict[str, list[str]]] = {}
     info: dict[str, dict[str, Any]] = {}
     for strategy in recipe.strategies:
-        chosen, defined_by = strategy_picks(
+        ranking, defined_by = strategy_rankings(
             strategy,
             prompt_ids=prompt_ids,
             pool=pool,
@@ -256,71 +323,53 @@ def build_training_sets(
             families=families,
             student_family=family,
             routed=routed_teachers,
-            strong=strong,
+            router_scores=router_scores,
+            strong=recipe.strong_teacher,
             weak=recipe.weak_teacher,
         )
-        picks[strategy] = chosen
-        info[strategy] = {
-            "defined_by": defined_by,
-            "cost": _cost(strategy, chosen, rows, labels, teachers, free, prompt_ids),
-        }
-    usable = {
-        strategy: {
-            p
-            for p, t in chosen.items()
-            if (p in routed if strategy == "persyn" else _trainable(rows.get((p, t))))
-        }
-        for strategy, chosen in picks.items()
-    }
-    common = sorted(set.intersection(*usable.values())) if usable else []
+        rankings[strategy] = ranking
+        info[strategy] = {"defined_by": defined_by}
+
+    def usable(prompt_id: str, teacher: str) -> bool:
+        return _trainable(rows.get((prompt_id, teacher)))
+
+    picks, counts, common = choose_training_answers(rankings, usable, prompt_ids)
+    label_rows = labels.select_columns(
+        [c for c in ("teacher", "num_tokens", "num_prompt_tokens") if c in labels.column_names]
+    ).to_list()
     sets: dict[str, Dataset] = {}
     for strategy, chosen in picks.items():
         info[strategy].update(
-            unusable=len(prompt_ids) - len(usable[strategy]),
-            dropped_for_parity=len(usable[strategy]) - len(common),
+            unusable=counts[strategy]["unanswerable"],
+            fallbacks=counts[strategy]["fallbacks"],
+            dropped_for_parity=len(chosen) - len(common),
             rows=len(common),
             teacher_counts={t: sum(1 for p in common if chosen[p] == t) for t in teachers},
+            cost=strategy_cost(
+                strategy,
+                chosen=chosen,
+                rankings=rankings[strategy],
+                common=common,
+                rows=rows,
+                label_rows=label_rows,
+                free=free,
+                teachers=teachers,
+                uses_labels=bool(info[strategy]["defined_by"].get("uses_labels")),
+                stages=(summary or {}).get("stages") or [],
+            ),
+            answers=answer_stats(chosen, common, rows),
         )
-        if strategy == "persyn":
-            messages = [routed[p]["messages"] for p in common]
-        else:
-            messages = [
-                list(rows[(p, chosen[p])]["messages"])
-                + [{"role": "assistant", "content": rows[(p, chosen[p])]["response"]}]
-                for p in common
-            ]
+        messages = []
+        for p in common:
+            if strategy == "persyn" and p in published and published[p]["teacher"] == chosen[p]:
+                messages.append(published[p]["messages"])  # exactly the row `persyn run` published
+            else:
+                row = rows[(p, chosen[p])]
+                messages.append(list(row["messages"]) + [{"role": "assistant", "content": row["response"]}])
         sets[strategy] = Dataset.from_dict(
             {"prompt_id": common, "teacher": [chosen[p] for p in common], "messages": messages}
         )
     return sets, info, common
-
-
-def _cost(
-    strategy: str,
-    chosen: dict[str, str],
-    rows: dict[tuple[str, str], dict[str, Any]],
-    labels: Dataset,
-    teachers: list[str],
-    free: set[str],
-    prompt_ids: list[str],
-) -> dict[str, int]:
-    """Model generations and tokens (prompt + completion) the strategy needed; reference answers are free."""
-
-    def tokens(row: dict[str, Any] | None) -> int:
-        return int((row or {}).get("num_prompt_tokens") or 0) + int((row or {}).get("num_tokens") or 0)
-
-    if strategy in GTS:  # every model teacher answers every prompt
-        paid = [rows.get((p, t)) for p in prompt_ids for t in teachers if t not in free]
-    else:
-        paid = [rows.get((p, t)) for p, t in chosen.items() if t not in free]
-    cost = {"generations": len(paid), "tokens": sum(tokens(r) for r in paid), "labeling_generations": 0}
-    if strategy in ("car", "persyn"):  # both needed every teacher on the labeled prompts first
-        label_rows = labels.select_columns(["teacher", "num_tokens", "num_prompt_tokens"]).to_list()
-        labeled = [r for r in label_rows if r["teacher"] not in free]
-        cost["labeling_generations"] = len(labeled)
-        cost["generations"] += len(labeled)
-        cost["tokens"] += sum(tokens(r) for r in labeled)
-    return cost
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +437,7 @@ def run_comparison(
 
     pipeline = pipeline_recipe_of(recipe)
     summary, runner, pool = run_and_label_routed_prompts(pipeline)
-    sets, info, common = build_training_sets(recipe, pipeline, runner, pool)
+    sets, info, common = build_training_sets(recipe, pipeline, runner, pool, summary)
     leaked = [p for p, text in zip(pool["prompt_id"], pool["prompt"]) if is_eval_item(text)]
     if leaked:  # persyn run drops them unless the recipe opted out; the comparison never trains on them
         raise RecipeError(

@@ -28,6 +28,8 @@ class Assembly:
     final: Dataset
     failed: Dataset
     truncated: int
+    dropped_incorrect: int = 0
+    """Rows the verifier rejected, left out (`drop_incorrect`)."""
 
 
 def collect_responses(*parts: Dataset) -> pa.Table:
@@ -59,6 +61,7 @@ def assemble_dataset(
     *,
     drop_truncated: bool = True,
     quality: QualityConfig | None = None,
+    drop_incorrect: bool = False,
 ) -> Assembly:
     """Join each prompt with its assigned teacher's response.
 
@@ -67,7 +70,8 @@ def assemble_dataset(
     assistant answer) first, then the rest; with a verifiable `quality` kind every row is checked again
     (`quality`, `quality_detail`), so the card can say how much of the set is verified correct.
     `failed` holds rows without a usable answer, with `error`. Truncated answers (`finish_reason`
-    `length`) are dropped when `drop_truncated`, and counted either way.
+    `length`) are dropped when `drop_truncated`, and counted either way. With `drop_incorrect` (a
+    verifiable `quality` only), rows the verifier does not give full marks are dropped, and counted.
     """
     missing = [c for c in ASSIGNED_COLUMNS if c not in assigned.column_names]
     if missing:
@@ -106,6 +110,11 @@ def assemble_dataset(
             final.remove_columns([c for c in ("quality", "quality_detail") if c in final.column_names]),
             quality,
         )
+    dropped_incorrect = 0
+    if drop_incorrect and "quality" in final.column_names:
+        correct = [q is not None and q >= 1.0 - 1e-9 for q in final["quality"]]
+        dropped_incorrect = len(correct) - sum(correct)
+        final = final.select([i for i, ok in enumerate(correct) if ok]).flatten_indices()
     final = final.map(_to_messages, batched=True, desc="Assembling messages")
     unused = ["response", "error", "prompt"]
     if "pool_scores" in final.column_names and all(v is None for v in final["pool_scores"]):
@@ -115,4 +124,6 @@ def assemble_dataset(
     final = final.select_columns(
         leading + [c for c in final.column_names if c not in leading]
     ).flatten_indices()
-    return Assembly(final=final, failed=failed, truncated=int(sum(truncated)))
+    return Assembly(
+        final=final, failed=failed, truncated=int(sum(truncated)), dropped_incorrect=dropped_incorrect
+    )

@@ -12,13 +12,13 @@ import json
 from typing import Any
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"__type__": type(value).__name__, **dataclasses.asdict(value)}
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
@@ -26,7 +26,7 @@ def _plain(value: Any) -> Any:
 
 def fingerprint(*parts: Any, length: int = 16) -> str:
     """A hex digest of JSON-serializable parts (dataclasses included), order-sensitive."""
-    payload = json.dumps([_plain(p) for p in parts], sort_keys=True, ensure_ascii=False)
+    payload = json.dumps([plain_value(p) for p in parts], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
 
 

@@ -137,8 +137,13 @@ def _run(
     runner = StageRunner(
         StageCache(run_dir), retry_failed=retry_failed, launch=launch, chunk_rows=recipe.launch.chunk_rows
     )
-    for stage in persyn_stages(recipe, runner):
-        runner.run(stage)
+    runner.mirror = stage_mirror(recipe, run_dir) if launch.main else None
+    try:
+        for stage in persyn_stages(recipe, runner):
+            runner.run(stage)
+    finally:
+        hub_stages = runner.mirror.finish() if runner.mirror is not None else None
+        runner.mirror = None
     if not launch.main:  # summary, cards and publishing happen once, on the main process
         return {"rank": launch.index, "output_dir": str(run_dir)}, runner
     if recipe.routing.reuse_router:
@@ -153,14 +158,25 @@ def _run(
         versions=package_versions(),
     )
     write_local_card(runner.outputs[ASSEMBLE], recipe, summary, run_dir)
+    if hub_stages is not None:
+        summary["hub"] = {"stages": hub_stages}
     if any([recipe.output.hub.labels_repo, recipe.output.hub.dataset_repo, recipe.output.hub.router_repo]):
         from persyn_hub.publish.hub import publish_run
 
-        summary["hub"] = publish_run(run_dir, recipe, summary)
+        summary["hub"] = {**summary.get("hub", {}), **publish_run(run_dir, recipe, summary)}
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     logger.info("Finished in %.1f s: %d rows in %s", summary["wall_seconds"], summary["rows"], run_dir)
     return summary, runner
+
+
+def stage_mirror(recipe: PersynRecipe, run_dir: Path) -> Any:
+    """The Hub copy of the run's stages (`output.hub.stages`, `stages_repo`, `resume_from`), started; None
+    when the recipe publishes no stages. See `persyn_hub/publish/stages.py`."""
+    from persyn_hub.publish.stages import StageMirror
+
+    mirror = StageMirror.for_recipe(recipe, run_dir)
+    return mirror.start() if mirror is not None else None
 
 
 def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, Any], run_dir: Path) -> None:
@@ -173,4 +189,4 @@ def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, An
     (run_dir / "artifacts" / "dataset" / "README.md").write_text(str(card), encoding="utf-8")
 
 
-__all__ = ["RunLockedError", "run_pipeline", "write_local_card"]
+__all__ = ["RunLockedError", "run_pipeline", "stage_mirror", "write_local_card"]

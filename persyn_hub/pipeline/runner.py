@@ -155,6 +155,9 @@ class StageRunner:
     keys: dict[str, str] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     steps: int = 0
+    mirror: Any = None
+    """A copy of finished stages elsewhere (`publish.stages.StageMirror`, the Hub), main process only:
+    `restore(stage, key, folder, inputs)` before deciding on a stage not on disk, `publish(...)` once it is."""
 
     def key(self, stage: Stage) -> str:
         missing = [name for name in stage.inputs if name not in self.digests]
@@ -173,6 +176,8 @@ class StageRunner:
             self.retry_failed,
         )
         try:
+            if self.mirror is not None and self.launch.main and not self.cache.is_done(stage.name, key):
+                self.mirror.restore(stage, key, context.folder, self._inputs(stage))
             decision = self._decide(stage, key, step)
             joined = None
             if not decision.done and stage.parallel == "chunks":
@@ -198,9 +203,15 @@ class StageRunner:
         self.keys[stage.name] = key
         self.digests[stage.name] = self.cache.output_digest(stage.name, key)
         self.cached[stage.name] = decision.done
+        if self.mirror is not None and self.launch.main:
+            self.mirror.publish(stage, key, context.folder, self._inputs(stage))
         if stage.export and self.launch.main:
             export(output, self.cache.root / "artifacts" / stage.export)
         return output
+
+    def _inputs(self, stage: Stage) -> dict[str, dict[str, str]]:
+        """The keys and content digests of a stage's inputs (what a mirror records beside its output)."""
+        return {name: {"key": self.keys.get(name, ""), "digest": self.digests[name]} for name in stage.inputs}
 
     def _decide(self, stage: Stage, key: str, step: str) -> Decision:
         """The main process looks at the cache (and forgets a stage to retry); the others take its word,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ LEARNABILITY, QUALITY, COMBINE = "learnability", "quality", "combine"
 ROUTER, ROUTE, ASSEMBLE = "router", "route", "assemble"
 STATS_FILE = "stats.json"
 ASSEMBLY_FILE = "assembly.json"
+FALLBACK_FILE = "fallback.json"
 PROMPTS_FILE = "prompts.json"
 
 
@@ -241,6 +242,7 @@ def _train_router(recipe: PersynRecipe) -> Any:
                 output_dir=str(context.folder),
                 seed=recipe.seed,
                 label_repo=recipe.output.hub.labels_repo,
+                learning_curve=recipe.router.learning_curve,
             )
 
     return compute
@@ -315,21 +317,101 @@ def _own_routed_prompts(context: StageContext, teacher: TeacherConfig) -> Datase
     )
 
 
-def _assemble(recipe: PersynRecipe, parts: list[str]) -> Any:
+def _assemble(recipe: PersynRecipe, parts: list[str], assignment: str = ROUTE) -> Any:
     def compute(context: StageContext) -> Dataset:
         from persyn_hub.pipeline.assemble import assemble_dataset, collect_responses
 
+        responses = collect_responses(*(context[name] for name in parts))
+        assigned, fallback = context[assignment], None
+        if assignment != ROUTE:  # verified routing: the first verified answer among the teachers asked
+            from persyn_hub.pipeline.fallback import choose_verified
+
+            assigned, fallback = choose_verified(assigned, responses, recipe.quality)
         assembly = assemble_dataset(
-            context[ROUTE],
-            collect_responses(*(context[name] for name in parts)),
+            assigned,
+            responses,
             drop_truncated=recipe.output.drop_truncated,
             quality=recipe.quality,
+            drop_incorrect=recipe.output.drop_incorrect,
         )
         save_dataset_folder(assembly.failed, context.folder / "failed")
-        (context.folder / ASSEMBLY_FILE).write_text(json.dumps({"truncated": assembly.truncated}))
+        record: dict[str, Any] = {"truncated": assembly.truncated}
+        if recipe.output.drop_incorrect:
+            record["dropped_incorrect"] = assembly.dropped_incorrect
+        if fallback is not None:
+            record["fallback"] = fallback
+        (context.folder / ASSEMBLY_FILE).write_text(json.dumps(record))
         return assembly.final
 
     return compute
+
+
+def _fallback_route(recipe: PersynRecipe, round_: int, previous: str, answered: list[str]) -> Any:
+    def compute(context: StageContext) -> Dataset:
+        from persyn_hub.pipeline.assemble import collect_responses
+        from persyn_hub.pipeline.fallback import next_round, router_teachers
+
+        assigned, counts = next_round(
+            context[previous],
+            collect_responses(*(context[name] for name in answered)),
+            recipe.quality,
+            router_teachers(context[ROUTER]),
+            round_,
+        )
+        context.folder.mkdir(parents=True, exist_ok=True)
+        (context.folder / FALLBACK_FILE).write_text(json.dumps(counts))
+        return assigned
+
+    return compute
+
+
+def _own_fallback_prompts(context: StageContext, teacher: TeacherConfig, round_: int) -> Dataset:
+    from persyn_hub.pipeline.fallback import fallback_route, own_fallback_ids
+
+    mine = own_fallback_ids(context[fallback_route(round_)], teacher.name, round_)
+    return context[PROMPTS].filter(
+        lambda batch: [p in mine for p in batch["prompt_id"]],
+        batched=True,
+        desc=f"Selecting {teacher.name}'s fallback prompts (round {round_})",
+    )
+
+
+def fallback_stages(recipe: PersynRecipe, runner: StageRunner) -> tuple[list[Stage], list[str], str]:
+    """`routing.fallback_on_incorrect` rounds of verify-then-ask-the-next-teacher (see
+    `pipeline/fallback.py`): (stages, their generation stages, the last assignment stage); no stages when 0."""
+    from persyn_hub.pipeline.fallback import fallback_generate, fallback_route
+
+    stages: list[Stage] = []
+    answered = [routed_generate(t.name) for t in recipe.teachers]
+    assignment = ROUTE
+    for round_ in range(1, recipe.routing.fallback_on_incorrect + 1):
+        name = fallback_route(round_)
+        stages.append(
+            Stage(
+                name,
+                _fallback_route(recipe, round_, assignment, list(answered)),
+                inputs=(assignment, ROUTER, *answered),
+                identity={"round": round_, "verify": quality_identity(recipe.quality)},
+            )
+        )
+        generated = [fallback_generate(round_, t.name) for t in recipe.teachers]
+        stages += [
+            generation_stage(
+                stage_name,
+                teacher,
+                recipe,
+                lambda context, teacher=teacher, round_=round_: _own_fallback_prompts(
+                    context, teacher, round_
+                ),
+                lambda teacher=teacher: rows_key(runner, teacher, recipe, PROMPTS),
+                inputs=(PROMPTS, name),
+                identity={"teacher": teacher_identity(teacher), "seed": recipe.seed},
+            )
+            for stage_name, teacher in zip(generated, recipe.teachers)
+        ]
+        answered += generated
+        assignment = name
+    return stages, answered[len(recipe.teachers) :], assignment
 
 
 def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
@@ -377,15 +459,21 @@ def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
         for teacher in teachers
     ]
     parts = [label_generate(t.name) for t in teachers] + [routed_generate(t.name) for t in teachers]
+    verified_routing, fallback_parts, assignment = fallback_stages(recipe, runner)
+    stages += verified_routing
+    parts += fallback_parts
+    identity: dict[str, Any] = {
+        "drop_truncated": recipe.output.drop_truncated,
+        "verify": quality_identity(recipe.quality),
+    }
+    if recipe.output.drop_incorrect:  # only when set: the default run's cache keys stay as they were
+        identity["drop_incorrect"] = True
     stages.append(
         Stage(
             ASSEMBLE,
-            _assemble(recipe, parts),
-            inputs=(ROUTE, *parts),
-            identity={
-                "drop_truncated": recipe.output.drop_truncated,
-                "verify": quality_identity(recipe.quality),
-            },
+            _assemble(recipe, parts, assignment),
+            inputs=tuple(dict.fromkeys((ROUTE, assignment, *parts))),
+            identity=identity,
             export="dataset",
         )
     )
@@ -409,6 +497,8 @@ class RunOutputs:
     router_metrics: dict[str, Any] | None
     generation: dict[str, list[dict[str, Any]]]
     prompt_report: dict[str, Any]
+    verification: dict[str, Any] = field(default_factory=dict)
+    """Verified routing (`routing.fallback_on_incorrect`, `output.drop_incorrect`): what it did and cost."""
 
 
 def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
@@ -421,7 +511,33 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
             stats = read_stats(runner.cache.folder(name, runner.keys[name]))
             stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
             generation.setdefault(teacher.name, []).append({"phase": phase, **stats})
+    from persyn_hub.pipeline.fallback import fallback_generate, fallback_route
+
+    rounds, extra_generations = [], 0
+    for round_ in range(1, recipe.routing.fallback_on_incorrect + 1):
+        name = fallback_route(round_)
+        rounds.append(_read_json(runner.cache.folder(name, runner.keys[name]) / FALLBACK_FILE))
+        for teacher in recipe.teachers:
+            name = fallback_generate(round_, teacher.name)
+            stats = read_stats(runner.cache.folder(name, runner.keys[name]))
+            stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
+            generation[teacher.name].append({"phase": f"fallback-{round_}", **stats})
+            extra_generations += int(stats.get("requests", 0) or 0) + int(stats.get("reused", 0) or 0)
     assemble_folder = runner.cache.folder(ASSEMBLE, runner.keys[ASSEMBLE])
+    assembly = json.loads((assemble_folder / ASSEMBLY_FILE).read_text())
+    verification: dict[str, Any] = {}
+    if rounds or recipe.output.drop_incorrect:
+        fallback = assembly.get("fallback") or {}
+        verification = {
+            "fallback_on_incorrect": recipe.routing.fallback_on_incorrect,
+            "routed_answers_rejected": rounds[0].get("rejected", 0) if rounds else None,
+            "rounds": rounds,
+            "extra_answers": fallback.get("extra_answers", 0),
+            "extra_generations": extra_generations,
+            "recovered": fallback.get("recovered", 0),
+            "drop_incorrect": recipe.output.drop_incorrect,
+            "dropped_incorrect": assembly.get("dropped_incorrect", 0),
+        }
     from persyn_hub.router.storage import read_router_record
 
     router_record = {} if recipe.routing.reuse_router else read_router_record(runner.outputs[ROUTER])
@@ -431,10 +547,11 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
         assigned=runner.outputs[ROUTE],
         final=runner.outputs[ASSEMBLE],
         failed=load_dataset_folder(assemble_folder / "failed"),
-        truncated=json.loads((assemble_folder / ASSEMBLY_FILE).read_text())["truncated"],
+        truncated=assembly["truncated"],
         router_metrics=router_record.get("metrics"),
         generation=generation,
         prompt_report=_read_json(runner.cache.folder(PROMPTS, runner.keys[PROMPTS]) / PROMPTS_FILE),
+        verification=verification,
     )
 
 

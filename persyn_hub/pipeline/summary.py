@@ -135,6 +135,7 @@ def build_summary(
             "kind": recipe.quality.kind,
             "verified_correct_share": verified_correct_share(final),
         },
+        **({"verified_routing": outputs.verification} if outputs.verification else {}),
         "categories": {
             "column": category,
             "published": category_table(final, category, teachers),
@@ -195,6 +196,15 @@ def _router_lines(router: dict[str, Any]) -> list[str]:
     if router.get("oracle_share"):
         shares = ", ".join(f"{t} {v:.0%}" for t, v in router["oracle_share"].items())
         lines.append(f"    oracle teacher on the labeled prompts: {shares}")
+    if router.get("learning_curve"):
+        points = ", ".join(
+            f"{point['train_prompts']} -> {point['reward_recovered']:.2f}"
+            + (f" [{point['interval'][0]:.2f}, {point['interval'][1]:.2f}]" if point.get("interval") else "")
+            for point in router["learning_curve"]
+        )
+        lines.append(
+            f"    learning curve (train prompts -> reward recovered on the same test prompts): {points}"
+        )
     return lines
 
 
@@ -229,6 +239,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     share = (summary.get("quality") or {}).get("verified_correct_share")
     if share is not None:
         lines.append(f"  verified correct ({summary['quality']['kind']}): {share:.1%} of the published rows")
+    verified = summary.get("verified_routing")
+    if verified:
+        lines.append(
+            f"  verified routing: {verified['routed_answers_rejected'] or 0} routed answers rejected by the "
+            f"checker; up to {verified['fallback_on_incorrect']} fallback(s) each: {verified['extra_answers']} "
+            f"extra answers ({verified['extra_generations']} model generations), {verified['recovered']} "
+            f"prompts recovered; {verified['dropped_incorrect']} incorrect rows dropped"
+        )
     lines.append(
         f"  generations: {summary['generations_made']} made vs {summary['generations_generate_then_select']} "
         f"for Generate-then-Select ({summary['generation_savings']:.0%} saved); "

@@ -243,6 +243,7 @@ def render_dataset_card(
         routed_prompts=summary.get("routed_prompts", "n/a"),
         eval_items_dropped=(summary.get("prompt_source") or {}).get("eval_items_dropped"),
         verified_share=(summary.get("quality") or {}).get("verified_correct_share"),
+        verified_routing=summary.get("verified_routing"),
         truncated={"answers": 0, "dropped": 0, **(summary.get("truncated") or {})},
         categories=(summary.get("categories") or {}).get("published") or None,
         category_column=(summary.get("categories") or {}).get("column") or "category",
@@ -292,8 +293,12 @@ def render_router_card(
     repo_id: str | None = None,
     settings: dict[str, Any] | None = None,
     seed: int | None = None,
+    stages: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """The router's model card: purpose, teachers, student, alpha, training data, metrics, calibration, usage."""
+    """The router's model card: purpose, teachers, student, alpha, training data, metrics, calibration, usage.
+
+    `stages`: the run's `summary["hub"]["stages"]` (published stages): the card links the exact commits of
+    the stages the router was trained on (generation, learnability, quality, combine)."""
     import persyn_hub
 
     metrics = dict(metrics or {})
@@ -327,7 +332,30 @@ def render_router_card(
         seed=seed,
         repo_id=repo_id or "path/or/hub-id/of/this/router",
         persyn_version=persyn_hub.__version__,
+        training_stages=_training_stage_links(stages),
     )
+
+
+def _training_stage_links(stages: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The published stages a router was trained on, each with its key and the commit that published it."""
+    if not stages or not stages.get("repo_id"):
+        return []
+    repo, hub_url = stages["repo_id"], _hub_url()
+    links = []
+    for name, info in (stages.get("stages") or {}).items():
+        if not (name.startswith("label-generate/") or name in ("learnability", "quality", "combine")):
+            continue
+        config, commit = name.replace("/", "--"), info.get("commit") or ""
+        revision = commit or stages.get("revision") or "main"
+        links.append(
+            {
+                "name": name,
+                "key": info.get("key", ""),
+                "commit": commit,
+                "url": f"{hub_url}/datasets/{repo}/tree/{revision}/{config}/{info.get('key', '')}",
+            }
+        )
+    return links
 
 
 def _interval_text(metrics: dict[str, Any], key: str) -> str:

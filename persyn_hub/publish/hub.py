@@ -145,26 +145,32 @@ def publish_labels(
     )
 
 
-def _router_files(folder: Path, labels: dict[str, str] | None, repo_id: str) -> dict[str, bytes | Path]:
-    """The router folder's files; `config.json` and the card name the labels commit when it was pushed."""
+def _router_files(
+    folder: Path, labels: dict[str, str] | None, repo_id: str, stages: dict[str, Any] | None = None
+) -> dict[str, bytes | Path]:
+    """The router folder's files; `config.json` and the card name the labels commit when it was pushed,
+    the card the exact stage commits it was trained on when stages were published (`output.hub.stages`)."""
     files: dict[str, bytes | Path] = {
         path.relative_to(folder).as_posix(): path
         for path in sorted(folder.rglob("*"))
         if path.is_file() and not any(part in path.relative_to(folder).as_posix() for part in ROUTER_SKIP)
     }
     config_path = folder / "config.json"
-    if labels and config_path.is_file():
+    if (labels or stages) and config_path.is_file():
         config = json.loads(config_path.read_text())
         if config.get("model_type") == "persyn_router":
-            config.update(label_repo=labels["repo_id"], label_revision=labels["revision"])
-            files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-            card = _router_card(folder, config, repo_id)
+            if labels:
+                config.update(label_repo=labels["repo_id"], label_revision=labels["revision"])
+                files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+            card = _router_card(folder, config, repo_id, stages)
             if card is not None:
                 files["README.md"] = card
     return files
 
 
-def _router_card(folder: Path, config: dict[str, Any], repo_id: str) -> bytes | None:
+def _router_card(
+    folder: Path, config: dict[str, Any], repo_id: str, stages: dict[str, Any] | None = None
+) -> bytes | None:
     """Re-render the router helper's card with the pushed labels revision (None: keep the saved README)."""
     try:
         from persyn_hub.router import PersynRouterConfig
@@ -180,12 +186,17 @@ def _router_card(folder: Path, config: dict[str, Any], repo_id: str) -> bytes | 
         repo_id=repo_id,
         settings=saved.get("settings"),
         seed=saved.get("seed"),
+        stages=stages,
     )
     return str(card).encode()
 
 
 def publish_router(
-    api: HfApi, run_dir: Path, recipe: PersynRecipe, labels: dict[str, str] | None
+    api: HfApi,
+    run_dir: Path,
+    recipe: PersynRecipe,
+    labels: dict[str, str] | None,
+    stages: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """The `save_pretrained` router folder as a model repo, in one commit."""
     hub = recipe.output.hub
@@ -197,7 +208,7 @@ def publish_router(
     return commit_artifact(
         api,
         hub.router_repo,
-        _router_files(folder, labels, hub.router_repo),
+        _router_files(folder, labels, hub.router_repo, stages),
         repo_type="model",
         message=f"PerSyn {recipe.name}: router",
         private=hub.private,
@@ -269,7 +280,7 @@ def publish_run(
                 published["routing"] = dict(labels)
         router = None
         if hub.router_repo:
-            router = publish_router(api, run_dir, recipe, labels)
+            router = publish_router(api, run_dir, recipe, labels, (summary.get("hub") or {}).get("stages"))
             published["router"] = router
         if hub.dataset_repo:
             published["dataset"] = publish_dataset(api, run_dir, recipe, summary, workdir, labels, router)

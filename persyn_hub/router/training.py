@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from transformers import (
 from persyn_hub.bundled import resolve_model
 from persyn_hub.recipe.config import RouterSettings
 from persyn_hub.router.budgets import calibration_table
-from persyn_hub.router.labels import RewardTable, pivot_rewards, split_by_prompt
+from persyn_hub.router.curve import (
+    CURVE_FILE,
+    check_fractions,
+    curve_point,
+    learning_curve_png,
+    subset_indices,
+)
+from persyn_hub.router.labels import RewardTable, RouterSplits, pivot_rewards, split_by_prompt
 from persyn_hub.router.metrics import effective_rewards, routing_metrics
 from persyn_hub.router.modeling import PersynRouter
 from persyn_hub.router.routing import score_texts
@@ -72,53 +80,20 @@ def _tokenized(table: RewardTable, tokenizer, max_length: int) -> Dataset:
     )
 
 
-def train_router(
-    labels: Dataset,
+def _fit(
+    train: RewardTable,
+    validation: RewardTable,
     settings: RouterSettings,
     *,
     teachers: list[str],
     student: str,
     alpha: float,
-    output_dir: str,
+    label_repo: str | None,
+    label_revision: str | None,
+    checkpoints: Path,
     seed: int,
-    label_repo: str | None = None,
-    label_revision: str | None = None,
-) -> RouterTrainingResult:
-    """Train, evaluate and save a router; returns the router, its tokenizer and held-out metrics.
-
-    Reads the LABELED POOL: one row per (prompt_id, teacher) with `prompt_id`, `prompt`, `teacher`,
-    `reward` (float|None) and `excluded` (str|None). Rows with `excluded` set or no reward are unusable
-    and rank below every usable answer to the same prompt (so the router learns to avoid a teacher that
-    fails there); prompts with fewer than two usable teachers are dropped; pairs whose rewards differ by at most
-    `settings.tie_margin` give no signal. The prompts split into train / validation (early stopping and
-    checkpoint choice) / test; every metric is measured on the test prompts only, against the best single
-    teacher chosen on the train prompts (see `persyn_hub.router.metrics`). Writes `output_dir`:
-    config.json, model.safetensors, tokenizer, router_metrics.json, README.md (model card). Metrics keys:
-    top1_agreement, hit_at_k, reward_recovered, reward_recovered_best_single, reward_recovered_random,
-    regret*, intervals (bootstrap), teacher_distribution, oracle_share (all labeled prompts), split_sizes,
-    calibration.
-
-    Example:
-        >>> result = train_router(labels, RouterSettings(num_train_epochs=3, max_length=64),
-        ...     teachers=["smollm2", "gemma"], student="bundled:smollm2-135m-instruct", alpha=0.4,
-        ...     output_dir="runs/router", seed=0)
-        >>> result.metrics["reward_recovered"], result.metrics["reward_recovered_random"]
-    """
-    table = pivot_rewards(labels, teachers)  # checks columns and usable pairs before any model loads
-    splits = split_by_prompt(table, settings.validation_fraction, settings.test_fraction, seed)
-    logger.info(
-        "Router: %d prompts with >= 2 usable teachers (train %d, validation %d, test %d), teachers %s",
-        len(table),
-        len(splits.train),
-        len(splits.validation),
-        len(splits.test),
-        teachers,
-    )
-    if not _has_ordered_pair(splits.train.rewards, settings.tie_margin):
-        logger.warning(
-            "Router: every training pair is a tie (within %g); the router learns nothing", settings.tie_margin
-        )
-
+) -> tuple[PersynRouter, Any, Trainer]:
+    """Fine-tune a fresh router (backbone + head) on `train`, early-stopped on `validation`, seeded."""
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.backbone))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -136,8 +111,6 @@ def train_router(
     if settings.freeze_backbone:
         router.encoder.requires_grad_(False)
 
-    output = Path(output_dir)
-    checkpoints = output / "checkpoints"
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=settings.num_train_epochs,
@@ -165,12 +138,80 @@ def train_router(
         model=router,
         args=args,
         data_collator=RewardCollator(tokenizer),
-        train_dataset=_tokenized(splits.train, tokenizer, settings.max_length),
-        eval_dataset=_tokenized(splits.validation, tokenizer, settings.max_length),
+        train_dataset=_tokenized(train, tokenizer, settings.max_length),
+        eval_dataset=_tokenized(validation, tokenizer, settings.max_length),
         processing_class=tokenizer,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
     )
     trainer.train()
+    return trainer.model, tokenizer, trainer
+
+
+def train_router(
+    labels: Dataset,
+    settings: RouterSettings,
+    *,
+    teachers: list[str],
+    student: str,
+    alpha: float,
+    output_dir: str,
+    seed: int,
+    label_repo: str | None = None,
+    label_revision: str | None = None,
+    learning_curve: Sequence[float] = (),
+) -> RouterTrainingResult:
+    """Train, evaluate and save a router; returns the router, its tokenizer and held-out metrics.
+
+    Reads the LABELED POOL: one row per (prompt_id, teacher) with `prompt_id`, `prompt`, `teacher`,
+    `reward` (float|None) and `excluded` (str|None). Rows with `excluded` set or no reward are unusable
+    and rank below every usable answer to the same prompt (so the router learns to avoid a teacher that
+    fails there); prompts with fewer than two usable teachers are dropped; pairs whose rewards differ by at most
+    `settings.tie_margin` give no signal. The prompts split into train / validation (early stopping and
+    checkpoint choice) / test; every metric is measured on the test prompts only, against the best single
+    teacher chosen on the train prompts (see `persyn_hub.router.metrics`). Writes `output_dir`:
+    config.json, model.safetensors, tokenizer, router_metrics.json, README.md (model card). Metrics keys:
+    top1_agreement, hit_at_k, reward_recovered, reward_recovered_best_single, reward_recovered_random,
+    regret*, intervals (bootstrap), teacher_distribution, oracle_share (all labeled prompts), split_sizes,
+    calibration; with `learning_curve` (shares of the train prompts, e.g. [0.25, 0.5, 1.0]) also
+    `learning_curve`: one point per share, each a router trained on a nested seeded subset of the train
+    prompts with the same validation and test prompts (see `persyn_hub.router.curve`), plotted to
+    `learning_curve.png`. The full share is the returned router itself; each smaller one costs a training.
+
+    Example:
+        >>> result = train_router(labels, RouterSettings(num_train_epochs=3, max_length=64),
+        ...     teachers=["smollm2", "gemma"], student="bundled:smollm2-135m-instruct", alpha=0.4,
+        ...     output_dir="runs/router", seed=0)
+        >>> result.metrics["reward_recovered"], result.metrics["reward_recovered_random"]
+    """
+    table = pivot_rewards(labels, teachers)  # checks columns and usable pairs before any model loads
+    splits = split_by_prompt(table, settings.validation_fraction, settings.test_fraction, seed)
+    logger.info(
+        "Router: %d prompts with >= 2 usable teachers (train %d, validation %d, test %d), teachers %s",
+        len(table),
+        len(splits.train),
+        len(splits.validation),
+        len(splits.test),
+        teachers,
+    )
+    if not _has_ordered_pair(splits.train.rewards, settings.tie_margin):
+        logger.warning(
+            "Router: every training pair is a tie (within %g); the router learns nothing", settings.tie_margin
+        )
+
+    output = Path(output_dir)
+    checkpoints = output / "checkpoints"
+    router, tokenizer, trainer = _fit(
+        splits.train,
+        splits.validation,
+        settings,
+        teachers=teachers,
+        student=student,
+        alpha=alpha,
+        label_repo=label_repo,
+        label_revision=label_revision,
+        checkpoints=checkpoints,
+        seed=seed,
+    )
     router = trainer.model
     validation_loss = trainer.evaluate()["eval_loss"]
 
@@ -199,6 +240,17 @@ def train_router(
         train_prompt_ids=list(splits.train.prompt_ids),
         calibration=calibration_table(score_texts(table.prompts, router, tokenizer), teachers),
     )
+    if learning_curve:
+        fit = {
+            "teachers": teachers,
+            "student": student,
+            "alpha": alpha,
+            "label_repo": label_repo,
+            "label_revision": label_revision,
+            "checkpoints": checkpoints,
+            "seed": seed,
+        }
+        metrics["learning_curve"] = _learning_curve(splits, settings, learning_curve, metrics, fit)
     logger.info(
         "Router on %d test prompts: top-1 %.3f, reward recovered %.3f (best single %.3f, random %.3f)",
         len(splits.test),
@@ -209,9 +261,49 @@ def train_router(
     )
     if trainer.is_world_process_zero():
         save_router(router, tokenizer, output, metrics, settings=dataclasses.asdict(settings), seed=seed)
+        if metrics.get("learning_curve"):
+            png = learning_curve_png(metrics["learning_curve"], metrics["reward_recovered_random"])
+            (output / CURVE_FILE).write_bytes(png)
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return RouterTrainingResult(router=router, tokenizer=tokenizer, metrics=metrics)
+
+
+def _learning_curve(
+    splits: RouterSplits,
+    settings: RouterSettings,
+    fractions: Sequence[float],
+    full_metrics: dict[str, Any],
+    fit: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Test reward recovered of routers trained on nested shares of the train prompts (same seed, same
+    validation and test prompts); the full share is the run's router, trained once."""
+    points = []
+    for fraction in check_fractions(list(fractions)):
+        indices = subset_indices(len(splits.train), fraction, fit["seed"])
+        if len(indices) == len(splits.train):
+            points.append(curve_point(fraction, len(indices), full_metrics))
+            continue
+        train = splits.train.subset(indices)
+        router, tokenizer, trainer = _fit(train, splits.validation, settings, **fit)
+        metrics = routing_metrics(
+            score_texts(splits.test.prompts, router, tokenizer),
+            splits.test.rewards,
+            train.rewards,
+            fit["teachers"],
+            settings.tie_margin,
+            seed=fit["seed"],
+        )
+        metrics["epochs_trained"] = float(trainer.state.epoch or 0.0)
+        points.append(curve_point(fraction, len(indices), metrics))
+        shutil.rmtree(fit["checkpoints"], ignore_errors=True)
+        logger.info(
+            "Router learning curve: %d train prompts (%.0f%%) -> reward recovered %.3f on the test prompts",
+            len(indices),
+            100 * fraction,
+            metrics["reward_recovered"],
+        )
+    return points
 
 
 def _has_ordered_pair(rewards: np.ndarray, tie_margin: float) -> bool:

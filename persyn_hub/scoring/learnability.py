@@ -38,13 +38,14 @@ from persyn_hub.pipeline.fingerprint import fingerprint
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.recipe.dtypes import local_device, resolve_dtype
-from persyn_hub.scoring.learnability_engines import _score_sorted_batch, _scoring_order, supports_prefix_cache
+from persyn_hub.scoring.learnability_engines import score_sorted_batch, scoring_order
+from persyn_hub.scoring.learnability_prefix import supports_prefix_cache
 from persyn_hub.scoring.learnability_tokens import (
-    _IDS,
-    _START,
+    IDS_COLUMN,
     LEARNABILITY_COLUMNS,
     SCORE_FEATURES,
-    _tokenize_batch,
+    START_COLUMN,
+    tokenize_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ logger = logging.getLogger(__name__)
 def _response_token_total(tokenized: Dataset) -> int:
     """Response tokens the scorer will score: the bar's total (unusable rows hold no ids: 0)."""
     table = tokenized.with_format("arrow")
-    lengths = np.asarray(pc.list_value_length(table[_IDS]).to_numpy(), dtype=np.int64)
-    starts = np.asarray(table[_START].to_numpy(), dtype=np.int64)
+    lengths = np.asarray(pc.list_value_length(table[IDS_COLUMN]).to_numpy(), dtype=np.int64)
+    starts = np.asarray(table[START_COLUMN].to_numpy(), dtype=np.int64)
     return int(np.maximum(0, lengths - np.maximum(starts, 1)).sum())
 
 
@@ -108,12 +109,12 @@ def _score_local(
     if hasattr(model.config, "get_text_config"):
         vocab_size = int(getattr(model.config.get_text_config(), "vocab_size", vocab_size))
     tokenized = dataset.map(
-        _tokenize_batch,
+        tokenize_batch,
         features=Features(
             {
                 **dataset.features,
-                _IDS: List(Value("int32")),
-                _START: Value("int32"),
+                IDS_COLUMN: List(Value("int32")),
+                START_COLUMN: Value("int32"),
                 "truncated": Value("bool"),
             }
         ),
@@ -124,12 +125,12 @@ def _score_local(
         desc="Tokenizing for the student",
     )
     share_prefixes = supports_prefix_cache(model)
-    order = _scoring_order(tokenized[_IDS], tokenized[_START], share_prefixes)
+    order = scoring_order(tokenized[IDS_COLUMN], tokenized[START_COLUMN], share_prefixes)
     ordered = tokenized.select(order)
     total = _response_token_total(tokenized)
     with progress_bar(total, progress_desc, "tok", show_progress) as progress:
         scored = ordered.map(
-            _score_sorted_batch,
+            score_sorted_batch,
             features=Features({**tokenized.features, **SCORE_FEATURES}),
             batched=True,
             batch_size=max(256, student.batch_tokens // 16),
@@ -147,7 +148,7 @@ def _score_local(
         if total and progress.n == 0:
             progress.set_postfix_str("scores read from the cache", refresh=False)
     restored = scored.select(np.argsort(order, kind="stable")).flatten_indices()
-    return restored.remove_columns([_IDS, _START])
+    return restored.remove_columns([IDS_COLUMN, START_COLUMN])
 
 
 def _model_identity(student: StudentConfig, model: Any) -> dict[str, Any]:

@@ -43,7 +43,13 @@ from persyn_hub.generation.endpoint import endpoint_root, run_coroutine
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.pipeline.fingerprint import fingerprint
 from persyn_hub.recipe.config import StudentConfig
-from persyn_hub.scoring.learnability_tokens import _IDS, _START, SCORE_FEATURES, _tokenize_batch, _usable
+from persyn_hub.scoring.learnability_tokens import (
+    IDS_COLUMN,
+    SCORE_FEATURES,
+    START_COLUMN,
+    is_scorable,
+    tokenize_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +328,7 @@ class ServedScorer:
 
     # ---- one map batch -------------------------------------------------------------------------
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        tokenized = _tokenize_batch(batch, self.tokenizer, self.student.max_length)
+        tokenized = tokenize_batch(batch, self.tokenizer, self.student.max_length)
         n = len(indices)
         out: dict[str, list] = {
             "truncated": tokenized["truncated"],
@@ -333,15 +339,15 @@ class ServedScorer:
         errors = batch.get("error") or [None] * n
         todo = []
         for i in range(n):
-            if not _usable(batch["response"][i], errors[i]):
+            if not is_scorable(batch["response"][i], errors[i]):
                 continue  # failed generation: None scores, like in-process
-            ids, start = tokenized[_IDS][i], tokenized[_START][i]
+            ids, start = tokenized[IDS_COLUMN][i], tokenized[START_COLUMN][i]
             if max(start, 1) >= len(ids):
                 out["num_response_tokens"][i] = 0  # nothing left to score (cut away by max_length)
             else:
                 todo.append(i)
         if todo:
-            rows = [(indices[i], tokenized[_IDS][i], tokenized[_START][i]) for i in todo]
+            rows = [(indices[i], tokenized[IDS_COLUMN][i], tokenized[START_COLUMN][i]) for i in todo]
             for i, (total, count) in zip(todo, run_coroutine(self._score(rows))):
                 out["num_response_tokens"][i] = count
                 if count:

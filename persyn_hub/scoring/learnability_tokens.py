@@ -28,7 +28,7 @@ SCORE_FEATURES = {
 }
 
 
-_IDS, _START, _ROW = "_persyn_ids", "_persyn_response_start", "_persyn_row"
+IDS_COLUMN, START_COLUMN, _ROW = "_persyn_ids", "_persyn_response_start", "_persyn_row"
 
 
 def _plain_prompt(messages: list[dict[str, str]]) -> str:
@@ -36,7 +36,7 @@ def _plain_prompt(messages: list[dict[str, str]]) -> str:
     return "\n\n".join(m["content"] for m in messages) + "\n"
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -70,16 +70,16 @@ def tokenize_for_student(
         special = True  # e.g. BOS, as a base model saw in pre-training
     prompt_ids = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     full_ids = tokenizer(fulls, add_special_tokens=special)["input_ids"]
-    starts = [_common_prefix(p, f) for p, f in zip(prompt_ids, full_ids)]
+    starts = [common_prefix(p, f) for p, f in zip(prompt_ids, full_ids)]
     return [list(ids) for ids in full_ids], starts
 
 
-_usable = is_usable_answer
+is_scorable = is_usable_answer
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
+def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
     errors = batch.get("error") or [None] * len(batch["response"])
-    keep = [i for i, (r, e) in enumerate(zip(batch["response"], errors)) if _usable(r, e)]
+    keep = [i for i, (r, e) in enumerate(zip(batch["response"], errors)) if is_scorable(r, e)]
     ids_out: list[list[int]] = [[] for _ in batch["response"]]
     starts_out = [0] * len(batch["response"])
     truncated = [False] * len(batch["response"])
@@ -93,4 +93,4 @@ def _tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int) -> 
                 row_ids = row_ids[:max_length]
             ids_out[i] = row_ids
             starts_out[i] = start
-    return {_IDS: ids_out, _START: starts_out, "truncated": truncated}
+    return {IDS_COLUMN: ids_out, START_COLUMN: starts_out, "truncated": truncated}
