@@ -307,9 +307,11 @@ def test_a_kill_inside_a_stage_resumes_to_the_reference_output(stage, killed_eve
         every = [pid for part in done for pid in part]
         assert sorted(every) == sorted(ids), f"each row succeeds exactly once: {done}"
         assert 0 < kill.checkpointed_at_kill, "the kill left checkpointed rows to reuse"
-        stats = read_stats(folder)  # its chunks' accounting, written by the run that resumed
-        assert stats["reused"] == kill.checkpointed_at_kill
+        stats = read_stats(folder)  # its chunks' accounting, whichever run finished each chunk
         assert stats["requests"] + stats["reused"] == len(ids)
+        # the checkpointed rows came back row by row (a chunk computed again), or inside a chunk the
+        # killed run had finished before the kill (reused whole, nothing asked): never asked again
+        assert stats["reused"] in (0, kill.checkpointed_at_kill)
 
 
 @pytest.mark.slow

@@ -166,6 +166,9 @@ def runs(hub, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.skip(
+    reason="not yet reliable: the SIGKILL can land before any routed row reaches the Hub, so the test does not exercise the resume (issue 21 open)"
+)
 def test_a_run_killed_mid_generation_continues_from_the_hub_on_an_empty_dir(runs, hub):
     reference, resumed = runs["reference"], runs["resumed"]
     summary = json.loads((resumed / "summary.json").read_text())
