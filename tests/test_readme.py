@@ -40,10 +40,18 @@ EVALUATE = (
     "--output runs/task-mix-smollm2/eval"
 )
 COMPARE = "persyn compare recipes/demo/compare-task-mix-smollm2.yaml"
+COMPARE_FULL = "persyn compare recipes/demo/compare-task-mix-smollm2-full.yaml"
+HUB_STAGES = [  # need a real Hub account: the same CLI path runs against the local Hub in test_hub_stages.py
+    f"{RUN} --output.hub.stages_repo your-org/mix-stages",
+    f"{RUN} --resume-from-hub your-org/mix-stages",
+    f"{RUN} --resume-from-hub your-org/mix-stages@3f2c1ab",
+]
 
 
 def test_the_readme_names_exactly_the_commands_tested_here():
-    assert readme_commands() == [RUN, SFT, EVALUATE, COMPARE]
+    """The ones run here; the Hub commands in tests/test_hub_stages.py; the full compare (the same CLI
+    path on more strategies) in tests/test_compare.py."""
+    assert readme_commands() == [RUN, *HUB_STAGES, SFT, EVALUATE, COMPARE, COMPARE_FULL]
 
 
 def persyn(command: str, cwd: Path) -> subprocess.CompletedProcess:
