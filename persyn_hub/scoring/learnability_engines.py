@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from persyn_hub.scoring.answers import is_usable_answer
 from persyn_hub.scoring.learnability_costs import LOGITS_BUDGET_BYTES, first_scored_position, solo_length
 from persyn_hub.scoring.learnability_prefix import score_shared_prefixes
-from persyn_hub.scoring.learnability_tokens import IDS_COLUMN, START_COLUMN, is_scorable
+from persyn_hub.scoring.learnability_tokens import IDS_COLUMN, START_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +117,13 @@ def score_sorted_batch(
     ids, row_starts = batch[IDS_COLUMN], batch[START_COLUMN]
     errors = batch.get("error") or [None] * n
     scorable = [
-        i for i in range(n) if is_scorable(batch["response"][i], errors[i]) and row_starts[i] < len(ids[i])
+        i
+        for i in range(n)
+        if is_usable_answer(batch["response"][i], errors[i]) and row_starts[i] < len(ids[i])
     ]
     scorable_set = set(scorable)
     for i in range(n):  # a usable row with nothing left to score (empty or cut away) counts 0 tokens
-        if is_scorable(batch["response"][i], errors[i]) and i not in scorable_set:
+        if is_usable_answer(batch["response"][i], errors[i]) and i not in scorable_set:
             out["num_response_tokens"][i] = 0
 
     def record(i: int, total: float, count: int) -> None:

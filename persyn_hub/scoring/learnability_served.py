@@ -43,11 +43,11 @@ from persyn_hub.generation.endpoint import endpoint_root, run_coroutine
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.pipeline.fingerprint import fingerprint
 from persyn_hub.recipe.config import StudentConfig
+from persyn_hub.scoring.answers import is_usable_answer
 from persyn_hub.scoring.learnability_tokens import (
     IDS_COLUMN,
     SCORE_FEATURES,
     START_COLUMN,
-    is_scorable,
     tokenize_batch,
 )
 
@@ -339,7 +339,7 @@ class ServedScorer:
         errors = batch.get("error") or [None] * n
         todo = []
         for i in range(n):
-            if not is_scorable(batch["response"][i], errors[i]):
+            if not is_usable_answer(batch["response"][i], errors[i]):
                 continue  # failed generation: None scores, like in-process
             ids, start = tokenized[IDS_COLUMN][i], tokenized[START_COLUMN][i]
             if max(start, 1) >= len(ids):

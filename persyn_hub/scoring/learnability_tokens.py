@@ -74,12 +74,9 @@ def tokenize_for_student(
     return [list(ids) for ids in full_ids], starts
 
 
-is_scorable = is_usable_answer
-
-
 def tokenize_batch(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
     errors = batch.get("error") or [None] * len(batch["response"])
-    keep = [i for i, (r, e) in enumerate(zip(batch["response"], errors)) if is_scorable(r, e)]
+    keep = [i for i, (r, e) in enumerate(zip(batch["response"], errors)) if is_usable_answer(r, e)]
     ids_out: list[list[int]] = [[] for _ in batch["response"]]
     starts_out = [0] * len(batch["response"])
     truncated = [False] * len(batch["response"])
