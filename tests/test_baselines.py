@@ -148,6 +148,7 @@ def test_mix_random_and_persyn():
     assert picks("persyn") == {"t1": "mid", "t2": "key"}
     assert set(STRATEGIES) == {
         "strong", "mix", "family_strong", "car", "random", "oracle", "gts_quality", "gts_learnability", "persyn",
+        "persyn_verified",
     }  # fmt: skip
 
 
@@ -199,11 +200,47 @@ def rankings_for_all(train: Dataset, **kwargs) -> dict[str, dict[str, list[str]]
     return {s: strategy_rankings(s, **arguments)[0] for s in STRATEGIES}
 
 
+def verified_in(train: Dataset):
+    """The checker's verdict as the comparison reads it: quality at full marks."""
+    full = {(r["prompt_id"], r["teacher"]) for r in train.to_list() if (r["quality"] or 0.0) >= 1.0}
+    return lambda prompt_id, teacher: (prompt_id, teacher) in full
+
+
+def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_teacher_and_pays_for_it():
+    from persyn_hub.compare.baselines import pool_usable, verified_picks
+    from persyn_hub.compare.run import choose_training_answers
+
+    # t1: the router's `small` answer is wrong (quality 0); its next teacher by score is `mid` (right).
+    # t2: `small` again wrong, next `big` wrong too, then `key` right: one extra answer does not reach it.
+    scores = {
+        "t1": {"small": 3.0, "mid": 2.0, "big": 1.0, "key": 0.0},
+        "t2": {"small": 3.0, "big": 2.0, "key": 1.0, "mid": 0.0},
+    }
+    rankings = rankings_for_all(TRAIN, routed={"t1": "small", "t2": "small"}, router_scores=scores)
+    assert rankings["persyn_verified"] == rankings["persyn"]
+    usable, verified = pool_usable(TRAIN), verified_in(TRAIN)
+    chosen, asked, lost = verified_picks(rankings["persyn"], usable, verified, extra=1)
+    assert chosen == {"t1": "mid", "t2": "small"} and not lost  # t2: none verified in 2 -> the router's own
+    assert asked == {"t1": ["small", "mid"], "t2": ["small", "big"]}
+    chosen2, asked2, _ = verified_picks(rankings["persyn"], usable, verified, extra=2)
+    assert chosen2 == {"t1": "mid", "t2": "key"} and asked2["t2"] == ["small", "big", "key"]
+    picks_, counts, common, asked_all = choose_training_answers(rankings, usable, IDS, verified, extra=1)
+    assert picks_["persyn"] == {"t1": "small", "t2": "small"}  # plain PerSyn keeps the wrong answers
+    assert picks_["persyn_verified"] == {"t1": "mid", "t2": "small"} and common == IDS
+    assert counts["persyn_verified"]["fallbacks"] == 1 and counts["persyn_verified"]["extra_answers"] == 2
+    assert counts["persyn"]["extra_answers"] == 0 and asked_all["persyn"] == {
+        "t1": ["small"],
+        "t2": ["small"],
+    }
+
+
 def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_the_common_set_holds():
     from persyn_hub.compare.baselines import pool_usable
     from persyn_hub.compare.run import choose_training_answers
 
-    picks_ok, counts_ok, common_ok = choose_training_answers(rankings_for_all(TRAIN), pool_usable(TRAIN), IDS)
+    picks_ok, counts_ok, common_ok, _ = choose_training_answers(
+        rankings_for_all(TRAIN), pool_usable(TRAIN), IDS, verified_in(TRAIN)
+    )
     assert picks_ok["strong"] == {"t1": "big", "t2": "big"} and counts_ok["strong"]["fallbacks"] == 0
     # big's answer on t1 fails: strong (and the Oracle's runner-up logic) must not lose t1 for anyone
     broken = pool(
@@ -225,12 +262,14 @@ def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_th
         ]
     )
     rankings = rankings_for_all(broken)
-    picks_bad, counts_bad, common_bad = choose_training_answers(rankings, pool_usable(broken), IDS)
+    picks_bad, counts_bad, common_bad, _ = choose_training_answers(
+        rankings, pool_usable(broken), IDS, verified_in(broken)
+    )
     assert common_bad == common_ok == IDS  # the common prompt set is unchanged
     # strong's own next choice by mean quality is `key` (2.5/3), then mid (1/3)
     assert rankings["strong"]["t1"][:2] == ["big", "key"]
     assert picks_bad["strong"] == {"t1": "key", "t2": "big"}
-    assert counts_bad["strong"] == {"unanswerable": 0, "fallbacks_all": 1, "fallbacks": 1}
+    assert counts_bad["strong"] == {"unanswerable": 0, "fallbacks_all": 1, "fallbacks": 1, "extra_answers": 1}
     assert picks_bad["gts_quality"]["t1"] == "mid"  # big's tie is gone; mid is next in recipe order
     # persyn's routed answers (mid on t1, key on t2) are usable: no fallback
     assert picks_bad["persyn"] == {"t1": "mid", "t2": "key"} and counts_bad["persyn"]["fallbacks"] == 0
@@ -321,8 +360,10 @@ def test_costs_charge_labeling_to_every_strategy_that_reads_the_labels_and_stage
     common = IDS
 
     def cost(strategy, chosen, uses_labels, ranking=None):
+        order = ranking or rankings[strategy]
+        asked = {p: order[p][: order[p].index(t) + 1] for p, t in chosen.items()}
         return strategy_cost(
-            strategy, chosen=chosen, rankings=ranking or rankings[strategy], common=common, rows=rows,
+            strategy, asked=asked, common=common, rows=rows,
             label_rows=label_rows, free=free, teachers=TEACHERS, uses_labels=uses_labels, stages=stages,
         )  # fmt: skip
 

@@ -108,7 +108,7 @@ def test_table_and_chart_from_a_comparison(tmp_path):
                               "minus_random": {"mean": 0.22, "interval": [0.1, 0.3], "significant": True}}}},
             {"strategy": "persyn", "rows": 6, "cost": {"generations": 10, "tokens": 90, "labeling_generations": 4,
                                                        "seconds": 12.5, "cached_stages": []},
-             "teacher_counts": {"big": 2, "key": 4}, "fallbacks": 1,
+             "teacher_counts": {"big": 2, "key": 4}, "fallbacks": 1, "extra_answers": 1,
              "defined_by": {"uses_labels": True},
              "answers": {"verified_correct_share": 0.75, "mean_quality": 0.8, "mean_response_tokens": 12.25,
                          "mean_student_logprob": -1.5},
@@ -116,7 +116,7 @@ def test_table_and_chart_from_a_comparison(tmp_path):
         ],
     }  # fmt: skip
     comparison["rows"][1].update(
-        teacher_counts={"big": 6}, fallbacks=0, defined_by={"ties": ["big", "key"]},
+        teacher_counts={"big": 6}, fallbacks=0, extra_answers=0, defined_by={"ties": ["big", "key"]},
         answers={"verified_correct_share": 1.0, "mean_quality": 1.0, "mean_response_tokens": 3.0, "mean_student_logprob": None},
     )  # fmt: skip
     table = comparison_markdown(comparison)
@@ -124,9 +124,10 @@ def test_table_and_chart_from_a_comparison(tmp_path):
     assert "| oracle | 6 | 12 | 120 | 0.620 [0.500, 0.700] | +0.020 [-0.050, +0.100] |" in table
     assert "| persyn | 6 | 10 | 90 | 0.600 [0.500, 0.700] |  |" in table
     assert "Oracle - random on persyn_taskmix exact_match: +0.220 [+0.100, +0.300] *." in table
-    # what each student learned from: teacher mix, fallbacks, checker-accepted share, length, log-prob, cost
-    assert "| persyn | big 33%, key 67% | 1 | 0.750 | 0.800 | 12.2 | -1.500 | 4 | 12.5 |" in table
-    assert "| random | big 100% | 0 | 1.000 | 1.000 | 3.0 |  |  |  |" in table
+    # what each student learned from: teacher mix, fallbacks, extra answers, checker-accepted share, length,
+    # log-prob, cost
+    assert "| persyn | big 33%, key 67% | 1 | 1 | 0.750 | 0.800 | 12.2 | -1.500 | 4 | 12.5 |" in table
+    assert "| random | big 100% | 0 | 0 | 1.000 | 1.000 | 3.0 |  |  |  |" in table
     assert "random: big, key tie; the tie rule chose big." in table
     plot_comparison(comparison, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -137,7 +138,7 @@ def test_table_and_chart_from_a_comparison(tmp_path):
 
 @pytest.mark.slow
 def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(small_task_mix_run, tmp_path):
-    """`persyn compare` through the CLI on the shrunk default run: nine strategies, TRL SFT and lm-eval each."""
+    """`persyn compare` through the CLI on the shrunk default run: every strategy, TRL SFT and lm-eval each."""
     import subprocess
     import sys
 
@@ -208,6 +209,13 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     assert rows["oracle"]["cost"]["generations"] == 2 * len(common)
     assert rows["strong"]["cost"]["labeling_generations"] == model_labeling  # it read the labels too
     assert rows["random"]["cost"]["labeling_generations"] == 0
+    # verified routing trains on at least as many checker-accepted answers, and pays for each extra answer
+    verified, plain = rows["persyn_verified"], rows["persyn"]
+    assert verified["answers"]["verified_correct_share"] >= plain["answers"]["verified_correct_share"]
+    assert (
+        verified["extra_answers"] >= verified["fallbacks"]
+        and verified["cost"]["generations"] >= plain["cost"]["generations"]
+    )
     assert rows["oracle"]["cost"]["labeling_generations"] == 0
     assert rows["persyn"]["cost"]["seconds"] > 0  # labeling, scoring and router training are charged
     cells = rows["persyn"]["scores"]["persyn_taskmix exact_match"]

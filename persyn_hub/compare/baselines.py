@@ -13,6 +13,7 @@ outside every evaluation set); it only differs in which teacher's answer each pr
 | `oracle` | Generate-then-Select by the combined reward: every teacher answers, the best is kept | K x N |
 | `gts_quality` / `gts_learnability` | Generate-then-Select by one signal alone | K x N |
 | `persyn` | the router's teacher: the routed data set `persyn run` published | K x labeled + N |
+| `persyn_verified` | the router's teacher, or, when the checker rejects its answer, the router's next teacher (at most `fallback_on_incorrect` extra answers per prompt; none verified: the router's usable answer) | K x labeled + N + extra |
 
 N is the number of training prompts, K the number of MODEL teachers (a reference teacher writes from
 the data set and costs no generation). The picks are pure functions of the scored pool, so the test
@@ -30,6 +31,7 @@ back to the strategy's own next choice and never removes the prompt from the oth
 | `random` | a seeded permutation of the teachers per prompt (its first element is the old single draw) |
 | `oracle`, `gts_*` | teachers by their signal on that prompt (the same keys and ties as `select_best`) |
 | `persyn` | the routed teacher, then the rest by the router's scores (`router_scores`) |
+| `persyn_verified` | PerSyn's order; its pick is the first answer among the first 1 + `fallback_on_incorrect` that the checker fully accepts (`verified_picks`), as `routing.fallback_on_incorrect` does in a run |
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ STRATEGIES = (
     "gts_quality",
     "gts_learnability",
     "persyn",
+    "persyn_verified",
 )
+VERIFIED = {"persyn_verified"}
+"""Strategies whose pick must also pass the checker (quality at full marks) within their extra answers."""
 GTS = {"oracle": "reward", "gts_quality": "quality", "gts_learnability": "learnability"}
 """Generate-then-Select strategies and the score they select by."""
 
@@ -270,7 +275,7 @@ def strategy_rankings(
     if strategy in GTS:
         ranked = score_rankings(pool, GTS[strategy], teachers)
         return {p: ranked[p] for p in prompt_ids if p in ranked}, {"by": GTS[strategy], "uses_labels": False}
-    if strategy == "persyn":
+    if strategy in ("persyn", "persyn_verified"):
         if routed is None:
             raise BaselineError("persyn: the routed data set is missing; run `persyn run` first.")
         scores = router_scores or {}
@@ -324,6 +329,34 @@ def first_usable(
     return chosen, fallbacks, lost
 
 
+def verified_picks(
+    rankings: dict[str, list[str]],
+    usable: Callable[[str, str], bool],
+    verified: Callable[[str, str], bool],
+    extra: int,
+) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
+    """Verified routing on a scored pool: per prompt, the first of `ranking[:1 + extra]` whose answer is
+    usable and verified; none: the first usable answer of the ranking (the run publishes it unless
+    `output.drop_incorrect`). Returns (prompt_id -> teacher, prompt_id -> the teachers asked, in order,
+    the prompts no teacher could answer)."""
+    chosen: dict[str, str] = {}
+    asked: dict[str, list[str]] = {}
+    lost: list[str] = []
+    for prompt_id, order in rankings.items():
+        window = order[: 1 + extra]
+        pick = next((t for t in window if usable(prompt_id, t) and verified(prompt_id, t)), None)
+        tried = window[: window.index(pick) + 1] if pick else list(window)
+        if pick is None:
+            pick = next((t for t in order if usable(prompt_id, t)), None)
+            if pick is not None and pick not in tried:
+                tried = order[: order.index(pick) + 1]
+        if pick is None:
+            lost.append(prompt_id)
+            continue
+        chosen[prompt_id], asked[prompt_id] = pick, tried
+    return chosen, asked, lost
+
+
 def strategy_picks(
     strategy: str,
     *,
@@ -345,6 +378,7 @@ def strategy_picks(
 __all__ = [
     "GTS",
     "STRATEGIES",
+    "VERIFIED",
     "BaselineError",
     "car_means",
     "car_ranking",
@@ -360,5 +394,6 @@ __all__ = [
     "strategy_picks",
     "strategy_rankings",
     "strongest",
+    "verified_picks",
     "weakest",
 ]

@@ -37,6 +37,7 @@ LABEL_STAGES = {
         "routing",
     ),
 }
+LABEL_STAGES["persyn_verified"] = LABEL_STAGES["persyn"]
 POOL_STAGES = {
     "oracle": ("pool_generation", "pool_learnability", "pool_quality", "pool_combine"),
     "gts_quality": ("pool_generation", "pool_quality"),
@@ -80,8 +81,7 @@ def _tokens(row: dict[str, Any] | None) -> int:
 def strategy_cost(
     strategy: str,
     *,
-    chosen: dict[str, str],
-    rankings: dict[str, list[str]],
+    asked: dict[str, list[str]],
     common: list[str],
     rows: dict[tuple[str, str], dict[str, Any]],
     label_rows: list[dict[str, Any]],
@@ -93,12 +93,8 @@ def strategy_cost(
     """Generations, tokens and stage seconds one strategy needed for its training set on `common`."""
     if strategy in GTS:  # every model teacher answers every prompt
         paid = [rows.get((p, t)) for p in common for t in teachers if t not in free]
-    else:  # the answers it tried, in its own order, up to its pick
-        paid = []
-        for p in common:
-            order = rankings[p]
-            tried = order[: order.index(chosen[p]) + 1]
-            paid += [rows.get((p, t)) for t in tried if t not in free]
+    else:  # the answers it asked for, in its own order, up to its pick
+        paid = [rows.get((p, t)) for p in common for t in asked[p] if t not in free]
     cost: dict[str, Any] = {
         "generations": len(paid),
         "tokens": sum(_tokens(r) for r in paid),

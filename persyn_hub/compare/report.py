@@ -148,6 +148,7 @@ def training_data_markdown(comparison: dict[str, Any]) -> str:
         "strategy",
         "teacher mix",
         "fallbacks",
+        "extra answers",
         "checker-accepted share",
         "mean quality",
         "mean response tokens",
@@ -166,6 +167,7 @@ def training_data_markdown(comparison: dict[str, Any]) -> str:
             row["strategy"],
             _teacher_mix(row.get("teacher_counts") or {}),
             str(row.get("fallbacks", "")),
+            str(row.get("extra_answers", "")),
             _number(answers.get("verified_correct_share")),
             _number(answers.get("mean_quality")),
             _number(answers.get("mean_response_tokens"), 1),
@@ -182,7 +184,8 @@ def training_data_markdown(comparison: dict[str, Any]) -> str:
     note = (
         "\nTraining answers of each strategy on the common prompts: checker-accepted share = quality >= 1 "
         "(full marks), response tokens and log-prob per token under the untuned student. Fallbacks: prompts "
-        "where the strategy's first choice was unusable and its own next choice answered. Ties in a "
+        "where the strategy's first choice was unusable (persyn_verified: unusable or rejected by the checker) and its "
+        "own next choice answered; extra answers: answers asked beyond one per prompt. Ties in a "
         "single-teacher choice: strong/family_strong go to the teacher with more scored labeled answers, then "
         "recipe order; car to the earlier teacher in recipe order.\n"
     )
@@ -225,8 +228,8 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         f"Cells: mean over seeds and items [95% bootstrap interval, {comparison['bootstrap']} resamples of items and seeds]; "
         "differences are paired bootstraps, * = the interval excludes 0. Teacher generations count model answers "
         "each strategy needed (reference answers are free): every strategy that read the labeled prompts (strong, mix, "
-        "family_strong, car, persyn) includes labeling every teacher on them; a fallback pays for the unusable first "
-        "choice too; Oracle and Generate-then-Select pay every teacher on every prompt.\n"
+        "family_strong, car, persyn, persyn_verified) includes labeling every teacher on them; a fallback pays for the "
+        "unusable first choice too, and persyn_verified for every answer the checker rejected; Oracle and Generate-then-Select pay every teacher on every prompt.\n"
     )
     data = training_data_markdown(comparison)
     return (

@@ -40,6 +40,7 @@ from datasets import Dataset
 
 from persyn_hub.compare.baselines import STRATEGIES
 from persyn_hub.compare.report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
+from persyn_hub.pipeline.fallback import FULL_MARKS
 from persyn_hub.recipe.config import RecipeError
 from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
 from persyn_hub.scoring.answers import is_trainable_answer
@@ -81,6 +82,9 @@ class CompareRecipe:
     """The Strong baseline's teacher; None: the highest mean quality on the labeled prompts."""
     weak_teacher: Optional[str] = None
     """Mix's weak teacher; None: the lowest mean quality on the labeled prompts."""
+    fallback_on_incorrect: int = 1
+    """`persyn_verified`: at most this many extra answers per prompt when the checker rejects the routed
+    one (the run's `routing.fallback_on_incorrect`, simulated on the pool every teacher answered)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """SFT seeds (data order, dropout): every strategy is trained once per seed; the intervals resample
     seeds and items together, so one seed hides the training-run noise."""
@@ -101,6 +105,8 @@ class CompareRecipe:
             raise RecipeError("pipeline: set the pipeline recipe whose routed prompts the students train on.")
         if not self.seeds:
             raise RecipeError("seeds: empty; give at least one SFT seed, e.g. [0, 1].")
+        if self.fallback_on_incorrect < 1:
+            raise RecipeError("fallback_on_incorrect: must be >= 1 (extra answers persyn_verified may ask).")
         if self.bootstrap < 0:
             raise RecipeError("bootstrap: must be >= 0 (0 turns the intervals off).")
         _check_sft_keys(self.sft)
@@ -257,24 +263,36 @@ def routed_choices(assigned: Dataset, order: list[str]) -> tuple[dict[str, str],
 
 
 def choose_training_answers(
-    rankings: dict[str, dict[str, list[str]]], usable: Any, prompt_ids: list[str]
-) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]], list[str]]:
+    rankings: dict[str, dict[str, list[str]]],
+    usable: Any,
+    prompt_ids: list[str],
+    verified: Any = None,
+    extra: int = 1,
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]], list[str], dict[str, dict[str, list[str]]]]:
     """Each strategy's first usable teacher in its own order ({strategy: {prompt: teacher}}), its counts
-    (`fallbacks`: prompts answered by a later choice; `unanswerable`: none of its choices usable), and the
-    common prompts: those every strategy could answer (with full rankings, the prompts some teacher answered)."""
-    from persyn_hub.compare.baselines import first_usable
+    (`fallbacks`: prompts answered by a later choice; `unanswerable`: none of its choices usable), the
+    common prompts (those every strategy could answer; with full rankings, the prompts some teacher
+    answered), and the teachers each strategy asked per prompt, in order, up to its pick. A verified
+    strategy (`baselines.VERIFIED`) also needs `verified(prompt, teacher)` within `extra` extra answers."""
+    from persyn_hub.compare.baselines import VERIFIED, first_usable, verified_picks
 
     picks: dict[str, dict[str, str]] = {}
     counts: dict[str, dict[str, int]] = {}
+    asked: dict[str, dict[str, list[str]]] = {}
     for strategy, ranking in rankings.items():
-        chosen, fallbacks, lost = first_usable(ranking, usable)
+        if strategy in VERIFIED:
+            chosen, asked[strategy], lost = verified_picks(ranking, usable, verified, extra)
+        else:
+            chosen, _, lost = first_usable(ranking, usable)
+            asked[strategy] = {p: ranking[p][: ranking[p].index(t) + 1] for p, t in chosen.items()}
         picks[strategy] = chosen
         counts[strategy] = {"unanswerable": len(lost) + len(set(prompt_ids) - set(ranking))}
-        counts[strategy]["fallbacks_all"] = len(fallbacks)
+        counts[strategy]["fallbacks_all"] = sum(1 for p, t in chosen.items() if t != ranking[p][0])
     common = sorted(set.intersection(*(set(c) for c in picks.values()))) if picks else []
     for strategy, ranking in rankings.items():  # fallbacks among the prompts actually trained on
         counts[strategy]["fallbacks"] = sum(1 for p in common if picks[strategy][p] != ranking[p][0])
-    return picks, counts, common
+        counts[strategy]["extra_answers"] = sum(len(asked[strategy][p]) - 1 for p in common)
+    return picks, counts, common, asked
 
 
 def build_training_sets(
@@ -333,7 +351,13 @@ def build_training_sets(
     def usable(prompt_id: str, teacher: str) -> bool:
         return _trainable(rows.get((prompt_id, teacher)))
 
-    picks, counts, common = choose_training_answers(rankings, usable, prompt_ids)
+    def verified(prompt_id: str, teacher: str) -> bool:
+        quality = (rows.get((prompt_id, teacher)) or {}).get("quality")
+        return quality is not None and float(quality) >= FULL_MARKS
+
+    picks, counts, common, asked = choose_training_answers(
+        rankings, usable, prompt_ids, verified, recipe.fallback_on_incorrect
+    )
     label_rows = labels.select_columns(
         [c for c in ("teacher", "num_tokens", "num_prompt_tokens") if c in labels.column_names]
     ).to_list()
@@ -342,13 +366,13 @@ def build_training_sets(
         info[strategy].update(
             unusable=counts[strategy]["unanswerable"],
             fallbacks=counts[strategy]["fallbacks"],
+            extra_answers=counts[strategy]["extra_answers"],
             dropped_for_parity=len(chosen) - len(common),
             rows=len(common),
             teacher_counts={t: sum(1 for p in common if chosen[p] == t) for t in teachers},
             cost=strategy_cost(
                 strategy,
-                chosen=chosen,
-                rankings=rankings[strategy],
+                asked=asked[strategy],
                 common=common,
                 rows=rows,
                 label_rows=label_rows,
@@ -361,7 +385,7 @@ def build_training_sets(
         )
         messages = []
         for p in common:
-            if strategy == "persyn" and p in published and published[p]["teacher"] == chosen[p]:
+            if strategy.startswith("persyn") and p in published and published[p]["teacher"] == chosen[p]:
                 messages.append(published[p]["messages"])  # exactly the row `persyn run` published
             else:
                 row = rows[(p, chosen[p])]

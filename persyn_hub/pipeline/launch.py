@@ -17,6 +17,7 @@ an error says so through the store first, so the others stop at once with its me
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -34,6 +35,8 @@ logger = logging.getLogger("persyn_hub")
 
 ABORT = "abort"
 POLL_SECONDS = 0.2
+STORE_TIMEOUT_LIMIT = 30.0
+"""The longest a single store call may block (seconds), whatever `launch.timeout` is."""
 LAUNCH_VARIABLES = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
     "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
@@ -60,7 +63,8 @@ class Launch:
     timeout: float = 600.0
     """Liveness timeout in seconds (`launch.timeout`): how long a silent process is waited for."""
     store: Any = None
-    _beating: threading.Event = field(default_factory=threading.Event, repr=False)
+    _halt: threading.Event = field(default_factory=threading.Event, repr=False)
+    _heartbeat: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def main(self) -> bool:
@@ -147,22 +151,32 @@ class Launch:
     # -- life ----------------------------------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
-        """Bump this process's beat counter from a daemon thread (it stops when the process is stopped)."""
-        if self.store is None or self._beating.is_set():
+        """Bump this process's beat counter from a daemon thread (it stops when the process is stopped).
+
+        The thread is stopped and joined at interpreter exit: a daemon thread still inside a store call
+        when the interpreter finalizes is unwound through torch's C++ code, which aborts the process
+        ("terminate called without an active exception") and turns a clean exit code into SIGABRT.
+        """
+        if self.store is None or self._heartbeat is not None:
             return
-        self._beating.set()
         store = self.store.clone()  # its own connection: a slow store never delays the main thread's waits
 
         def beat() -> None:
-            while self._beating.is_set():
+            while not self._halt.is_set():
                 with contextlib.suppress(Exception):  # a store that does not answer is the waiters' concern
                     store.add(beat_key(self.index), 1)
-                time.sleep(self.beat_seconds)
+                self._halt.wait(self.beat_seconds)
 
-        threading.Thread(target=beat, name="persyn-heartbeat", daemon=True).start()
+        self._heartbeat = threading.Thread(target=beat, name="persyn-heartbeat", daemon=True)
+        self._heartbeat.start()
+        atexit.register(self.stop_heartbeat)
 
     def stop_heartbeat(self) -> None:
-        self._beating.clear()
+        """Stop beating and wait for the thread's store call in flight (bounded by the store's timeout)."""
+        self._halt.set()
+        thread, self._heartbeat = self._heartbeat, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=STORE_TIMEOUT_LIMIT + 1.0)
 
     def finish(self) -> None:
         """Leave the launch together: rank 0 (which may host the store) waits until every rank is done."""
@@ -198,7 +212,7 @@ def connect(timeout: float) -> Launch:
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within launch.timeout "
             f"({timeout:.0f} s): {type(error).__name__}: {str(error).splitlines()[0][:200]}"
         ) from error
-    store.set_timeout(timedelta(seconds=max(1.0, min(30.0, timeout / 4))))
+    store.set_timeout(timedelta(seconds=max(1.0, min(STORE_TIMEOUT_LIMIT, timeout / 4))))
     prefixed = dist.PrefixStore("persyn/", store)
     launch = Launch(index, count, timeout=timeout, store=prefixed)
     if launch.main:
