@@ -347,7 +347,12 @@ def test_costs_charge_labeling_to_every_strategy_that_reads_the_labels_and_stage
         {"name": "learnability", "seconds": 2.0, "cached": True},
         {"name": "combine", "seconds": 0.25, "cached": False},
         {"name": "router", "seconds": 8.0, "cached": False},
-        {"name": "route", "seconds": 1.0, "cached": False},
+        {
+            "name": "route",
+            "seconds": 0.01,
+            "cached": True,
+            "computed_seconds": 1.0,
+        },  # reused: its original time
         {"name": "compare/label-generate/big", "seconds": 16.0, "cached": False},
         {"name": "compare/quality", "seconds": 3.0, "cached": False},
         {"name": "compare/learnability", "seconds": 5.0, "cached": False},

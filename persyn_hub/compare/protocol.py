@@ -9,8 +9,9 @@ Cost (`strategy_cost`), per strategy, over the common training prompts:
 * `seconds`: the pipeline stages the strategy needed in order to choose, from the run's `summary.json`
   (`stages`): labeling generation and quality scoring (strong, mix, family_strong), plus learnability,
   combine (car), plus router training and routing (persyn); Generate-then-Select: every teacher's
-  answers on the training prompts and their scoring. `cached_stages` lists those whose time is a reload
-  of an earlier run's output, not the original compute time.
+  answers on the training prompts and their scoring. A stage reused from the cache counts the time it took
+  when computed (kept in its marker); `cached_stages` lists those whose original time is unknown (markers
+  from before it was kept), whose seconds are only the reload.
 
 Training answers (`answer_stats`): the share the checker fully accepts (quality >= 1), mean quality,
 mean response length in student tokens and mean student log-prob per token (learnability), read from
@@ -62,15 +63,23 @@ def stage_group(name: str, prefix: str = "compare/") -> str | None:
 
 
 def stage_seconds(stages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{group: {"seconds", "cached"}} from `summary["stages"]` (name, seconds, cached)."""
+    """{group: {"seconds", "cached"}} from `summary["stages"]` (name, seconds, cached, computed_seconds).
+
+    A reused stage counts the seconds it took when it was computed (`computed_seconds`, from its cache
+    marker); `cached` flags a group with a reused stage whose original time is unknown (an older marker),
+    whose seconds are then only the reload."""
     groups: dict[str, dict[str, Any]] = {}
     for stage in stages or []:
         group = stage_group(str(stage.get("name", "")))
         if group is None:
             continue
         entry = groups.setdefault(group, {"seconds": 0.0, "cached": False})
-        entry["seconds"] += float(stage.get("seconds") or 0.0)
-        entry["cached"] = entry["cached"] or bool(stage.get("cached"))
+        computed = stage.get("computed_seconds")
+        known = not stage.get("cached") or computed is not None
+        entry["seconds"] += float(
+            (computed if stage.get("cached") and known else stage.get("seconds")) or 0.0
+        )
+        entry["cached"] = entry["cached"] or not known
     return groups
 
 

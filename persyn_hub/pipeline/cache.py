@@ -42,6 +42,9 @@ class StageRecord:
     seconds: float
     cached: bool
     key: str
+    computed_seconds: float | None = None
+    """How long the stage took when it was computed (from its marker); None for markers written before
+    they held it. A cached stage's `seconds` is only the reload, so costs read this one."""
 
 
 EMPTY_MARKER = "empty_features.json"
@@ -193,7 +196,7 @@ class StageCache:
         started = time.perf_counter()
         if (folder / SUCCESS).is_file():
             dataset = self._load(folder)
-            self.records.append(StageRecord(name, time.perf_counter() - started, True, key))
+            self._record_reuse(name, key, folder, started)
             logger.info("stage %s: cached (%s)", name, folder)
             return dataset
         logger.info("stage %s: started (%s)", name, folder)
@@ -201,10 +204,20 @@ class StageCache:
         dataset = compute(folder)
         save_dataset_folder(dataset, folder / "data")
         dataset = load_dataset_folder(folder / "data")
-        marker = {"key": key, "rows": len(dataset), "files": folder_digest(folder / "data")}
+        seconds = time.perf_counter() - started
+        marker = {
+            "key": key,
+            "rows": len(dataset),
+            "files": folder_digest(folder / "data"),
+            "seconds": seconds,
+        }
         (folder / SUCCESS).write_text(json.dumps(marker))
-        self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
+        self.records.append(StageRecord(name, seconds, False, key, seconds))
         return dataset
+
+    def _record_reuse(self, name: str, key: str, folder: Path, started: float) -> None:
+        computed = json.loads((folder / SUCCESS).read_text()).get("seconds")
+        self.records.append(StageRecord(name, time.perf_counter() - started, True, key, computed))
 
     def folder_stage(self, name: str, key: str, compute: Callable[[Path], None]) -> Path:
         """Like `dataset_stage` for outputs that are a folder (a trained router)."""
@@ -213,7 +226,7 @@ class StageCache:
         output = folder / "output"
         if (folder / SUCCESS).is_file():
             self._verify(folder, output)
-            self.records.append(StageRecord(name, time.perf_counter() - started, True, key))
+            self._record_reuse(name, key, folder, started)
             logger.info("stage %s: cached (%s)", name, folder)
             return output
         logger.info("stage %s: started (%s)", name, folder)
@@ -223,8 +236,11 @@ class StageCache:
             compute(staging)
 
         write_folder_whole(output, write)
-        (folder / SUCCESS).write_text(json.dumps({"key": key, "files": folder_digest(output)}))
-        self.records.append(StageRecord(name, time.perf_counter() - started, False, key))
+        seconds = time.perf_counter() - started
+        (folder / SUCCESS).write_text(
+            json.dumps({"key": key, "files": folder_digest(output), "seconds": seconds})
+        )
+        self.records.append(StageRecord(name, seconds, False, key, seconds))
         return output
 
     def write_json(self, name: str, key: str, filename: str, payload: Any) -> None:
@@ -239,4 +255,13 @@ class StageCache:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def summary(self) -> list[dict[str, Any]]:
-        return [{"name": r.name, "seconds": round(r.seconds, 2), "cached": r.cached} for r in self.records]
+        """Per stage: this run's seconds, whether it was reused, and the seconds it took when computed."""
+        return [
+            {
+                "name": r.name,
+                "seconds": round(r.seconds, 2),
+                "cached": r.cached,
+                "computed_seconds": None if r.computed_seconds is None else round(r.computed_seconds, 2),
+            }
+            for r in self.records
+        ]
