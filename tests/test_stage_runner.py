@@ -265,3 +265,33 @@ def test_the_context_holds_only_the_declared_inputs(tmp_path, calls):
 
     run_all(tmp_path, [source(calls, [1]), source(calls, [2], name="other"), Stage("z", look, inputs=("a",))])
     assert seen["inputs"] == ["a"]
+
+
+def test_a_stage_says_how_long_it_took_including_its_chunks_and_a_reused_one_keeps_that_time(tmp_path):
+    """Costs read these seconds: a chunked stage's chunks are its work, and a reload is not the cost."""
+    import time
+
+    def rows(context: StageContext) -> Dataset:
+        return Dataset.from_dict({"prompt_id": [f"p{i}" for i in range(6)], "x": list(range(6))})
+
+    def slow_square(context: StageContext) -> Dataset:
+        time.sleep(0.15)
+        return context.rows.map(lambda row: {"y": row["x"] ** 2})
+
+    stages = [
+        source(Counter(), [1], name="first"),
+        Stage("square", slow_square, inputs=("first",), identity=1, parallel="chunks", rows=rows),
+    ]
+    runner = StageRunner(StageCache(tmp_path), chunk_rows=2)  # 3 chunks of 0.15 s
+    for stage in stages:
+        runner.run(stage)
+    computed = {record["name"]: record for record in runner.summary()}["square"]
+    assert computed["seconds"] >= 0.45 and computed["computed_seconds"] == computed["seconds"]
+    assert not computed["cached"]
+
+    again = StageRunner(StageCache(tmp_path), chunk_rows=2)
+    for stage in stages:
+        again.run(stage)
+    reused = {record["name"]: record for record in again.summary()}["square"]
+    assert reused["cached"] and reused["seconds"] < 0.45
+    assert reused["computed_seconds"] == computed["seconds"]

@@ -186,20 +186,24 @@ class StageCache:
         name: str,
         key: str,
         compute: Callable[[Path], Dataset],
+        started: float | None = None,
     ) -> Dataset:
         """Load `name`'s output for `key`, or compute it, save it atomically and mark it done.
 
         `compute` gets the stage folder (for checkpoints); a crash before the marker leaves the stage
-        unfinished, so the next run enters it again and resumes from those checkpoints.
+        unfinished, so the next run enters it again and resumes from those checkpoints. `started`: when
+        the stage's work began (`time.perf_counter()`), if before this call (a chunked stage computes its
+        chunks first, then joins them here); its seconds count from there.
         """
         folder = self.folder(name, key)
-        started = time.perf_counter()
+        announced, started = started is not None, started if started is not None else time.perf_counter()
         if (folder / SUCCESS).is_file():
             dataset = self._load(folder)
             self._record_reuse(name, key, folder, started)
             logger.info("stage %s: cached (%s)", name, folder)
             return dataset
-        logger.info("stage %s: started (%s)", name, folder)
+        if not announced:
+            logger.info("stage %s: started (%s)", name, folder)
         folder.mkdir(parents=True, exist_ok=True)
         dataset = compute(folder)
         save_dataset_folder(dataset, folder / "data")

@@ -251,14 +251,19 @@ class StageRunner:
     def _compute_chunks(self, stage: Stage, key: str, context: StageContext, step: str) -> Dataset | None:
         """This process's chunks; on the main process, the joined stage (None on the others)."""
         assert stage.rows is not None, f"stage {stage.name}: a `chunks` stage declares its `rows`"
+        started = time.perf_counter()
         folder = self.cache.folder(stage.name, key)
+        logger.info("stage %s: started (%s)", stage.name, folder)
         rows = stage.rows(context)
         plan = plan_chunks(rows, self.chunk_rows, stage.chunk_by)
         if not plan:  # no rows (a teacher routed no prompt): the stage's empty, typed output
             if not self.launch.main:
                 return None
             return self.cache.dataset_stage(
-                stage.name, key, lambda _: stage.compute(dataclasses.replace(context, rows=rows))
+                stage.name,
+                key,
+                lambda _: stage.compute(dataclasses.replace(context, rows=rows)),
+                started=started,
             )
         try:
             if stage.works_here is None or stage.works_here():
@@ -273,7 +278,9 @@ class StageRunner:
             return None
         for rank in self.launch.others():
             self.launch.wait_for(f"{step}/chunks-done/{rank}", stage=stage.name, ranks=[rank])
-        joined = self.cache.dataset_stage(stage.name, key, lambda _: join_chunks(folder, plan, len(rows)))
+        joined = self.cache.dataset_stage(
+            stage.name, key, lambda _: join_chunks(folder, plan, len(rows)), started=started
+        )
         shutil.rmtree(folder / CHUNKS, ignore_errors=True)
         for stale in folder.glob("*.chunk-*"):  # side files of an earlier plan (another chunk_rows)
             if f"-of-{len(plan):05d}" not in stale.name:
