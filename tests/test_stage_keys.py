@@ -9,10 +9,13 @@ when its key is new.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import os
+import re
 import socket
+import typing
 import uuid
 from pathlib import Path
 
@@ -127,6 +130,8 @@ RELEVANT = {
     # teachers: only that teacher's two generation stages
     "teacher max_new_tokens": ([], ["--teachers.0.generation.max_new_tokens", "32"], gen(SMOL)),
     "teacher temperature": ([], ["--teachers.0.generation.temperature", "0.7"], gen(SMOL)),
+    "teacher top_p": ([], ["--teachers.0.generation.top_p", "0.9"], gen(SMOL)),
+    "teacher prompt_format": ([], ["--teachers.0.prompt_format", "completion"], gen(SMOL)),
     "teacher stop": ([], ["--teachers.0.generation.stop", '["\\n\\n"]'], gen(SMOL)),
     "teacher system_prompt": ([], ["--teachers.0.system_prompt", "Be brief."], gen(SMOL)),
     "teacher dtype": (["--teachers.0.dtype", "float32"], ["--teachers.0.dtype", "bfloat16"], gen(SMOL)),
@@ -139,6 +144,11 @@ RELEVANT = {
         gen(SMOL),
     ),
     "completion teacher few_shot": ([], ["--teachers.1.few_shot", "[]"], gen(GEMMA)),
+    "completion teacher few_shot prompt": (
+        [],
+        ["--teachers.1.few_shot.0.prompt", "What is 2 + 2?"],
+        gen(GEMMA),
+    ),
     "completion teacher few_shot response": (
         [],
         ["--teachers.1.few_shot.0.response", "The answer is 12."],
@@ -189,6 +199,9 @@ RELEVANT = {
     "output drop_incorrect": ([], ["--output.drop_incorrect", "true"], {"assemble"}),
     # quality
     "quality kind": ([], ["--quality.kind", "math_answer"], {"quality", "assemble"}),
+    "quality column": ([], ["--quality.column", "score"], {"quality", "assemble"}),
+    # the per-row checker column is kept on the prompts and read by quality
+    "quality kind_column": ([], ["--quality.kind_column", "checker"], {"prompts", "quality", "assemble"}),
     # seed: prompts (shuffle), generation, router training
     "seed": ([], ["--seed", "7"], {"prompts", "router"} | LABEL_GENERATE | ROUTED_GENERATE),
     # prompts: the first stage, so everything
@@ -196,6 +209,20 @@ RELEVANT = {
     "prompts task config": ([], ["--prompts.tasks.0.config.max_digits", "3"], {"prompts"}),
     "prompts system_prompt": ([], ["--prompts.system_prompt", "Answer."], {"prompts"}),
     "prompts num_prompts": ([], ["--prompts.num_prompts", "300"], {"prompts"}),
+    "prompts task name": ([], ["--prompts.tasks.0.name", "products"], {"prompts"}),
+    "prompts task label": ([], ["--prompts.tasks.0.label", "adding"], {"prompts"}),
+    "prompts subset": ([], ["--prompts.subset", "main"], {"prompts"}),
+    "prompts split": ([], ["--prompts.split", "test"], {"prompts"}),
+    "prompts revision": ([], ["--prompts.revision", "abc123"], {"prompts"}),
+    "prompts prompt_column": ([], ["--prompts.prompt_column", "problem"], {"prompts"}),
+    "prompts answer_column": ([], ["--prompts.answer_column", "solution"], {"prompts"}),
+    "prompts id_column": ([], ["--prompts.id_column", "uid"], {"prompts"}),
+    "prompts category_column": ([], ["--prompts.category_column", "kind"], {"prompts"}),
+    "prompts keep_columns": ([], ["--prompts.keep_columns", '["x"]'], {"prompts"}),
+    "prompts prompt_template": ([], ["--prompts.prompt_template", '"Q: {prompt}"'], {"prompts"}),
+    "prompts shuffle": ([], ["--prompts.shuffle", "false"], {"prompts"}),
+    "prompts drop_duplicates": ([], ["--prompts.drop_duplicates", "false"], {"prompts"}),
+    "prompts drop_eval_items": ([], ["--prompts.drop_eval_items", "false"], {"prompts"}),
     # endpoint teachers: what is asked for, not where
     "endpoint teacher, the variant itself": ([], ENDPOINT, gen(SMOL)),
     "endpoint teacher endpoint_api": (ENDPOINT, ["--teachers.0.endpoint_api", "tgi"], gen(SMOL)),
@@ -231,6 +258,7 @@ IRRELEVANT = {
     "greedy teacher batch_size": ([], ["--teachers.0.batch_size", "4"]),
     "completion teacher batch_size": ([], ["--teachers.1.batch_size", "2"]),
     "teacher family": ([], ["--teachers.0.family", "other"]),
+    "teacher tensor_parallel_size": ([], ["--teachers.0.tensor_parallel_size", "2"]),
     "teacher backend named as auto resolves it": ([], ["--teachers.0.backend", "transformers"]),
     "reference teacher dtype": ([], ["--teachers.2.dtype", "float32"]),
     "student batch_tokens": ([], ["--student.batch_tokens", "1024"]),
@@ -251,6 +279,13 @@ IRRELEVANT = {
         ["--output.hub.stages_repo", "me/stages", "--output.hub.checkpoint_every", "8"],
     ),
     "output resume_from": ([], ["--output.hub.resume_from", "me/stages@abc123"]),
+    "output stages": ([], ["--output.hub.dataset_repo", "me/data", "--output.hub.stages", "true"]),
+    "output checkpoint_minutes": (
+        [],
+        ["--output.hub.stages_repo", "me/stages", "--output.hub.checkpoint_minutes", "3"],
+    ),
+    "output license": ([], ["--output.hub.license", "mit"]),
+    "output revision": ([], ["--output.hub.revision", "dev"]),
     "recipe name": ([], ["--name", "renamed"]),
     "env": ([], ["--env", "{SOME_SETTING: x}"]),
     # how a launch shares the work: chunks and waits change no output (chunks do not depend on the
@@ -481,3 +516,71 @@ def test_fields_with_a_fallback_round(tmp_path, override, expected):
     own = own_changes(base, changed)
     assert own == expected
     assert recomputed(base, changed, tmp_path) == dependants(base, own)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every recipe field is classified: a new field must be placed in a table above (or below, with why)
+
+CLASSIFIED_ELSEWHERE = {
+    "recipe_version": "not a setting: the parser refuses an old recipe (tests/test_config.py)",
+    "teachers.name": "names the teacher's stages themselves (a renamed teacher is a new stage)",
+    "routing.reuse_router": "its own identity, the router's weights digest (tests/test_pipeline_e2e.py)",
+    "prompts.source": "hashed with the rest of `prompts` plus the source's own version (`source_identity`); "
+    "the default recipe's tasks forbid another source, so its cases are the other prompts fields",
+}
+
+
+def override_fields(overrides: list[str]) -> set[str]:
+    """`--teachers.0.generation.top_p` -> `teachers.generation.top_p` (list positions dropped)."""
+    return {re.sub(r"\.\d+(?=\.|$)", "", flag[2:]) for flag in overrides if flag.startswith("--")}
+
+
+def recipe_fields(cls: type, prefix: str = "") -> set[str]:
+    """Every leaf field of a recipe dataclass, through nested sections and lists of them."""
+    hints = typing.get_type_hints(cls)
+    found: set[str] = set()
+    for field in dataclasses.fields(cls):
+        kinds = [hints[field.name], *typing.get_args(hints[field.name])]
+        kinds += [inner for kind in kinds for inner in typing.get_args(kind)]
+        section = next((kind for kind in kinds if dataclasses.is_dataclass(kind)), None)
+        path = prefix + field.name
+        found |= recipe_fields(section, path + ".") if section else {path}
+    return found
+
+
+def test_every_recipe_field_is_classified_as_keyed_or_not():
+    from persyn_hub.recipe.config import PersynRecipe
+
+    tables = [o for _, o, _ in RELEVANT.values()] + [o for _, o in IRRELEVANT.values()]
+    tables += [o for o, _ in REWARD_MODEL_CASES.values()] + [o for o, _ in POOL_CASES.values()]
+    tables += [FALLBACK_ONE, ["--quality.reward_model", "x"]]
+    classified = set().union(*(override_fields(o) for o in tables))
+    unclassified = sorted(
+        field
+        for field in recipe_fields(PersynRecipe)
+        if field not in classified
+        and not any(c.startswith(f"{field}.") for c in classified)  # a mapping, set key by key
+        and not any(field.startswith(f"{c}.") for c in CLASSIFIED_ELSEWHERE)
+        and field not in CLASSIFIED_ELSEWHERE
+    )
+    assert not unclassified, (
+        f"recipe fields in no key table: {unclassified}. Add each to RELEVANT (with the stages whose "
+        "identity it must change) or IRRELEVANT in tests/test_stage_keys.py, or to CLASSIFIED_ELSEWHERE."
+    )
+
+
+POOL = ["--prompts.pool.format", "wide", "--teachers.0.pool_column", "smol_answer"]
+POOL_CASES = {
+    "pool teacher_column": (["--prompts.pool.teacher_column", "source_model"], {"prompts"}),
+    "pool format": (["--prompts.pool.format", "long"], {"prompts"}),
+    "pool response_column": (["--prompts.pool.response_column", "answer"], {"prompts"}),
+    "pool response_key": (["--prompts.pool.response_key", "text"], {"prompts"}),
+    "pool score_columns": (["--prompts.pool.score_columns", '["score"]'], {"prompts"}),
+    # the teacher's answers come from another column: its generation stages (and the prompts they carry)
+    "teacher pool_column": (["--teachers.0.pool_column", "other"], {"prompts", *gen(SMOL)}),
+}
+
+
+@pytest.mark.parametrize(("override", "expected"), POOL_CASES.values(), ids=POOL_CASES.keys())
+def test_pool_fields(tmp_path, override, expected):
+    check_case(tmp_path, POOL, override, expected)
