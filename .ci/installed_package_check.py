@@ -56,7 +56,7 @@ print("router save / load: ok")
 from persyn_hub.router.metrics import routing_metrics_module_path  # noqa: E402
 
 assert (routing_metrics_module_path() / "routing_metrics.py").is_file()
-from persyn_hub.compare.eval_tasks import TASKS_DIR  # noqa: E402
+from persyn_hub.eval_tasks import TASKS_DIR  # noqa: E402
 
 assert (TASKS_DIR / "persyn_taskmix.yaml").is_file()
 print("packaged templates, eval tasks, metric module: ok")

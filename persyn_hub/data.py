@@ -347,7 +347,7 @@ def load_prompts(config: PromptsConfig, seed: int = 42, report: dict[str, Any] |
     dataset = _check_unique_ids(dataset, config)
     report["duplicates_dropped"] = report["source_rows"] - len(dataset)
     if config.drop_eval_items:
-        from persyn_hub.compare.eval_tasks.items import drop_eval_items
+        from persyn_hub.eval_tasks.items import drop_eval_items
 
         before = len(dataset)
         dataset = drop_eval_items(dataset, "prompt")

@@ -144,7 +144,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
 
     from datasets import load_from_disk
 
-    from persyn_hub.compare.eval_tasks.items import is_eval_item
+    from persyn_hub.eval_tasks.items import is_eval_item
 
     run_dir, overrides, _, _ = small_task_mix_run
     out = tmp_path / "cmp"
@@ -196,7 +196,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
         assert 0.0 <= rows[name]["answers"]["verified_correct_share"] <= 1.0
         assert "seconds" in rows[name]["cost"]
     # The eval items the students were tested on are held out, so none can be a training prompt.
-    from persyn_hub.compare.eval_tasks.task_mix import task_mix_heldout
+    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
 
     assert not set(task_mix_heldout()["question"]) & {m[-2]["content"] for m in sets["oracle"]["messages"]}
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from persyn_hub.compare.eval_tasks.heldout import asdiv_heldout, is_heldout
 from persyn_hub.data import PromptDataError, load_prompts
+from persyn_hub.eval_tasks.heldout import asdiv_heldout, is_heldout
 from persyn_hub.recipe.config import PromptsConfig
 
 

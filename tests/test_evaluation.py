@@ -9,9 +9,9 @@ from datasets import load_dataset
 from lm_eval.api.model import LM
 
 from persyn_hub.bundled import bundled_data_file
-from persyn_hub.compare.eval_tasks.heldout import asdiv_heldout, ifbench_heldout, is_heldout
-from persyn_hub.compare.eval_tasks.items import drop_eval_items
 from persyn_hub.compare.evaluation import evaluate_model, task_manager
+from persyn_hub.eval_tasks.heldout import asdiv_heldout, ifbench_heldout, is_heldout
+from persyn_hub.eval_tasks.items import drop_eval_items
 from persyn_hub.verifiers.math_answer import gold_number
 
 
@@ -95,7 +95,7 @@ def test_real_student_through_hf_backend(smollm2_path, tmp_path):
 
 
 def test_taskmix_task_scores_with_each_tasks_own_checker_and_keeps_every_type(tmp_path):
-    from persyn_hub.compare.eval_tasks.task_mix import task_mix_heldout
+    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
 
     items = task_mix_heldout()
     assert len(items) == 200 and all(is_heldout(q) for q in items["question"])
@@ -115,7 +115,7 @@ def test_taskmix_task_scores_with_each_tasks_own_checker_and_keeps_every_type(tm
 
 
 def test_the_default_recipe_generates_the_task_mix_the_eval_task_holds_out():
-    from persyn_hub.compare.eval_tasks.task_mix import TASK_MIX
+    from persyn_hub.eval_tasks.task_mix import TASK_MIX
     from persyn_hub.recipe.config import load_recipe
 
     recipe = load_recipe("recipes/demo/task-mix-smollm2.yaml")

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.pipeline.cache import SUCCESS, CorruptCacheError, StageCache, load_dataset_folder
+from persyn_hub.folders import SUCCESS, load_dataset_folder
+from persyn_hub.pipeline.cache import CorruptCacheError, StageCache
 from persyn_hub.pipeline.stages import read_stats
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.pipeline.cache import load_dataset_folder
+from persyn_hub.folders import load_dataset_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import LocalHub  # noqa: E402
@@ -166,9 +166,6 @@ def runs(hub, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="not yet reliable: the SIGKILL can land before any routed row reaches the Hub, so the test does not exercise the resume (issue 21 open)"
-)
 def test_a_run_killed_mid_generation_continues_from_the_hub_on_an_empty_dir(runs, hub):
     reference, resumed = runs["reference"], runs["resumed"]
     summary = json.loads((resumed / "summary.json").read_text())

@@ -190,7 +190,7 @@ def test_a_mixed_pool_scores_each_row_with_its_own_checker(tmp_path):
     from persyn_hub.recipe.config import PromptsConfig
 
     asdiv = load_prompts(PromptsConfig(source="bundled:asdiv", num_prompts=6, drop_duplicates=True), seed=1)
-    from persyn_hub.compare.eval_tasks.heldout import is_heldout
+    from persyn_hub.eval_tasks.heldout import is_heldout
     from persyn_hub.verifiers.instructions import check_instructions
 
     ifbench = []

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from persyn_hub.fingerprint import fingerprint
 from persyn_hub.pipeline.cache import StageCache
-from persyn_hub.pipeline.fingerprint import fingerprint
 from persyn_hub.pipeline.identity import model_identity
 from persyn_hub.pipeline.runner import Stage, StageRunner
 from persyn_hub.pipeline.stages import persyn_stages

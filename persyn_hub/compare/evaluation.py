@@ -3,7 +3,7 @@
     persyn evaluate --model runs/x/student-sft --tasks persyn_asdiv --limit 20 --max-gen-toks 128 --output runs/x/eval
     python -m persyn_hub.compare.evaluation --model bundled:smollm2-135m-instruct --tasks persyn_asdiv,persyn_ifbench
 
-The packaged tasks (`persyn_hub/compare/eval_tasks/`, found with `TaskManager(include_path=...)`) read
+The packaged tasks (`persyn_hub/eval_tasks/`, found with `TaskManager(include_path=...)`) read
 held-out rows of the bundled data (split rule in `eval_tasks/heldout.py`), so they run offline.
 GPU recipes name standard tasks (`gsm8k`, `minerva_math500`, `ifeval`), which lm-eval fetches from the
 Hub. Results are written as `results.json` (lm-eval's results + configs) and `results.md` (a table).
@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from persyn_hub.compare.eval_tasks import TASK_NAMES, TASKS_DIR
 from persyn_hub.errors import PersynError
+from persyn_hub.eval_tasks import TASK_NAMES, TASKS_DIR
 
 logger = logging.getLogger(__name__)
 

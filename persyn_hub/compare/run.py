@@ -449,7 +449,7 @@ def run_comparison(
     recipe: CompareRecipe | str | Path, overrides: Optional[list[str]] = None
 ) -> dict[str, Any]:
     """Run, build, train and evaluate every strategy; write the table and chart; return the comparison."""
-    from persyn_hub.compare.eval_tasks.items import is_eval_item
+    from persyn_hub.eval_tasks.items import is_eval_item
     from persyn_hub.pipeline.run import write_local_card
     from persyn_hub.pipeline.stages import ASSEMBLE
 

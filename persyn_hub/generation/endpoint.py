@@ -37,6 +37,7 @@ from datasets.utils import tqdm
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_for_status
 
+from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.auth import client_token, redact, token_for
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,
@@ -54,7 +55,6 @@ from persyn_hub.generation.prompting import (
 )
 from persyn_hub.generation.retry import RowError, backoff_delay, classify, server_message
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.pipeline.fingerprint import run_fingerprint
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import TeacherConfig
 

@@ -33,6 +33,13 @@ from persyn_hub.recipe.config import TeacherConfig
 
 logger = logging.getLogger(__name__)
 
+LAUNCH_VARIABLES = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+)  # fmt: skip
+"""What launchers set to tell a process it is one of several (hidden from an engine's own processes and
+from the router's single-process training)."""
+
 _logged: set[tuple[str, ...]] = set()
 
 
@@ -197,6 +204,7 @@ def _log_once(key: tuple[str, ...], message: str, level: int = logging.INFO) -> 
 
 
 __all__ = [
+    "LAUNCH_VARIABLES",
     "PlacementError",
     "check_placements",
     "engine_devices",

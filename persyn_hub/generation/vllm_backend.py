@@ -22,17 +22,16 @@ from datasets import Dataset, Features
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.engines import held_engine
+from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,
     CheckpointedGenerator,
     GenerationCheckpoint,
 )
 from persyn_hub.generation.endpoint import check_messages, failed_record
-from persyn_hub.generation.placement import engine_devices
+from persyn_hub.generation.placement import LAUNCH_VARIABLES, engine_devices
 from persyn_hub.generation.prompting import completion_text, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.pipeline.fingerprint import run_fingerprint
-from persyn_hub.pipeline.launch import LAUNCH_VARIABLES
 from persyn_hub.recipe.config import TeacherConfig
 from persyn_hub.recipe.dtypes import dtype_name, local_device, resolve_dtype
 

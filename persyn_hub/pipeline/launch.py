@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 from persyn_hub.errors import PersynError
+from persyn_hub.generation.placement import LAUNCH_VARIABLES
 
 logger = logging.getLogger("persyn_hub")
 
@@ -37,11 +38,6 @@ ABORT = "abort"
 POLL_SECONDS = 0.2
 STORE_TIMEOUT_LIMIT = 30.0
 """The longest a single store call may block (seconds), whatever `launch.timeout` is."""
-LAUNCH_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-)  # fmt: skip
-"""What launchers set to tell a process it is one of several."""
 ACCELERATE_PREFIX = "ACCELERATE_"
 """accelerate launch passes its config (mixed precision, DeepSpeed, dynamo) to the Trainer this way."""
 
@@ -238,4 +234,4 @@ def single_process() -> Iterator[None]:
         os.environ.update(saved)
 
 
-__all__ = ["LAUNCH_VARIABLES", "Launch", "LaunchError", "connect", "single_process"]
+__all__ = ["Launch", "LaunchError", "connect", "single_process"]

@@ -34,8 +34,9 @@ import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from persyn_hub.engines import release_engines
-from persyn_hub.pipeline.cache import StageCache, load_dataset_folder, save_dataset_folder, write_folder_whole
-from persyn_hub.pipeline.fingerprint import fingerprint
+from persyn_hub.fingerprint import fingerprint
+from persyn_hub.folders import load_dataset_folder, save_dataset_folder, write_folder_whole
+from persyn_hub.pipeline.cache import StageCache
 from persyn_hub.pipeline.launch import Launch, LaunchError
 
 logger = logging.getLogger("persyn_hub")

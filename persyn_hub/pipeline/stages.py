@@ -21,7 +21,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from persyn_hub.pipeline.cache import load_dataset_folder, save_dataset_folder
+from persyn_hub.folders import load_dataset_folder, save_dataset_folder
 from persyn_hub.pipeline.identity import (
     quality_identity,
     router_training_identity,

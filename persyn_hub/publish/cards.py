@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData
 
+from persyn_hub.card_templates import hub_endpoint, template_path
 from persyn_hub.recipe.config import PersynRecipe
 
 CHART_FILE = "teacher_distribution.png"
@@ -35,17 +35,6 @@ ROUTER_METRIC_KEYS = (
 )
 
 
-def template_path(name: str) -> Path:
-    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the installed `model_cards` package's `<name>` (the
-    top-level `model_cards/` folder, shipped in the wheel)."""
-    folder = os.environ.get("PERSYN_CARD_TEMPLATES")
-    if folder:
-        return Path(folder) / name
-    from importlib import resources
-
-    return Path(str(resources.files("model_cards") / name))
-
-
 def size_category(rows: int) -> str:
     """The Hub's `size_categories` bucket for a row count."""
     for limit, label in (
@@ -57,12 +46,6 @@ def size_category(rows: int) -> str:
         if rows < limit:
             return label
     return "1M<n<10M" if rows < 10_000_000 else "n>1T"
-
-
-def _hub_url() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT.rstrip("/")
 
 
 def _quality_text(recipe: PersynRecipe) -> str:
@@ -227,7 +210,7 @@ def render_dataset_card(
         pretty_name=f"PerSyn {recipe.name}: {rows} rows for {recipe.student.model}",
         repo_id=repo_id,
         revision=revision if revision and revision != "main" else None,
-        hub_url=(hub_url or _hub_url()).rstrip("/"),
+        hub_url=(hub_url or hub_endpoint()).rstrip("/"),
         student=recipe.student.model,
         teachers=teachers,
         alpha=recipe.labeling.alpha,
@@ -267,109 +250,6 @@ def render_dataset_card(
 
 
 # --------------------------------------------------------------------------------------------------
-# The router's model card
-
-CARD_METRICS = (
-    "top1_agreement",
-    "reward_recovered",
-    "reward_recovered_best_single",
-    "reward_recovered_random",
-    "teacher_distribution",
-    "num_train_prompts",
-    "num_eval_prompts",
-    "best_single_teacher",
-    "mean_reward_routed",
-    "mean_reward_best_single",
-    "mean_reward_random",
-    "mean_reward_oracle",
-)
-"""Metrics the card's evaluation table needs; a partial dict renders as "no held-out metrics"."""
-
-
-def render_router_card(
-    config,
-    metrics: dict[str, Any] | None = None,
-    *,
-    repo_id: str | None = None,
-    settings: dict[str, Any] | None = None,
-    seed: int | None = None,
-    stages: dict[str, Any] | None = None,
-) -> ModelCard:
-    """The router's model card: purpose, teachers, student, alpha, training data, metrics, calibration, usage.
-
-    `stages`: the run's `summary["hub"]["stages"]` (published stages): the card links the exact commits of
-    the stages the router was trained on (generation, learnability, quality, combine)."""
-    import persyn_hub
-
-    metrics = dict(metrics or {})
-    calibration = metrics.get("calibration") or []
-    encoder = config.encoder_name or getattr(config.encoder_config, "_name_or_path", "") or "unknown"
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["persyn", "router", "distillation", "multi-teacher"],
-        datasets=[config.label_repo] if config.label_repo else None,
-        base_model=encoder if _is_hub_id(encoder) else None,
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(template_path("router_card.md")),
-        teachers=list(config.teachers),
-        student=config.student or "unknown",
-        alpha=config.alpha,
-        encoder_name=encoder,
-        pooling=config.pooling,
-        max_length=config.max_length,
-        tie_margin=config.tie_margin,
-        label_repo=config.label_repo,
-        label_revision=config.label_revision,
-        metrics=metrics if all(key in metrics for key in CARD_METRICS) else None,
-        calibration=calibration,
-        calibration_prompts=sum((metrics.get("split_sizes") or {}).values())
-        or metrics.get("num_train_prompts", 0) + metrics.get("num_eval_prompts", 0),
-        interval=lambda key: _interval_text(metrics, key),
-        settings=settings,
-        seed=seed,
-        repo_id=repo_id or "path/or/hub-id/of/this/router",
-        persyn_version=persyn_hub.__version__,
-        training_stages=_training_stage_links(stages),
-    )
-
-
-def _training_stage_links(stages: dict[str, Any] | None) -> list[dict[str, str]]:
-    """The published stages a router was trained on, each with its key and the commit that published it."""
-    if not stages or not stages.get("repo_id"):
-        return []
-    repo, hub_url = stages["repo_id"], _hub_url()
-    links = []
-    for name, info in (stages.get("stages") or {}).items():
-        if not (name.startswith("label-generate/") or name in ("learnability", "quality", "combine")):
-            continue
-        config, commit = name.replace("/", "--"), info.get("commit") or ""
-        revision = commit or stages.get("revision") or "main"
-        links.append(
-            {
-                "name": name,
-                "key": info.get("key", ""),
-                "commit": commit,
-                "url": f"{hub_url}/datasets/{repo}/tree/{revision}/{config}/{info.get('key', '')}",
-            }
-        )
-    return links
-
-
-def _interval_text(metrics: dict[str, Any], key: str) -> str:
-    """` [low, high]` for a metric with a bootstrap interval, else nothing."""
-    low_high = (metrics.get("intervals") or {}).get(key)
-    return f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
-
-
-def _is_hub_id(name: str) -> bool:
-    return (
-        bool(name) and not name.startswith("bundled:") and name.count("/") == 1 and not os.path.exists(name)
-    )
-
-
 def render_labels_card(
     *,
     recipe: PersynRecipe,
@@ -413,7 +293,7 @@ def render_labels_card(
         pretty_name=f"PerSyn {recipe.name}: labeled pool and routing decisions",
         repo_id=repo_id or hub.labels_repo or "path/to/this/dataset",
         dataset_repo=hub.dataset_repo,
-        hub_url=(hub_url or _hub_url()).rstrip("/"),
+        hub_url=(hub_url or hub_endpoint()).rstrip("/"),
         student=recipe.student.model,
         teachers=teachers,
         quality=_quality_text(recipe),
@@ -431,7 +311,6 @@ def render_labels_card(
 
 __all__ = [
     "CHART_FILE",
-    "render_router_card",
     "comparison_card_section",
     "render_dataset_card",
     "render_labels_card",

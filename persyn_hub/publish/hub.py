@@ -31,10 +31,10 @@ from persyn_hub.publish.cards import (
     comparison_card_section,
     render_dataset_card,
     render_labels_card,
-    render_router_card,
     teacher_distribution_png,
 )
 from persyn_hub.recipe.config import PersynRecipe
+from persyn_hub.router.card import render_router_card
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from persyn_hub.errors import PersynError
-from persyn_hub.pipeline.cache import SUCCESS
-from persyn_hub.pipeline.fingerprint import plain_value
+from persyn_hub.fingerprint import plain_value
+from persyn_hub.folders import SUCCESS
 
 logger = logging.getLogger("persyn_hub")
 
@@ -379,7 +379,7 @@ class StageMirror:
         logger.info("stage %s: published to %s at %s", stage.name, self._where(), commit)
 
     def _commit_stage(self, stage: Any, key: str, folder: Path, inputs: dict[str, dict[str, str]]) -> str:
-        from persyn_hub.pipeline.cache import EMPTY_MARKER
+        from persyn_hub.folders import EMPTY_MARKER
         from persyn_hub.publish.hub import commit_artifact
 
         name = stage.name
@@ -587,7 +587,7 @@ def render_stages_card(index: dict[str, Any], repo_id: str, recipe_name: str, li
     """The stages repo's card: one config per published data set stage (its latest key), every key."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from persyn_hub.publish.cards import template_path
+    from persyn_hub.card_templates import template_path
 
     stages = index.get("stages", {})
     latest = index.get("latest", {})

@@ -2,7 +2,7 @@
 
 A saved router folder is a complete Hub model repo: `config.json` (with the teachers, the student and the
 label data's revision), `model.safetensors`, tokenizer files, `router_metrics.json` and `README.md`
-(rendered by `persyn_hub.publish.cards.render_router_card`). Publishing it is `persyn_hub.publish.hub.publish_router`.
+(rendered by `persyn_hub.router.card.render_router_card`). Publishing it is `persyn_hub.publish.hub.publish_router`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from huggingface_hub import hf_hub_download
 from transformers import AutoModel, AutoTokenizer
 
 from persyn_hub.errors import PersynError
-from persyn_hub.pipeline.cache import file_digest
+from persyn_hub.folders import file_digest
+from persyn_hub.router.card import render_router_card
 from persyn_hub.router.modeling import PersynRouter, register_auto_classes
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ def save_router(
     )
     # The card names the Hub repo when there is one; a local folder's path would make the saved files (and
     # the cache keys chained on them) depend on where the run happened.
-    from persyn_hub.publish.cards import render_router_card
-
     card = render_router_card(router.config, metrics, repo_id=repo_id, settings=settings, seed=seed)
     card.save(directory / "README.md")
     return directory

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 
-from persyn_hub.pipeline.fingerprint import fingerprint
+from persyn_hub.fingerprint import fingerprint
 from persyn_hub.recipe.config import LabelingConfig
 
 COMBINE_COLUMNS = ("quality_norm", "learnability_norm", "reward", "excluded")

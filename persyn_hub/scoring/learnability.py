@@ -34,7 +34,7 @@ from datasets import Dataset, Features, List, Value
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.engines import held_engine
-from persyn_hub.pipeline.fingerprint import fingerprint
+from persyn_hub.fingerprint import fingerprint
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.recipe.dtypes import local_device, resolve_dtype

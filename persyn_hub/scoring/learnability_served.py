@@ -38,10 +38,10 @@ from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_
 
 from persyn_hub.bundled import resolve_model
 from persyn_hub.errors import PersynError
+from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.auth import token_for
 from persyn_hub.generation.endpoint import endpoint_root, run_coroutine
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
-from persyn_hub.pipeline.fingerprint import fingerprint
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.scoring.answers import is_usable_answer
 from persyn_hub.scoring.learnability_tokens import (

@@ -14,7 +14,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
-from persyn_hub.pipeline.fingerprint import fingerprint
+from persyn_hub.fingerprint import fingerprint
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.scoring.answers import is_usable_answer
 

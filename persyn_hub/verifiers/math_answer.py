@@ -31,7 +31,7 @@ RULES_VERSION = 2
 so a cache of quality scores can be keyed on it; the math-verify version alone does not cover these rules."""
 
 # The word-problem gold's leading number. Its exact behaviour on ASDiv golds is relied on by the
-# held-out split (persyn_hub/compare/eval_tasks/heldout.py keeps the rows where it finds a number).
+# held-out split (persyn_hub/eval_tasks/heldout.py keeps the rows where it finds a number).
 _LEADING_NUMBER = re.compile(
     r"^\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:\s*/\s*\d+)?)(?=$|[\s(%a-zA-Z$])"
 )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from persyn_hub.compare.eval_tasks.heldout import as_test_split, asdiv_heldout, ifbench_heldout
-from persyn_hub.compare.eval_tasks.task_mix import task_mix_heldout
+from persyn_hub.eval_tasks.heldout import as_test_split, asdiv_heldout, ifbench_heldout
+from persyn_hub.eval_tasks.task_mix import task_mix_heldout
 
 
 def load_asdiv(**kwargs: Any):

@@ -54,7 +54,7 @@ def task_mix_heldout(
     """`question`, `answer`, `metadata`, `task`: `items_per_task` held-out items of each task type,
     interleaved (task 1, task 2, ..., task 1, ...) so lm-eval's `limit` keeps every type; generated in
     growing batches until each task has enough held-out texts."""
-    from persyn_hub.compare.eval_tasks.heldout import is_heldout
+    from persyn_hub.eval_tasks.heldout import is_heldout
     from persyn_hub.procedural import generate_tasks
 
     parts: dict[str, list] = {"question": [], "answer": [], "metadata": [], "task": []}

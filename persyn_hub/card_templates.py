@@ -1,0 +1,32 @@
+"""Where the Jinja model-card templates are, and which Hub the cards link to.
+
+The templates ship in the wheel as the top-level `model_cards` package and are rendered with
+`huggingface_hub`'s `ModelCard`/`DatasetCard.from_template`; `PERSYN_CARD_TEMPLATES` points at a folder of
+your own to restyle every card without touching the code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def template_path(name: str) -> Path:
+    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the installed `model_cards` package's `<name>` (the
+    top-level `model_cards/` folder, shipped in the wheel)."""
+    folder = os.environ.get("PERSYN_CARD_TEMPLATES")
+    if folder:
+        return Path(folder) / name
+    from importlib import resources
+
+    return Path(str(resources.files("model_cards") / name))
+
+
+def hub_endpoint() -> str:
+    """The Hub the cards' links point at (`HF_ENDPOINT`, the public Hub by default)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+__all__ = ["hub_endpoint", "template_path"]
