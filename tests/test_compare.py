@@ -218,6 +218,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     )
     assert rows["oracle"]["cost"]["labeling_generations"] == 0
     assert rows["persyn"]["cost"]["seconds"] > 0  # labeling, scoring and router training are charged
+    assert rows["oracle"]["cost"]["seconds"] > 0  # every teacher's answers on the training prompts, scored
     cells = rows["persyn"]["scores"]["persyn_taskmix exact_match"]
     assert 0.0 <= cells["interval"][0] <= cells["mean"] <= cells["interval"][1] <= 1.0
     assert "minus_persyn" in rows["random"]["scores"]["persyn_taskmix exact_match"]

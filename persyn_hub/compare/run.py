@@ -296,7 +296,7 @@ def choose_training_answers(
 
 
 def build_training_sets(
-    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset, summary: Optional[dict[str, Any]] = None
+    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset
 ) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]], list[str]]:
     """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids).
 
@@ -379,7 +379,8 @@ def build_training_sets(
                 free=free,
                 teachers=teachers,
                 uses_labels=bool(info[strategy]["defined_by"].get("uses_labels")),
-                stages=(summary or {}).get("stages") or [],
+                # the runner's records: the run's stages and the comparison's own pool stages after them
+                stages=runner.summary(),
             ),
             answers=answer_stats(chosen, common, rows),
         )
@@ -461,7 +462,7 @@ def run_comparison(
 
     pipeline = pipeline_recipe_of(recipe)
     summary, runner, pool = run_and_label_routed_prompts(pipeline)
-    sets, info, common = build_training_sets(recipe, pipeline, runner, pool, summary)
+    sets, info, common = build_training_sets(recipe, pipeline, runner, pool)
     leaked = [p for p, text in zip(pool["prompt_id"], pool["prompt"]) if is_eval_item(text)]
     if leaked:  # persyn run drops them unless the recipe opted out; the comparison never trains on them
         raise RecipeError(
