@@ -10,15 +10,42 @@ answer pool already holds), `reward_model` (a sequence-classification reward mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, Features, Value
 
 from persyn_hub.fingerprint import fingerprint
+from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.scoring.answers import is_usable_answer
 
 QUALITY_FEATURES = {"quality": Value("float64"), "quality_detail": Value("string")}
+
+
+@dataclass
+class Scoring:
+    """What a kind's batch function may need beyond its rows: the settings, and the reward model (with its
+    progress bar) when the run holds one."""
+
+    quality: QualityConfig
+    model: Any = None
+    tokenizer: Any = None
+    progress: Any = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One `quality.kind`: its batch function, the map's label, and its map batch size (a checker's batch
+    is cheap; with a reward model held, `quality.batch_size` rows go through it at once)."""
+
+    batch: Callable[[dict[str, list], Scoring], dict[str, list]]
+    description: str
+    map_batch_size: int = 256
+
+
 NEEDED_COLUMNS = {
     "math_answer": ("response", "answer"),
     "instruction_following": ("response", "instruction_id_list", "kwargs", "prompt"),
@@ -62,7 +89,7 @@ def _failed_reason(response: Any, error: Any) -> str | None:
     return "no response" if not isinstance(response, str) else "empty answer"
 
 
-def _math_batch(batch: dict[str, list]) -> dict[str, list]:
+def _math_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
     from persyn_hub.verifiers.math_answer import check_math_answer
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
@@ -79,7 +106,7 @@ def _math_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _instructions_batch(batch: dict[str, list]) -> dict[str, list]:
+def _instructions_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
     from persyn_hub.verifiers.instructions import check_instructions
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
@@ -97,7 +124,7 @@ def _instructions_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _procedural_batch(batch: dict[str, list]) -> dict[str, list]:
+def _procedural_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
     from persyn_hub.procedural import score_procedural
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
@@ -115,9 +142,11 @@ def _procedural_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _column_batch(batch: dict[str, list], key: str) -> dict[str, list]:
+def _column_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
     """The score the answer pool holds beside each answer (a generated answer has none)."""
     import json
+
+    key = scoring.quality.column or ""
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
     errors = batch.get("error") or [None] * len(batch["response"])
@@ -153,13 +182,11 @@ def row_kind(row: dict[str, Any], quality: QualityConfig) -> str | None:
     return None
 
 
-def _auto_batch(
-    batch: dict[str, list], quality: QualityConfig, model: Any, tokenizer: Any, progress: Any = None
-) -> dict[str, list]:
+def _auto_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
     """Each row scored by its own kind's batch function; `quality_detail` starts with the kind."""
     n = len(batch["response"])
     rows = [{k: batch[k][i] for k in batch} for i in range(n)]
-    kinds = [row_kind(row, quality) for row in rows]
+    kinds = [row_kind(row, scoring.quality) for row in rows]
     out: dict[str, list] = {"quality": [None] * n, "quality_detail": [""] * n}
     for kind in sorted({k for k in kinds if k}):
         index = [i for i, k in enumerate(kinds) if k == kind]
@@ -170,16 +197,8 @@ def _auto_batch(
                 "quality": [None] * len(index),
                 "quality_detail": [f"cannot score as {kind!r}: missing {missing}"] * len(index),
             }
-        elif kind == "reward_model":
-            scored = _reward_batch(sub, model, tokenizer, quality.max_length, progress)
-        elif kind == "column":
-            scored = _column_batch(sub, quality.column or "")
         else:
-            scored = {
-                "math_answer": _math_batch,
-                "instruction_following": _instructions_batch,
-                "reasoning_gym": _procedural_batch,
-            }[kind](sub)
+            scored = KINDS[kind].batch(sub, scoring)
         for position, i in enumerate(index):
             out["quality"][i] = scored["quality"][position]
             out["quality_detail"][i] = f"[{kind}] {scored['quality_detail'][position]}"
@@ -191,11 +210,11 @@ def _auto_batch(
     return out
 
 
-def _reward_batch(
-    batch: dict[str, list], model: Any, tokenizer: Any, max_length: int, progress: Any = None
-) -> dict[str, list]:
-    """Reward-model scores of the usable rows; `progress` (a bar in rows) advances after each forward."""
+def _reward_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
+    """Reward-model scores of the usable rows; `scoring.progress` (a bar in rows) advances after each forward."""
     from persyn_hub.scoring.reward_model import reward_scores
+
+    max_length = scoring.quality.max_length
 
     n = len(batch["response"])
     errors = batch.get("error") or [None] * n
@@ -209,8 +228,8 @@ def _reward_batch(
             usable.append(i)
     if usable:
         scores, truncated = reward_scores(
-            model,
-            tokenizer,
+            scoring.model,
+            scoring.tokenizer,
             [batch["messages"][i] for i in usable],
             [batch["response"][i] for i in usable],
             max_length,
@@ -220,8 +239,8 @@ def _reward_batch(
             out["quality_detail"][i] = "reward model" + (
                 f" (truncated to {max_length} tokens)" if cut else ""
             )
-        if progress is not None:
-            progress.update(len(usable))
+        if scoring.progress is not None:
+            scoring.progress.update(len(usable))
     return out
 
 
@@ -234,6 +253,17 @@ def _reward_rows(dataset: Dataset, quality: QualityConfig | None = None) -> int:
         row_kind(row, quality) == "reward_model" and _failed_reason(row["response"], row.get("error")) is None
         for row in dataset
     )
+
+
+KINDS = {
+    "math_answer": Kind(_math_batch, "Verifying answers"),
+    "instruction_following": Kind(_instructions_batch, "Verifying answers"),
+    "reasoning_gym": Kind(_procedural_batch, "Verifying answers"),
+    "column": Kind(_column_batch, "Taking quality from the pool's scores", map_batch_size=1024),
+    "reward_model": Kind(_reward_batch, "Scoring with the reward model"),
+    "auto": Kind(_auto_batch, "Scoring each row with its own checker"),
+}
+"""Every `quality.kind` and how it scores a batch of rows (`auto` picks one of the others per row)."""
 
 
 def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
@@ -251,78 +281,24 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
         [1.0]
     """
     _check_columns(dataset, quality)
-    features = Features({**dataset.features, **QUALITY_FEATURES})
-    key = fingerprint("quality", dataset._fingerprint, quality)
-    if quality.kind == "auto":
-        model = tokenizer = None
-        reward_rows = _reward_rows(dataset, quality) if quality.reward_model else 0
-        if reward_rows:
-            from persyn_hub.scoring.reward_model import held_reward_model
-
-            model, tokenizer = held_reward_model(quality)
-        if model is None:
-            return dataset.map(
-                _auto_batch,
-                batched=True,
-                batch_size=256,
-                fn_kwargs={"quality": quality, "model": None, "tokenizer": None},
-                features=features,
-                new_fingerprint=key,
-                desc="Scoring each row with its own checker",
-            )
-        from persyn_hub.progress import progress_bar
-
-        # the per-batch map bar would move every `batch_size` rows of any kind; this one counts model rows
-        with progress_bar(reward_rows, "Scoring with the reward model", "row") as bar:
-            return dataset.map(
-                _auto_batch,
-                batched=True,
-                batch_size=quality.batch_size,
-                fn_kwargs={"quality": quality, "model": model, "tokenizer": tokenizer, "progress": bar},
-                features=features,
-                new_fingerprint=key,
-                desc="Scoring each row with its own checker",
-            )
-    if quality.kind == "column":
-        return dataset.map(
-            _column_batch,
-            batched=True,
-            batch_size=1024,
-            fn_kwargs={"key": quality.column or ""},
-            features=features,
-            new_fingerprint=key,
-            desc="Taking quality from the pool's scores",
-        )
-    if quality.kind == "reward_model":
-        from persyn_hub.progress import progress_bar
+    kind = KINDS[quality.kind]
+    scoring = Scoring(quality)
+    model_rows = 0
+    if quality.kind == "reward_model" or (quality.kind == "auto" and quality.reward_model):
+        model_rows = _reward_rows(dataset, quality if quality.kind == "auto" else None)
+    if model_rows:
         from persyn_hub.scoring.reward_model import held_reward_model
 
-        model, tokenizer = held_reward_model(quality)
-        with progress_bar(_reward_rows(dataset), "Scoring with the reward model", "row") as bar:
-            return dataset.map(
-                _reward_batch,
-                batched=True,
-                batch_size=quality.batch_size,
-                fn_kwargs={
-                    "model": model,
-                    "tokenizer": tokenizer,
-                    "max_length": quality.max_length,
-                    "progress": bar,
-                },
-                features=features,
-                new_fingerprint=key,
-                desc="Scoring with the reward model",
-            )
-    function = {
-        "math_answer": _math_batch,
-        "instruction_following": _instructions_batch,
-        "reasoning_gym": _procedural_batch,
-    }[quality.kind]
-    return dataset.map(
-        function,
-        batched=True,
-        batch_size=256,
-        features=features,
-        new_fingerprint=key,
-        desc="Verifying answers",
-    )
+        scoring.model, scoring.tokenizer = held_reward_model(quality)
+    # a model's rows get a bar of their own: the map's bar would move every batch, of any kind
+    bar = progress_bar(model_rows, "Scoring with the reward model", "row") if model_rows else nullcontext()
+    with bar as scoring.progress:
+        return dataset.map(
+            kind.batch,
+            batched=True,
+            batch_size=quality.batch_size if scoring.model is not None else kind.map_batch_size,
+            fn_kwargs={"scoring": scoring},
+            features=Features({**dataset.features, **QUALITY_FEATURES}),
+            new_fingerprint=fingerprint("quality", dataset._fingerprint, quality),
+            desc=kind.description,
+        )
