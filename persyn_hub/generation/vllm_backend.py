@@ -8,7 +8,7 @@ Under a launch each engine sees only its own group of GPUs (`placement.py` says 
 engine core and workers as subprocesses that take the GPUs in `CUDA_VISIBLE_DEVICES`, so that variable
 is set, together with a spawn start method and without the launcher's rank variables, only while the
 engine starts (`engine_environment`). The engine stays loaded from one chunk of a stage to the next
-(`persyn_hub.engines.held_engine`) and is shut down when the stage ends.
+(`persyn_hub.generation.engines.held_engine`) and is shut down when the stage ends.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from datasets import Dataset, Features
 
 from persyn_hub.bundled import resolve_model
-from persyn_hub.engines import held_engine
+from persyn_hub.generation.engines import held_engine
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,

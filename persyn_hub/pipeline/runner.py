@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from persyn_hub.engines import release_engines
+from persyn_hub.generation.engines import release_engines
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.folders import load_dataset_folder, save_dataset_folder, write_folder_whole
 from persyn_hub.pipeline.cache import StageCache

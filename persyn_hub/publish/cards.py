@@ -17,7 +17,7 @@ from typing import Any
 from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from persyn_hub.card_templates import hub_endpoint, template_path
+from model_cards import hub_endpoint, template_path
 from persyn_hub.recipe.config import PersynRecipe
 
 CHART_FILE = "teacher_distribution.png"

@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from persyn_hub.card_templates import hub_endpoint, template_path
+from model_cards import hub_endpoint, template_path
 
 CARD_METRICS = (
     "top1_agreement",

@@ -33,7 +33,7 @@ import torch
 from datasets import Dataset, Features, List, Value
 
 from persyn_hub.bundled import resolve_model
-from persyn_hub.engines import held_engine
+from persyn_hub.generation.engines import held_engine
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import StudentConfig
