@@ -208,7 +208,7 @@ def verified_in(train: Dataset):
 
 def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_teacher_and_pays_for_it():
     from persyn_hub.compare.baselines import pool_usable, verified_picks
-    from persyn_hub.compare.run import choose_training_answers
+    from persyn_hub.compare.training_sets import choose_training_answers
 
     # t1: the router's `small` answer is wrong (quality 0); its next teacher by score is `mid` (right).
     # t2: `small` again wrong, next `big` wrong too, then `key` right: one extra answer does not reach it.
@@ -236,7 +236,7 @@ def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_t
 
 def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_the_common_set_holds():
     from persyn_hub.compare.baselines import pool_usable
-    from persyn_hub.compare.run import choose_training_answers
+    from persyn_hub.compare.training_sets import choose_training_answers
 
     picks_ok, counts_ok, common_ok, _ = choose_training_answers(
         rankings_for_all(TRAIN), pool_usable(TRAIN), IDS, verified_in(TRAIN)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from persyn_hub.compare.baselines import STRATEGIES
+from persyn_hub.compare.recipe import load_compare_recipe
 from persyn_hub.compare.report import comparison_markdown, plot_comparison
-from persyn_hub.compare.run import load_compare_recipe
 from persyn_hub.publish.cards import comparison_card_section
 from persyn_hub.recipe.config import RecipeError, load_recipe
 

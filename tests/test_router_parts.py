@@ -348,5 +348,5 @@ def test_a_router_retrained_in_place_has_a_new_identity(fresh_router, tmp_path):
 
 def test_routing_needs_a_prompt_column(fresh_router):
     router, tokenizer = fresh_router
-    with pytest.raises(ValueError, match="reads the `prompt` column"):
+    with pytest.raises(ValueError, match=r"route_prompts: the data set lacks column\(s\) \[.prompt.\]"):
         route_prompts(Dataset.from_dict({"text": ["x"]}), router, tokenizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,38 @@ def test_a_stage_says_how_long_it_took_including_its_chunks_and_a_reused_one_kee
     reused = {record["name"]: record for record in again.summary()}["square"]
     assert reused["cached"] and reused["seconds"] < 0.45
     assert reused["computed_seconds"] == computed["seconds"]
+
+
+def test_a_stage_reading_a_column_its_input_lacks_fails_before_computing_naming_both(tmp_path, calls):
+    from persyn_hub.errors import ColumnError
+
+    runner = StageRunner(StageCache(tmp_path))
+    runner.run(source(calls, [1, 2], name="prompts"))
+    reader = replace(plus_one(calls, "score", "prompts"), reads={"prompts": ("x", "answer")})
+    with pytest.raises(ColumnError) as raised:
+        runner.run(reader)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "stage score" in message and "stage prompts" in message and "['answer']" in message
+    assert calls["score"] == 0  # nothing was computed
+    # what it declares it reads and adds is there: it runs
+    runner.run(replace(plus_one(calls, "score", "prompts"), reads={"prompts": ("x",)}, adds=("x",)))
+    assert calls["score"] == 1
+    with pytest.raises(ColumnError, match=r"stage late: its own output lacks column\(s\) \['y'\]"):
+        runner.run(replace(plus_one(calls, "late", "prompts"), adds=("x", "y")))
+
+
+def test_the_pipeline_stages_declare_what_they_read_and_add():
+    """The scoring stages' declared columns are the ones the scoring functions read and write."""
+    from persyn_hub.pipeline.stages import persyn_stages
+    from persyn_hub.recipe.config import load_recipe
+    from persyn_hub.scoring.combine import COMBINE_COLUMNS
+    from persyn_hub.scoring.learnability_tokens import LEARNABILITY_COLUMNS
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "demo" / "task-mix-smollm2.yaml")
+    stages = {s.name: s for s in persyn_stages(recipe, StageRunner(StageCache(Path("/nonexistent"))))}
+    assert tuple(stages["learnability"].adds) == LEARNABILITY_COLUMNS
+    assert set(stages["learnability"].reads) == set(stages["learnability"].inputs)
+    assert tuple(stages["combine"].adds) == COMBINE_COLUMNS
+    assert set(stages["combine"].reads["quality"]) >= {"quality", "learnability"}
+    assert "reward" in stages["router"].reads["combine"]

@@ -186,7 +186,7 @@ GENERATE_AS_A_RANK = textwrap.dedent(
     import json, os, sys
     from datasets import Dataset
     from persyn_hub.recipe.config import GenerationConfig, TeacherConfig
-    from persyn_hub.engines import release_engines
+    from persyn_hub.generation.engines import release_engines
     from persyn_hub.generation import generate_responses
 
     model, size, checkpoint = sys.argv[1], int(sys.argv[2]), sys.argv[3]

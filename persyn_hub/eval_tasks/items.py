@@ -11,6 +11,7 @@ import functools
 
 from datasets import Dataset
 
+from persyn_hub.errors import require_columns
 from persyn_hub.eval_tasks.heldout import asdiv_heldout, ifbench_heldout, normalize
 
 
@@ -30,10 +31,7 @@ def eval_item_texts() -> frozenset[str]:
 
 def drop_eval_items(dataset: Dataset, text_column: str = "prompt") -> Dataset:
     """Remove rows whose prompt text is an item of a packaged evaluation task (and only those)."""
-    if text_column not in dataset.column_names:
-        raise ValueError(
-            f"drop_eval_items: column {text_column!r} missing; columns are {dataset.column_names}."
-        )
+    require_columns(dataset, (text_column,), reader="drop_eval_items")
     items = eval_item_texts()
     return dataset.filter(
         lambda batch: [normalize(t) not in items for t in batch[text_column]],

@@ -21,9 +21,9 @@ from transformers import (
 )
 
 from persyn_hub.bundled import resolve_model
-from persyn_hub.generation.engines import held_engine
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import CheckpointedGenerator, GenerationCheckpoint
+from persyn_hub.generation.engines import held_engine
 from persyn_hub.generation.prompting import completion_text, cut_at_stop, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.recipe.config import TeacherConfig

@@ -21,14 +21,14 @@ from typing import Any
 from datasets import Dataset, Features
 
 from persyn_hub.bundled import resolve_model
-from persyn_hub.generation.engines import held_engine
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import (
     RECORD_FEATURES,
     CheckpointedGenerator,
     GenerationCheckpoint,
 )
-from persyn_hub.generation.endpoint import check_messages, failed_record
+from persyn_hub.generation.endpoint_records import check_messages, failed_record
+from persyn_hub.generation.engines import held_engine
 from persyn_hub.generation.placement import LAUNCH_VARIABLES, engine_devices
 from persyn_hub.generation.prompting import completion_text, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats

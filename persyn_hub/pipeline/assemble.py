@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from datasets import Dataset
 
+from persyn_hub.errors import require_columns
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.scoring.answers import is_usable_answer
 
@@ -73,11 +74,10 @@ def assemble_dataset(
     `length`) are dropped when `drop_truncated`, and counted either way. With `drop_incorrect` (a
     verifiable `quality` only), rows the verifier does not give full marks are dropped, and counted.
     """
-    missing = [c for c in ASSIGNED_COLUMNS if c not in assigned.column_names]
-    if missing:
-        raise ValueError(
-            f"assemble_dataset: the assigned prompts lack {missing}; run the routing stage first."
-        )
+    require_columns(
+        assigned, ASSIGNED_COLUMNS, reader="assemble_dataset", source="the assigned prompts",
+        fix="Run the routing stage first.",
+    )  # fmt: skip
     lookup = {
         (p, t): i
         for i, (p, t) in enumerate(zip(responses["prompt_id"].to_pylist(), responses["teacher"].to_pylist()))

@@ -27,8 +27,9 @@ from filelock import FileLock, Timeout
 from persyn_hub.errors import PersynError
 from persyn_hub.pipeline.cache import StageCache
 from persyn_hub.pipeline.launch import Launch, connect
+from persyn_hub.pipeline.outputs import run_outputs
 from persyn_hub.pipeline.runner import Stage, StageRunner
-from persyn_hub.pipeline.stages import ASSEMBLE, persyn_stages, run_outputs
+from persyn_hub.pipeline.stages import ASSEMBLE, persyn_stages
 from persyn_hub.pipeline.summary import build_summary, package_versions
 from persyn_hub.recipe.config import PersynRecipe
 

@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,9 +33,10 @@ from typing import Any, Literal
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from persyn_hub.generation.engines import release_engines
+from persyn_hub.errors import require_columns
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.folders import load_dataset_folder, save_dataset_folder, write_folder_whole
+from persyn_hub.generation.engines import release_engines
 from persyn_hub.pipeline.cache import StageCache
 from persyn_hub.pipeline.launch import Launch, LaunchError
 
@@ -133,6 +134,29 @@ class Stage:
     """For `chunks`: rows sharing this column's value stay in one chunk (a prompt's answers: one prefix)."""
     works_here: Callable[[], bool] | None = None
     """For `chunks`: False where this process takes no chunk (a vLLM group led by another process)."""
+    reads: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Columns it reads, by input stage: checked before it computes (one line naming both stages)."""
+    adds: Sequence[str] = ()
+    """Columns its output must hold: checked after it computes."""
+
+
+def check_reads(stage: Stage, inputs: Mapping[str, Any]) -> None:
+    """Every column `stage` declares it reads is in the input that should have made it (one line naming
+    the stage, the column and that input), before anything is computed."""
+    for name, columns in stage.reads.items():
+        if name not in stage.inputs:
+            raise RuntimeError(
+                f"stage {stage.name}: reads columns of {name!r}, which is not one of its inputs"
+            )
+        if isinstance(inputs[name], Dataset):
+            require_columns(
+                inputs[name],
+                columns,
+                reader=f"stage {stage.name}",
+                source=f"the output of stage {name}",
+                fix=f"Stage {name} should have added it; an output cached by another version may lack it: "
+                f"delete stages/{name.replace('/', '--')}-* and run again.",
+            )
 
 
 @dataclass(frozen=True)
@@ -180,12 +204,22 @@ class StageRunner:
             if self.mirror is not None and self.launch.main and not self.cache.is_done(stage.name, key):
                 self.mirror.restore(stage, key, context.folder, self._inputs(stage))
             decision = self._decide(stage, key, step)
+            if not decision.done:
+                check_reads(stage, context.outputs)
             joined = None
             if not decision.done and stage.parallel == "chunks":
                 joined = self._compute_chunks(stage, key, context, step)
             if self.launch.main:  # computes a `main` stage; loads (and records) a finished one
                 self.outputs[stage.name] = (
                     joined if joined is not None else self._compute(stage, key, context)
+                )
+            if self.launch.main and stage.adds and isinstance(self.outputs[stage.name], Dataset):
+                require_columns(
+                    self.outputs[stage.name],
+                    stage.adds,
+                    reader=f"stage {stage.name}",
+                    source="its own output",
+                    fix=f"The stage declares these columns; delete {context.folder} and run again.",
                 )
             if stage.check is not None and self.launch.main:
                 stage.check(context)  # before the others go on: a failed check spends nothing more

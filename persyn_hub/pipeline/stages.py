@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from persyn_hub.folders import load_dataset_folder, save_dataset_folder
+from persyn_hub.folders import save_dataset_folder
 from persyn_hub.pipeline.identity import (
     quality_identity,
     router_training_identity,
@@ -31,6 +30,10 @@ from persyn_hub.pipeline.identity import (
 from persyn_hub.pipeline.launch import single_process
 from persyn_hub.pipeline.runner import Stage, StageContext, StageRunner
 from persyn_hub.recipe.config import PersynRecipe, TeacherConfig
+from persyn_hub.router.labels import LABEL_COLUMNS
+from persyn_hub.scoring.combine import COMBINE_COLUMNS, COMBINE_READS
+from persyn_hub.scoring.learnability_tokens import LEARNABILITY_COLUMNS, LEARNABILITY_READS
+from persyn_hub.scoring.quality import QUALITY_FEATURES
 
 logger = logging.getLogger("persyn_hub")
 
@@ -200,6 +203,8 @@ def labeling_stages(
                 in_process=True,
             ),
             inputs=tuple(generated),
+            reads=dict.fromkeys(generated, ("prompt_id", "teacher", *LEARNABILITY_READS)),
+            adds=LEARNABILITY_COLUMNS,
             identity=student_identity(recipe.student),
             parallel="chunks" if in_process_student else "main",
             rows=lambda context: _concat(context, generated),
@@ -212,6 +217,8 @@ def labeling_stages(
                 recipe.quality,
             ),
             inputs=(prefix + LEARNABILITY,),
+            reads={prefix + LEARNABILITY: ("prompt_id", "teacher", "response")},
+            adds=tuple(QUALITY_FEATURES),
             identity=quality_identity(recipe.quality),
             parallel="chunks" if recipe.quality.reward_model else "main",
             rows=lambda context: context[prefix + LEARNABILITY],
@@ -221,6 +228,8 @@ def labeling_stages(
             prefix + COMBINE,
             lambda context: combine_rewards(context[prefix + QUALITY], recipe.labeling),
             inputs=(prefix + QUALITY,),
+            reads={prefix + QUALITY: COMBINE_READS},
+            adds=COMBINE_COLUMNS,
             identity={"alpha": recipe.labeling.alpha, "normalization": recipe.labeling.normalization},
             export=None if prefix else "labels",
         ),
@@ -269,6 +278,7 @@ def router_stage(recipe: PersynRecipe) -> Stage:
         ROUTER,
         _train_router(recipe),
         inputs=(COMBINE,),
+        reads={COMBINE: LABEL_COLUMNS},
         identity={
             "settings": router_training_identity(recipe.router),
             "seed": recipe.seed,
@@ -480,83 +490,11 @@ def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
     return stages
 
 
-# --------------------------------------------------------------------------------------------------
-# What a finished run holds, for the summary and the cards
-
-
-@dataclass
-class RunOutputs:
-    """The outputs a summary and a card are written from."""
-
-    prompts: Dataset
-    labels: Dataset
-    assigned: Dataset
-    final: Dataset
-    failed: Dataset
-    truncated: int
-    router_metrics: dict[str, Any] | None
-    generation: dict[str, list[dict[str, Any]]]
-    prompt_report: dict[str, Any]
-    verification: dict[str, Any] = field(default_factory=dict)
-    """Verified routing (`routing.fallback_on_incorrect`, `output.drop_incorrect`): what it did and cost."""
-
-
-def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
-    generation: dict[str, list[dict[str, Any]]] = {}
-    for teacher in recipe.teachers:
-        for phase, name in (
-            ("labeling", label_generate(teacher.name)),
-            ("routed", routed_generate(teacher.name)),
-        ):
-            stats = read_stats(runner.cache.folder(name, runner.keys[name]))
-            stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
-            generation.setdefault(teacher.name, []).append({"phase": phase, **stats})
-    from persyn_hub.pipeline.fallback import fallback_generate, fallback_route
-
-    rounds, extra_generations = [], 0
-    for round_ in range(1, recipe.routing.fallback_on_incorrect + 1):
-        name = fallback_route(round_)
-        rounds.append(_read_json(runner.cache.folder(name, runner.keys[name]) / FALLBACK_FILE))
-        for teacher in recipe.teachers:
-            name = fallback_generate(round_, teacher.name)
-            stats = read_stats(runner.cache.folder(name, runner.keys[name]))
-            stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
-            generation[teacher.name].append({"phase": f"fallback-{round_}", **stats})
-            extra_generations += int(stats.get("requests", 0) or 0) + int(stats.get("reused", 0) or 0)
-    assemble_folder = runner.cache.folder(ASSEMBLE, runner.keys[ASSEMBLE])
-    assembly = json.loads((assemble_folder / ASSEMBLY_FILE).read_text())
-    verification: dict[str, Any] = {}
-    if rounds or recipe.output.drop_incorrect:
-        fallback = assembly.get("fallback") or {}
-        verification = {
-            "fallback_on_incorrect": recipe.routing.fallback_on_incorrect,
-            "routed_answers_rejected": rounds[0].get("rejected", 0) if rounds else None,
-            "rounds": rounds,
-            "extra_answers": fallback.get("extra_answers", 0),
-            "extra_generations": extra_generations,
-            "recovered": fallback.get("recovered", 0),
-            "drop_incorrect": recipe.output.drop_incorrect,
-            "dropped_incorrect": assembly.get("dropped_incorrect", 0),
-        }
-    from persyn_hub.router.storage import read_router_record
-
-    router_record = {} if recipe.routing.reuse_router else read_router_record(runner.outputs[ROUTER])
-    return RunOutputs(
-        prompts=runner.outputs[PROMPTS],
-        labels=runner.outputs[COMBINE],
-        assigned=runner.outputs[ROUTE],
-        final=runner.outputs[ASSEMBLE],
-        failed=load_dataset_folder(assemble_folder / "failed"),
-        truncated=assembly["truncated"],
-        router_metrics=router_record.get("metrics"),
-        generation=generation,
-        prompt_report=_read_json(runner.cache.folder(PROMPTS, runner.keys[PROMPTS]) / PROMPTS_FILE),
-        verification=verification,
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-__all__ = ["RunOutputs", "labeling_stages", "persyn_stages", "run_outputs"]
+__all__ = [
+    "generation_stage",
+    "label_generate",
+    "labeling_stages",
+    "persyn_stages",
+    "read_stats",
+    "routed_generate",
+]

@@ -10,7 +10,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.bundled import package_version
-from persyn_hub.pipeline.stages import RunOutputs
+from persyn_hub.pipeline.outputs import RunOutputs
 from persyn_hub.recipe.config import PersynRecipe
 
 TRACKED_PACKAGES = ("persyn_hub", "torch", "transformers", "datasets", "huggingface_hub", "trl", "accelerate")

@@ -1,16 +1,8 @@
 """Runs that outlive their machine: every finished stage on the Hub as it finishes, and a run that continues
 from there.
 
-`StageMirror` is the `mirror` of a `StageRunner` (main process only). Its repo (`output.hub.stages_repo`,
-default `<dataset_repo>-stages`) holds, per stage, the exact files of the stage folder under
-`<config>/<key>/` (config = the stage name with `/` as `--`: `learnability`, `label-generate--<teacher>`),
-so a restored stage has the same content digest and every later key matches:
-
-    <config>/<key>/_SUCCESS                  the marker, with every output file's sha256
-    <config>/<key>/data/data-*.arrow         the data set (`load_dataset(repo, "<config>")` reads it)
-    <config>/<key>/persyn-stage.json         key, identity (the recipe fields behind the key), inputs' keys
-    rows/rows--<teacher>-<key>/part-*.jsonl  generation row checkpoints, pushed while a stage runs
-    stages.json, README.md                   the index of published stages and the card (configs, keys)
+`StageMirror` is the `mirror` of a `StageRunner` (main process only). Its repo is laid out as
+`publish.stages_layout` describes; its card is `publish.stages_card`.
 
 - `publish(stage, key, folder, inputs)`: one commit per finished stage (files, manifest, index, card). A
   failed push is logged ("the Hub copy is behind") and retried at the next stage; the run goes on.
@@ -19,7 +11,8 @@ so a restored stage has the same content digest and every later key matches:
   When the repo has the stage under another key, the log names the identity fields or inputs that differ.
   A generation stage that is not on the Hub gets the row checkpoints its teacher pushed: only the
   missing rows are requested.
-- A thread pushes new generation rows every `checkpoint_every` rows or `checkpoint_minutes` minutes.
+- A thread pushes new generation rows every `checkpoint_every` rows or `checkpoint_minutes` minutes
+  (`publish.stages_rows`).
 
 The token is whatever `huggingface_hub` finds (HF_TOKEN / `hf auth login`) and goes to the Hub endpoint
 only; it is never logged or written (see docs/reliability.md).
@@ -29,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import shutil
 import tempfile
 import threading
@@ -39,48 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persyn_hub.errors import PersynError
 from persyn_hub.fingerprint import plain_value
 from persyn_hub.folders import SUCCESS
+from persyn_hub.publish.stages_card import columns, render_stages_card, type_text
+from persyn_hub.publish.stages_layout import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    config_name,
+    describe,
+    parse_repo_revision,
+    stages_repo,
+)
+from persyn_hub.publish.stages_rows import RowCheckpoints
 
 logger = logging.getLogger("persyn_hub")
 
-INDEX_FILE = "stages.json"
-MANIFEST_FILE = "persyn-stage.json"
-ROWS_DIR = "rows"
 ROWS_POLL_SECONDS = 2.0
 """How often the rows thread looks for new checkpointed rows (pushes follow `checkpoint_every`/`_minutes`)."""
 SKIPPED_PARTS = ("chunks",)
-
-
-class StagesRepoError(PersynError, ValueError):
-    """`output.hub.stages` is on but no repo can be named for it."""
-
-
-def config_name(stage: str) -> str:
-    return stage.replace("/", "--")
-
-
-def parse_repo_revision(value: str) -> tuple[str, str | None]:
-    """`org/name@rev` -> (`org/name`, `rev`); `org/name` -> (`org/name`, None)."""
-    repo, _, revision = value.partition("@")
-    return repo, revision or None
-
-
-def stages_repo(hub: Any) -> str | None:
-    """The repo a run's stages go to, or None when stage publishing is off."""
-    if hub.stages_repo:
-        return hub.stages_repo
-    if hub.resume_from:
-        return parse_repo_revision(hub.resume_from)[0]
-    if not hub.stages:
-        return None
-    if not hub.dataset_repo:
-        raise StagesRepoError(
-            "output.hub.stages: true needs a repo: set output.hub.stages_repo (or output.hub.dataset_repo, "
-            "whose `-stages` sibling is then used)."
-        )
-    return f"{hub.dataset_repo}-stages"
 
 
 def identity_differences(published: Any, current: Any, path: str = "") -> list[str]:
@@ -116,14 +83,8 @@ def _stage_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _complete_lines(path: Path) -> bytes:
-    """A part file up to its last whole line (a line being written is pushed next time)."""
-    data = path.read_bytes()
-    return data[: data.rfind(b"\n") + 1]
-
-
 @dataclass
-class StageMirror:
+class StageMirror(RowCheckpoints):
     """The Hub copy of a run's stages (see the module docstring). Build it with `StageMirror.for_recipe`."""
 
     api: Any
@@ -235,7 +196,7 @@ class StageMirror:
             except Exception as error:  # noqa: BLE001 - the Hub copy is a convenience: compute instead
                 logger.warning(
                     "stage %s: could not download it from %s (%s); computing it here",
-                    name, self._where(self.read_repo), _describe(error),
+                    name, self._where(self.read_repo), describe(error),
                 )  # fmt: skip
                 return False
             self.restored.append(name)
@@ -247,7 +208,7 @@ class StageMirror:
         if published:
             self._say_what_differs(stage, key, inputs, published)
         if getattr(stage, "rerun_failed", False):  # a generation stage: its teacher's pushed rows
-            self._restore_rows(name.rsplit("/", 1)[-1])
+            self.restore_rows(name.rsplit("/", 1)[-1])
         return False
 
     def _say_what_differs(self, stage: Any, key: str, inputs: dict, published: dict[str, Any]) -> None:
@@ -294,52 +255,6 @@ class StageMirror:
                 shutil.move(str(entry), str(target))
             shutil.move(str(source / SUCCESS), str(folder / SUCCESS))  # last: the stage is whole
 
-    def _restore_rows(self, teacher: str) -> None:
-        """Download the teacher's pushed row checkpoints that are not on disk (part files never change name)."""
-        pattern = re.compile(rf"^{ROWS_DIR}/(rows--{re.escape(teacher)}-[0-9a-f]{{16}})/(part-[^/]+\.jsonl)$")
-        try:
-            with self._lock:
-                files = self._list_files()
-                wanted = [
-                    (path, match)
-                    for path in files
-                    if (match := pattern.match(path))
-                    and not (self.run_dir / "stages" / match.group(1) / match.group(2)).is_file()
-                ]
-                if not wanted:
-                    return
-                from huggingface_hub import hf_hub_download
-
-                rows = 0
-                for path, match in wanted:
-                    local = hf_hub_download(
-                        self.read_repo or self.repo_id,
-                        path,
-                        repo_type="dataset",
-                        revision=self.read_revision,
-                        endpoint=self.api.endpoint,
-                        token=self.api.token,
-                        cache_dir=self.run_dir / ".hub-cache",
-                    )
-                    target = self.run_dir / "stages" / match.group(1) / match.group(2)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    data = Path(local).read_bytes()
-                    target.with_suffix(".partial").write_bytes(data)
-                    os.replace(target.with_suffix(".partial"), target)
-                    self._pushed_lines[str(target)] = data.count(b"\n")
-                    rows += data.count(b"\n")
-                self.rows_restored += rows
-                shutil.rmtree(self.run_dir / ".hub-cache", ignore_errors=True)
-            logger.info(
-                "teacher %s: %d checkpointed row(s) restored from the Hub (%d part file(s)); only the others "
-                "are requested",
-                teacher, rows, len(wanted),
-            )  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - without them the rows are generated again
-            logger.warning(
-                "teacher %s: could not restore row checkpoints from the Hub (%s)", teacher, _describe(error)
-            )
-
     # -- publish ------------------------------------------------------------------------------------
 
     def publish(self, stage: Any, key: str, folder: Path, inputs: dict[str, dict[str, str]]) -> None:
@@ -371,7 +286,7 @@ class StageMirror:
             logger.warning(
                 "stage %s: the Hub copy (%s) is behind: push failed (%s); the run goes on and retries at the "
                 "next stage",
-                stage.name, self._where(), _describe(error),
+                stage.name, self._where(), describe(error),
             )  # fmt: skip
             return
         self.behind.pop(stage.name, None)
@@ -409,10 +324,10 @@ class StageMirror:
             data = folder / "data"
             if (data / EMPTY_MARKER).is_file():  # 0 rows (a teacher routed no prompt): no config, since
                 features = json.loads((data / EMPTY_MARKER).read_text())  # `datasets` loads no empty file
-                entry["columns"] = {column: _type_text(spec) for column, spec in features.items()}
+                entry["columns"] = {column: type_text(spec) for column, spec in features.items()}
             else:
                 entry["data_files"] = f"{prefix}/data/data-*.arrow"
-                entry["columns"] = _columns(data)
+                entry["columns"] = columns(data)
         index = json.loads(json.dumps(self._write_index))
         index.setdefault("stages", {}).setdefault(name, {})[key] = entry
         index["latest"] = {**index.get("latest", {}), name: key}
@@ -442,77 +357,7 @@ class StageMirror:
         while not self._stop.wait(ROWS_POLL_SECONDS):
             self.push_rows()
 
-    def push_rows(self, force: bool = False) -> list[str]:
-        """Push the row checkpoints' new whole lines when `checkpoint_every` rows or `checkpoint_minutes`
-        have passed (or `force`); returns the prompt ids pushed (none when nothing was due or it failed)."""
-        with self._lock:
-            changed: dict[str, bytes] = {}
-            new_ids: list[str] = []
-            for part in sorted((self.run_dir / "stages").glob("rows--*/part-*.jsonl")):
-                try:
-                    data = _complete_lines(part)
-                except OSError:
-                    continue
-                lines = data.count(b"\n")
-                pushed = self._pushed_lines.get(str(part), 0)
-                if lines > pushed:
-                    changed[str(part)] = data
-                    for line in data.splitlines()[pushed:]:
-                        try:
-                            new_ids.append(json.loads(line)["prompt_id"])
-                        except (ValueError, KeyError, TypeError):
-                            continue
-            if not changed:
-                return []
-            due = (
-                force
-                or len(new_ids) >= self.checkpoint_every
-                or time.monotonic() - self._last_rows_push >= self.checkpoint_minutes * 60
-            )
-            if not due:
-                return []
-            files = {
-                f"{ROWS_DIR}/{Path(path).parent.name}/{Path(path).name}": data
-                for path, data in changed.items()
-            }
-            from persyn_hub.publish.hub import commit_artifact
-
-            try:
-                commit_artifact(
-                    self.api,
-                    self.repo_id,
-                    files,
-                    repo_type="dataset",
-                    message=f"PerSyn {self.recipe_name}: {len(new_ids)} generated row(s) checkpointed",
-                    private=self.private,
-                    revision=self.revision,
-                )
-            except Exception as error:  # noqa: BLE001 - retried at the next poll
-                logger.warning(
-                    "row checkpoints: the Hub copy (%s) is behind by %d row(s): push failed (%s); retrying",
-                    self._where(), len(new_ids), _describe(error),
-                )  # fmt: skip
-                return []
-            for path, data in changed.items():
-                self._pushed_lines[path] = data.count(b"\n")
-            self._last_rows_push = time.monotonic()
-            self._hub_files = None
-            logger.info("row checkpoints: %d new row(s) pushed to %s", len(new_ids), self._where())
-            return new_ids
-
     # -- helpers ------------------------------------------------------------------------------------
-
-    def _list_files(self) -> list[str]:
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-        if self._hub_files is None:
-            try:
-                self._hub_files = self.api.list_repo_files(
-                    self.read_repo or self.repo_id, repo_type="dataset", revision=self.read_revision
-                )
-            except (RepositoryNotFoundError, RevisionNotFoundError):
-                self._hub_files = []
-        return self._hub_files
 
     def _read_index(self, repo_id: str, revision: str | None) -> dict[str, Any]:
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -528,7 +373,7 @@ class StageMirror:
         except Exception as error:  # noqa: BLE001 - the Hub unreachable: run here, publish when it is back
             logger.warning(
                 "Hub stages: could not read %s from %s (%s); every stage is computed here",
-                INDEX_FILE, repo_id, _describe(error),
+                INDEX_FILE, repo_id, describe(error),
             )  # fmt: skip
             return {}
 
@@ -536,94 +381,4 @@ class StageMirror:
         return f"{repo or self.repo_id}@{self.revision or 'main'}"
 
 
-def _columns(data: Path) -> dict[str, str]:
-    info = data / "dataset_info.json"
-    if not info.is_file():
-        return {}
-    features = json.loads(info.read_text()).get("features") or {}
-    return {column: _type_text(spec) for column, spec in features.items()}
-
-
-def _type_text(spec: Any) -> str:
-    if isinstance(spec, dict):
-        if spec.get("_type") == "Value":
-            return str(spec.get("dtype"))
-        if spec.get("_type") in ("List", "Sequence", "LargeList"):
-            return f"list[{_type_text(spec.get('feature'))}]"
-        return spec.get("_type") or "struct"
-    if isinstance(spec, list):
-        return f"list[{_type_text(spec[0]) if spec else ''}]"
-    return str(spec)
-
-
-def _describe(error: BaseException) -> str:
-    from persyn_hub.generation.auth import redact
-
-    text = str(error).splitlines()[0][:300] if str(error) else ""
-    return redact(f"{type(error).__name__}: {text}")
-
-
-# Columns a reader meets in the stage configs (the rest are the prompt's own columns).
-COLUMN_DOCS = {
-    "prompt_id": "stable id of the prompt",
-    "messages": "the prompt as a chat (the final set: with the assistant's answer)",
-    "teacher": "the teacher that answered (route: the teacher chosen)",
-    "response": "the teacher's answer",
-    "finish_reason": "`stop` or `length` (cut at max_new_tokens)",
-    "num_tokens": "answer tokens",
-    "num_prompt_tokens": "prompt tokens",
-    "error": "why the generation failed (null when it did not)",
-    "learnability": "the untuned student's mean log-probability per answer token (teacher-forced)",
-    "num_response_tokens": "answer tokens in the student's tokenizer",
-    "quality": "the quality score (reward model or verifier)",
-    "reward": "r = (1 - alpha) * quality + alpha * learnability, per-prompt normalized signals",
-    "router_scores": "the router's score per teacher",
-    "selected_by": "`labeled` (best scored answer) or `routed` (the router's choice)",
-    "excluded": "why a row was left out of the router's training (null when it was not)",
-}
-
-
-def render_stages_card(index: dict[str, Any], repo_id: str, recipe_name: str, license: str) -> str:
-    """The stages repo's card: one config per published data set stage (its latest key), every key."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    from model_cards import template_path
-
-    stages = index.get("stages", {})
-    latest = index.get("latest", {})
-    configs = []
-    rows = []
-    for name in sorted(stages, key=lambda n: min(e.get("order", 0) for e in stages[n].values())):
-        for key, entry in sorted(stages[name].items(), key=lambda item: item[1].get("order", 0)):
-            rows.append({"name": name, "key": key, "current": latest.get(name) == key, **entry})
-        entry = stages[name].get(latest.get(name), {})
-        if entry.get("data_files"):
-            configs.append(
-                {
-                    "config_name": config_name(name),
-                    "data_files": [{"split": "train", "path": entry["data_files"]}],
-                    **({"default": True} if name == "learnability" else {}),
-                }
-            )
-    columns = sorted({c for entry in rows for c in (entry.get("columns") or {})})
-    card_data = DatasetCardData(
-        license=license,
-        tags=["persyn", "distillation", "synthetic", "pipeline-stages"],
-        pretty_name=f"PerSyn {recipe_name} stages",
-        configs=configs,
-    )
-    return str(
-        DatasetCard.from_template(
-            card_data,
-            template_path=str(template_path("stages_card.md")),
-            pretty_name=f"PerSyn {recipe_name}: every stage's output",
-            repo_id=repo_id,
-            stages=rows,
-            configs=[c["config_name"] for c in configs],
-            column_docs=[(c, COLUMN_DOCS.get(c, "a column of the prompt source")) for c in columns],
-            json=json,
-        )
-    )
-
-
-__all__ = ["StageMirror", "StagesRepoError", "identity_differences", "render_stages_card", "stages_repo"]
+__all__ = ["StageMirror", "identity_differences"]

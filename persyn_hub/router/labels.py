@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 
-from persyn_hub.errors import PersynError
+from persyn_hub.errors import PersynError, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +69,15 @@ class RewardTable:
 
 
 def check_label_columns(labels: Dataset) -> None:
-    missing = [column for column in LABEL_COLUMNS if column not in labels.column_names]
-    if missing:
-        raise RouterDataError(
-            f"The labeled pool lacks column(s) {missing} (has {labels.column_names}). train_router reads "
-            "the combined pool: one row per (prompt_id, teacher) with prompt, reward and excluded "
-            "(run the combine stage first)."
-        )
+    require_columns(
+        labels,
+        LABEL_COLUMNS,
+        reader="train_router",
+        source="the labeled pool",
+        fix="It reads the combined pool: one row per (prompt_id, teacher) with prompt, reward and excluded "
+        "(run the combine stage first).",
+        error=RouterDataError,
+    )
 
 
 def pivot_rewards(labels: Dataset, teachers: list[str]) -> RewardTable:

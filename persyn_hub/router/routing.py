@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from datasets import Dataset, List, Value
 
+from persyn_hub.errors import require_columns
 from persyn_hub.router.budgets import assign_with_budgets, check_budgets
 from persyn_hub.router.modeling import PersynRouter
 
@@ -51,11 +52,10 @@ def score_texts(texts: list[str], router: PersynRouter, tokenizer, batch_size: i
 
 
 def _check_prompt_column(dataset: Dataset) -> None:
-    if "prompt" not in dataset.column_names:
-        raise ValueError(
-            f"route_prompts reads the `prompt` column (the prompt text), which this data set lacks "
-            f"(columns: {dataset.column_names}); load prompts with persyn_hub.data.load_prompts."
-        )
+    require_columns(
+        dataset, ("prompt",), reader="route_prompts", fix="It reads the prompt text; load prompts with "
+        "persyn_hub.data.load_prompts.",
+    )  # fmt: skip
 
 
 def route_prompts(

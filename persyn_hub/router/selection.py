@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
+from persyn_hub.errors import require_columns
 from persyn_hub.scoring.answers import is_usable_answer
 
 SELECT_COLUMNS = ("prompt_id", "teacher", "response", "error")
@@ -31,11 +32,7 @@ def select_best(labels: Dataset, by: str = "reward", teachers: list[str] | None 
     rank (one usable teacher left, or unscored answers) falls back to the best `quality`, then to the
     first usable answer, so a labeled prompt is only lost when no teacher answered it at all.
     """
-    missing = [c for c in (*SELECT_COLUMNS, by) if c not in labels.column_names]
-    if missing:
-        raise ValueError(
-            f"select_best: the labeled pool lacks column(s) {missing}; it has {labels.column_names}."
-        )
+    require_columns(labels, (*SELECT_COLUMNS, by), reader="select_best", source="the labeled pool")
     prompt_ids = _column(labels, "prompt_id")
     row_teachers = _column(labels, "teacher")
     order = list(teachers) if teachers is not None else sorted(set(row_teachers))

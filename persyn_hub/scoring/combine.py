@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 
+from persyn_hub.errors import refuse_columns, require_columns
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.recipe.config import LabelingConfig
 
 COMBINE_COLUMNS = ("quality_norm", "learnability_norm", "reward", "excluded")
-NEEDED = ("prompt_id", "teacher", "quality", "learnability")
+COMBINE_READS = ("prompt_id", "teacher", "quality", "learnability")
 REASON_FAILED = "no usable answer"
 REASON_NO_QUALITY = "no quality score"
 REASON_NO_LEARNABILITY = "no learnability score"
@@ -68,17 +69,15 @@ def normalize_per_group(values: np.ndarray, groups: np.ndarray, num_groups: int,
 
 
 def _check(dataset: Dataset, labeling: LabelingConfig) -> None:
-    missing = [c for c in NEEDED if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"combine_rewards: the data set lacks column(s) {missing} (it has {dataset.column_names}); "
-            "run score_learnability and score_quality on the labeled pool first."
-        )
-    present = [c for c in COMBINE_COLUMNS if c in dataset.column_names]
-    if present:
-        raise ValueError(
-            f"combine_rewards: column(s) {present} already exist; remove them before combining again."
-        )
+    require_columns(
+        dataset,
+        COMBINE_READS,
+        reader="combine_rewards",
+        fix="Run score_learnability and score_quality on it first.",
+    )
+    refuse_columns(
+        dataset, COMBINE_COLUMNS, reader="combine_rewards", fix="Remove them before combining again."
+    )
     if not 0.0 <= labeling.alpha <= 1.0:
         raise ValueError(f"labeling.alpha: {labeling.alpha} is outside [0, 1].")
     if labeling.normalization not in ("zscore", "minmax", "none"):

@@ -33,8 +33,9 @@ import torch
 from datasets import Dataset, Features, List, Value
 
 from persyn_hub.bundled import resolve_model
-from persyn_hub.generation.engines import held_engine
+from persyn_hub.errors import refuse_columns, require_columns
 from persyn_hub.fingerprint import fingerprint
+from persyn_hub.generation.engines import held_engine
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.recipe.dtypes import local_device, resolve_dtype
@@ -43,6 +44,7 @@ from persyn_hub.scoring.learnability_prefix import supports_prefix_cache
 from persyn_hub.scoring.learnability_tokens import (
     IDS_COLUMN,
     LEARNABILITY_COLUMNS,
+    LEARNABILITY_READS,
     SCORE_FEATURES,
     START_COLUMN,
     tokenize_batch,
@@ -74,18 +76,18 @@ def load_student(student: StudentConfig) -> tuple[Any, Any]:
 
 
 def _check_columns(dataset: Dataset) -> None:
-    missing = [c for c in ("messages", "response") if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"score_learnability: the data set lacks column(s) {missing} (it has {dataset.column_names}); "
-            "it reads `messages` (the prompt turns) and `response` (the teacher's answer) from generation."
-        )
-    present = [c for c in LEARNABILITY_COLUMNS if c in dataset.column_names]
-    if present:
-        raise ValueError(
-            f"score_learnability: column(s) {present} already exist; drop them "
-            "(dataset.remove_columns) before scoring again."
-        )
+    require_columns(
+        dataset,
+        LEARNABILITY_READS,
+        reader="score_learnability",
+        fix="It reads `messages` (the prompt turns) and `response` (the teacher's answer) from generation.",
+    )
+    refuse_columns(
+        dataset,
+        LEARNABILITY_COLUMNS,
+        reader="score_learnability",
+        fix="Drop them (dataset.remove_columns) before scoring again.",
+    )
 
 
 def _score_local(

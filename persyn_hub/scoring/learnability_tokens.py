@@ -19,6 +19,8 @@ from persyn_hub.scoring.answers import is_usable_answer
 logger = logging.getLogger(__name__)
 
 LEARNABILITY_COLUMNS = ("learnability", "learnability_sum", "num_response_tokens", "truncated")
+LEARNABILITY_READS = ("messages", "response")
+"""The prompt turns and the teacher's answer: what the student is scored on."""
 
 
 SCORE_FEATURES = {

@@ -17,6 +17,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
+from persyn_hub.errors import refuse_columns, require_columns
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import QualityConfig
@@ -65,19 +66,11 @@ def _check_columns(dataset: Dataset, quality: QualityConfig) -> None:
     if quality.kind not in NEEDED_COLUMNS:
         raise ValueError(f"quality.kind: {quality.kind!r} is not one of {sorted(NEEDED_COLUMNS)}.")
     missing = [c for c in NEEDED_COLUMNS[quality.kind] if c not in dataset.column_names]
-    if missing:
-        hints = "; ".join(
-            f"{c}: {COLUMN_HINTS.get(c, 'it comes from the generation stage')}" for c in missing
-        )
-        raise ValueError(
-            f"score_quality ({quality.kind}): the data set lacks column(s) {missing} "
-            f"(it has {dataset.column_names}). {hints}."
-        )
-    present = [c for c in QUALITY_FEATURES if c in dataset.column_names]
-    if present:
-        raise ValueError(
-            f"score_quality: column(s) {present} already exist; remove them before scoring again."
-        )
+    hints = "; ".join(f"{c}: {COLUMN_HINTS.get(c, 'it comes from the generation stage')}" for c in missing)
+    require_columns(
+        dataset, NEEDED_COLUMNS[quality.kind], reader=f"score_quality ({quality.kind})", fix=f"{hints}."
+    )
+    refuse_columns(dataset, QUALITY_FEATURES, reader="score_quality", fix="Remove them before scoring again.")
 
 
 def _failed_reason(response: Any, error: Any) -> str | None:

@@ -1,0 +1,109 @@
+"""The comparison recipe (`persyn compare RECIPE`): which run, which strategies, how every student is
+trained and evaluated; misspelled keys fail when it is read, not after the pipeline ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from persyn_hub.compare.baselines import STRATEGIES
+from persyn_hub.recipe.config import RecipeError
+from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
+
+
+@dataclass
+class EvaluationSettings:
+    """How every student is evaluated (the same for all strategies)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["persyn_taskmix"])
+    limit: Optional[int] = None
+    max_gen_toks: int = 64
+    batch_size: int = 32
+    dtype: str = "float32"
+    apply_chat_template: bool = True
+    system_instruction: Optional[str] = None
+    """None: the pipeline recipe's `prompts.system_prompt` (the students were trained with it)."""
+
+
+@dataclass
+class CompareRecipe:
+    """A comparison: which run, which strategies, how to train and how to evaluate every student."""
+
+    name: str = "compare"
+    seed: int = 42
+    pipeline: str = ""
+    """The pipeline recipe to run (or reuse from its cache); its routed prompts are the training prompts."""
+    pipeline_overrides: dict[str, Any] = field(default_factory=dict)
+    """Dotted recipe keys applied to `pipeline`, e.g. {labeling.num_prompts: 32}."""
+    student: Optional[str] = None
+    """Student to fine-tune; None: the pipeline recipe's student."""
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strong_teacher: Optional[str] = None
+    """The Strong baseline's teacher; None: the highest mean quality on the labeled prompts."""
+    weak_teacher: Optional[str] = None
+    """Mix's weak teacher; None: the lowest mean quality on the labeled prompts."""
+    fallback_on_incorrect: int = 1
+    """`persyn_verified`: at most this many extra answers per prompt when the checker rejects the routed
+    one (the run's `routing.fallback_on_incorrect`, simulated on the pool every teacher answered)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """SFT seeds (data order, dropout): every strategy is trained once per seed; the intervals resample
+    seeds and items together, so one seed hides the training-run noise."""
+    bootstrap: int = 1000
+    include_base_student: bool = True
+    sft: dict[str, Any] = field(default_factory=dict)
+    """TRL SFTConfig keys used for every student (output_dir and seed are set per run)."""
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    output_dir: str = "runs/compare"
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise RecipeError(f"strategies: unknown {unknown}; choose from {list(STRATEGIES)}.")
+        if not self.strategies:
+            raise RecipeError("strategies: empty; list at least one of " + ", ".join(STRATEGIES))
+        if not self.pipeline:
+            raise RecipeError("pipeline: set the pipeline recipe whose routed prompts the students train on.")
+        if not self.seeds:
+            raise RecipeError("seeds: empty; give at least one SFT seed, e.g. [0, 1].")
+        if self.fallback_on_incorrect < 1:
+            raise RecipeError("fallback_on_incorrect: must be >= 1 (extra answers persyn_verified may ask).")
+        if self.bootstrap < 0:
+            raise RecipeError("bootstrap: must be >= 0 (0 turns the intervals off).")
+        _check_sft_keys(self.sft)
+
+
+def _check_sft_keys(sft: dict[str, Any]) -> None:
+    """Misspelled training keys fail when the recipe is read, not after the pipeline ran."""
+    import dataclasses
+    import difflib
+
+    from trl import SFTConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in sft:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"sft.{key}: not a TRL SFTConfig field.{hint}")
+        if key in ("output_dir", "seed"):
+            raise RecipeError(f"sft.{key}: set per student by the comparison (seeds: ...); remove it.")
+
+
+def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> CompareRecipe:
+    """Read a comparison recipe YAML; `--key value` overrides as for `persyn run`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: comparison recipe not found.")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for key, value in parse_overrides(overrides or []):
+        apply_override(values, key, value)
+    try:
+        return build_dataclass(CompareRecipe, values, "")
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+
+
+__all__ = ["CompareRecipe", "EvaluationSettings", "load_compare_recipe"]

@@ -1,0 +1,73 @@
+"""The stages repo's names and layout, shared by the mirror that writes it, the rows it holds and its card.
+
+The repo (`output.hub.stages_repo`, default `<dataset_repo>-stages`) holds, per stage, the exact files of
+the stage folder under `<config>/<key>/` (config = the stage name with `/` as `--`: `learnability`,
+`label-generate--<teacher>`), so a restored stage has the same content digest and every later key matches:
+
+    <config>/<key>/_SUCCESS                  the marker, with every output file's sha256
+    <config>/<key>/data/data-*.arrow         the data set (`load_dataset(repo, "<config>")` reads it)
+    <config>/<key>/persyn-stage.json         key, identity (the recipe fields behind the key), inputs' keys
+    rows/rows--<teacher>-<key>/part-*.jsonl  generation row checkpoints, pushed while a stage runs
+    stages.json, README.md                   the index of published stages and the card (configs, keys)
+
+`describe` is how a failed Hub call is named in the log (one line, the token redacted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from persyn_hub.errors import PersynError
+
+INDEX_FILE = "stages.json"
+MANIFEST_FILE = "persyn-stage.json"
+ROWS_DIR = "rows"
+
+
+class StagesRepoError(PersynError, ValueError):
+    """`output.hub.stages` is on but no repo can be named for it."""
+
+
+def config_name(stage: str) -> str:
+    return stage.replace("/", "--")
+
+
+def parse_repo_revision(value: str) -> tuple[str, str | None]:
+    """`org/name@rev` -> (`org/name`, `rev`); `org/name` -> (`org/name`, None)."""
+    repo, _, revision = value.partition("@")
+    return repo, revision or None
+
+
+def stages_repo(hub: Any) -> str | None:
+    """The repo a run's stages go to, or None when stage publishing is off."""
+    if hub.stages_repo:
+        return hub.stages_repo
+    if hub.resume_from:
+        return parse_repo_revision(hub.resume_from)[0]
+    if not hub.stages:
+        return None
+    if not hub.dataset_repo:
+        raise StagesRepoError(
+            "output.hub.stages: true needs a repo: set output.hub.stages_repo (or output.hub.dataset_repo, "
+            "whose `-stages` sibling is then used)."
+        )
+    return f"{hub.dataset_repo}-stages"
+
+
+def describe(error: BaseException) -> str:
+    from persyn_hub.generation.auth import redact
+
+    text = str(error).splitlines()[0][:300] if str(error) else ""
+    return redact(f"{type(error).__name__}: {text}")
+
+
+__all__ = [
+    "INDEX_FILE",
+    "MANIFEST_FILE",
+    "ROWS_DIR",
+    "StagesRepoError",
+    "config_name",
+    "describe",
+    "parse_repo_revision",
+    "stages_repo",
+]
