@@ -87,7 +87,7 @@ def test_a_missing_generation_or_column_is_named():
     partial = collect_responses(responses([("p1", "b", "B1", "stop", 1, None)]))
     with pytest.raises(RuntimeError, match="no generation found for prompt 'p2' and teacher 'b'"):
         assemble_dataset(assigned().select([0, 1]), partial)
-    with pytest.raises(ValueError, match=r"lack \['teacher'\]"):
+    with pytest.raises(ValueError, match=r"assemble_dataset: the assignment lacks column\(s\) \['teacher'\]"):
         assemble_dataset(assigned().remove_columns("teacher"), partial)
 
 

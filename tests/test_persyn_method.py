@@ -232,7 +232,14 @@ def test_labeled_prompts_keep_their_best_answer_and_only_the_others_are_routed(s
 
 
 def test_router_metrics_come_from_the_test_prompts_and_never_the_validation_prompts(asdiv_prompts, tmp_path):
-    from persyn_hub.router import pivot_rewards, routing_metrics, score_texts, split_by_prompt, train_router
+    from persyn_hub.router import (
+        RouterTask,
+        pivot_rewards,
+        routing_metrics,
+        score_texts,
+        split_by_prompt,
+        train_router,
+    )
     from persyn_hub.router.metrics import best_single_teacher
 
     teachers = ["a", "b", "c"]
@@ -281,11 +288,8 @@ def test_router_metrics_come_from_the_test_prompts_and_never_the_validation_prom
         result = train_router(
             pool(rewards),
             settings,
-            teachers=teachers,
-            student="s",
-            alpha=0.4,
+            RouterTask(teachers, student="s", alpha=0.4, seed=0),
             output_dir=str(tmp_path / name),
-            seed=0,
         )
         metrics = result.metrics
         assert metrics["test_prompt_ids"] == test_ids

@@ -14,7 +14,7 @@ import pytest
 from datasets import Dataset
 
 from persyn_hub.recipe.config import RouterSettings
-from persyn_hub.router import train_router
+from persyn_hub.router import RouterTask, train_router
 from persyn_hub.router.curve import CURVE_FILE, check_fractions, subset_indices
 
 TEACHERS = ["tutor", "solver", "steady"]
@@ -69,11 +69,8 @@ def test_learning_curve_lists_each_share_with_intervals_in_metrics_card_and_plot
     result = train_router(
         synthetic_pool(),
         SETTINGS,
-        teachers=TEACHERS,
-        student="bundled:smollm2-135m-instruct",
-        alpha=0.4,
+        RouterTask(TEACHERS, student="bundled:smollm2-135m-instruct", alpha=0.4, seed=0),
         output_dir=str(tmp_path / "router"),
-        seed=0,
         learning_curve=[0.25, 0.5, 1.0],
     )
     metrics = result.metrics
@@ -106,11 +103,8 @@ def test_no_learning_curve_by_default_in_the_library_call(minilm_path, tmp_path)
     result = train_router(
         synthetic_pool(16),
         SETTINGS,
-        teachers=TEACHERS,
-        student="bundled:smollm2-135m-instruct",
-        alpha=0.4,
+        RouterTask(TEACHERS, student="bundled:smollm2-135m-instruct", alpha=0.4, seed=0),
         output_dir=str(tmp_path / "router"),
-        seed=0,
     )
     assert "learning_curve" not in result.metrics
     assert not (tmp_path / "router" / CURVE_FILE).exists()

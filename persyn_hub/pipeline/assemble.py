@@ -75,7 +75,7 @@ def assemble_dataset(
     verifiable `quality` only), rows the verifier does not give full marks are dropped, and counted.
     """
     require_columns(
-        assigned, ASSIGNED_COLUMNS, reader="assemble_dataset", source="the assigned prompts",
+        assigned, ASSIGNED_COLUMNS, reader="assemble_dataset", source="the assignment",
         fix="Run the routing stage first.",
     )  # fmt: skip
     lookup = {

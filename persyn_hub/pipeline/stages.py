@@ -239,18 +239,14 @@ def labeling_stages(
 
 def _train_router(recipe: PersynRecipe) -> Any:
     def compute(context: StageContext) -> None:
-        from persyn_hub.router import train_router
+        from persyn_hub.router.training import RouterTask, train_router
 
         with single_process():  # trained on the main process alone: an N-process run equals a 1-process one
             train_router(
                 context[COMBINE],
                 recipe.router,
-                teachers=recipe.teacher_names(),
-                student=recipe.student.model,
-                alpha=recipe.labeling.alpha,
+                RouterTask.from_recipe(recipe),
                 output_dir=str(context.folder),
-                seed=recipe.seed,
-                label_repo=recipe.output.hub.labels_repo,
                 learning_curve=recipe.router.learning_curve,
             )
 

@@ -25,7 +25,7 @@ from persyn_hub.router.modeling import (
 )
 from persyn_hub.router.routing import route_prompts, score_texts
 from persyn_hub.router.storage import RouterMismatchError, load_router, router_identity, save_router
-from persyn_hub.router.training import RouterTrainingResult, train_router
+from persyn_hub.router.training import RouterTask, RouterTrainingResult, train_router
 
 register_auto_classes()
 
@@ -35,6 +35,7 @@ __all__ = [
     "PersynRouterConfig",
     "RouterDataError",
     "RouterMismatchError",
+    "RouterTask",
     "RouterTrainingResult",
     "assign_with_budgets",
     "bradley_terry_loss",

@@ -1,6 +1,6 @@
 """The router's learning curve: test-split reward recovered when trained on a share of the train prompts.
 
-`train_router(..., learning_curve=[0.25, 0.5, 1.0])` trains extra routers on nested, seeded subsets of the
+`train_router(labels, settings, task, output_dir=..., learning_curve=[0.25, 0.5, 1.0])` trains extra routers on nested, seeded subsets of the
 train split (the same validation prompts for early stopping, the same test prompts for every number), so
 the curve answers "would labeling more prompts help?": a curve still rising at 100% says label more, a
 flat one says the labeled set is big enough for this pool. The full-size point is the run's own router.

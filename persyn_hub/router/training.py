@@ -49,6 +49,30 @@ from persyn_hub.router.storage import save_router
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RouterTask:
+    """What a router is for, recorded in its config and card: the teachers it routes between, the student
+    it routes for, the alpha its labels were combined with, where the labels are published; and the seed
+    every training (the run's router and each learning-curve router) uses."""
+
+    teachers: list[str]
+    student: str
+    alpha: float
+    seed: int = 0
+    label_repo: str | None = None
+    label_revision: str | None = None
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> RouterTask:
+        return cls(
+            teachers=recipe.teacher_names(),
+            student=recipe.student.model,
+            alpha=recipe.labeling.alpha,
+            seed=recipe.seed,
+            label_repo=recipe.output.hub.labels_repo,
+        )
+
+
 @dataclass
 class RouterTrainingResult:
     router: PersynRouter
@@ -81,30 +105,21 @@ def _tokenized(table: RewardTable, tokenizer, max_length: int) -> Dataset:
 
 
 def _fit(
-    train: RewardTable,
-    validation: RewardTable,
-    settings: RouterSettings,
-    *,
-    teachers: list[str],
-    student: str,
-    alpha: float,
-    label_repo: str | None,
-    label_revision: str | None,
-    checkpoints: Path,
-    seed: int,
+    train: RewardTable, validation: RewardTable, settings: RouterSettings, task: RouterTask, checkpoints: Path
 ) -> tuple[PersynRouter, Any, Trainer]:
     """Fine-tune a fresh router (backbone + head) on `train`, early-stopped on `validation`, seeded."""
+    seed = task.seed
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.backbone))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-style encoders ship without a pad token
     router = PersynRouter.from_encoder(
         settings.backbone,
-        teachers,
-        student=student,
-        alpha=alpha,
-        label_repo=label_repo,
-        label_revision=label_revision,
+        task.teachers,
+        student=task.student,
+        alpha=task.alpha,
+        label_repo=task.label_repo,
+        label_revision=task.label_revision,
         max_length=settings.max_length,
         tie_margin=settings.tie_margin,
     )
@@ -150,14 +165,9 @@ def _fit(
 def train_router(
     labels: Dataset,
     settings: RouterSettings,
+    task: RouterTask,
     *,
-    teachers: list[str],
-    student: str,
-    alpha: float,
     output_dir: str,
-    seed: int,
-    label_repo: str | None = None,
-    label_revision: str | None = None,
     learning_curve: Sequence[float] = (),
 ) -> RouterTrainingResult:
     """Train, evaluate and save a router; returns the router, its tokenizer and held-out metrics.
@@ -178,11 +188,12 @@ def train_router(
     `learning_curve.png`. The full share is the returned router itself; each smaller one costs a training.
 
     Example:
-        >>> result = train_router(labels, RouterSettings(num_train_epochs=3, max_length=64),
-        ...     teachers=["smollm2", "gemma"], student="bundled:smollm2-135m-instruct", alpha=0.4,
-        ...     output_dir="runs/router", seed=0)
+        >>> task = RouterTask(["smollm2", "gemma"], student="bundled:smollm2-135m-instruct", alpha=0.4)
+        >>> result = train_router(labels, RouterSettings(num_train_epochs=3, max_length=64), task,
+        ...     output_dir="runs/router")
         >>> result.metrics["reward_recovered"], result.metrics["reward_recovered_random"]
     """
+    teachers, seed = task.teachers, task.seed
     table = pivot_rewards(labels, teachers)  # checks columns and usable pairs before any model loads
     splits = split_by_prompt(table, settings.validation_fraction, settings.test_fraction, seed)
     logger.info(
@@ -200,18 +211,7 @@ def train_router(
 
     output = Path(output_dir)
     checkpoints = output / "checkpoints"
-    router, tokenizer, trainer = _fit(
-        splits.train,
-        splits.validation,
-        settings,
-        teachers=teachers,
-        student=student,
-        alpha=alpha,
-        label_repo=label_repo,
-        label_revision=label_revision,
-        checkpoints=checkpoints,
-        seed=seed,
-    )
+    router, tokenizer, trainer = _fit(splits.train, splits.validation, settings, task, checkpoints)
     router = trainer.model
     validation_loss = trainer.evaluate()["eval_loss"]
 
@@ -241,16 +241,9 @@ def train_router(
         calibration=calibration_table(score_texts(table.prompts, router, tokenizer), teachers),
     )
     if learning_curve:
-        fit = {
-            "teachers": teachers,
-            "student": student,
-            "alpha": alpha,
-            "label_repo": label_repo,
-            "label_revision": label_revision,
-            "checkpoints": checkpoints,
-            "seed": seed,
-        }
-        metrics["learning_curve"] = _learning_curve(splits, settings, learning_curve, metrics, fit)
+        metrics["learning_curve"] = _learning_curve(
+            splits, settings, learning_curve, metrics, task, checkpoints
+        )
     logger.info(
         "Router on %d test prompts: top-1 %.3f, reward recovered %.3f (best single %.3f, random %.3f)",
         len(splits.test),
@@ -274,29 +267,30 @@ def _learning_curve(
     settings: RouterSettings,
     fractions: Sequence[float],
     full_metrics: dict[str, Any],
-    fit: dict[str, Any],
+    task: RouterTask,
+    checkpoints: Path,
 ) -> list[dict[str, Any]]:
     """Test reward recovered of routers trained on nested shares of the train prompts (same seed, same
     validation and test prompts); the full share is the run's router, trained once."""
     points = []
     for fraction in check_fractions(list(fractions)):
-        indices = subset_indices(len(splits.train), fraction, fit["seed"])
+        indices = subset_indices(len(splits.train), fraction, task.seed)
         if len(indices) == len(splits.train):
             points.append(curve_point(fraction, len(indices), full_metrics))
             continue
         train = splits.train.subset(indices)
-        router, tokenizer, trainer = _fit(train, splits.validation, settings, **fit)
+        router, tokenizer, trainer = _fit(train, splits.validation, settings, task, checkpoints)
         metrics = routing_metrics(
             score_texts(splits.test.prompts, router, tokenizer),
             splits.test.rewards,
             train.rewards,
-            fit["teachers"],
+            task.teachers,
             settings.tie_margin,
-            seed=fit["seed"],
+            seed=task.seed,
         )
         metrics["epochs_trained"] = float(trainer.state.epoch or 0.0)
         points.append(curve_point(fraction, len(indices), metrics))
-        shutil.rmtree(fit["checkpoints"], ignore_errors=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
         logger.info(
             "Router learning curve: %d train prompts (%.0f%%) -> reward recovered %.3f on the test prompts",
             len(indices),
