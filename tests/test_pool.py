@@ -130,6 +130,8 @@ def test_a_magpie_zoo_pool_is_labeled_routed_and_published_with_no_generation(wi
         assert all(phase["requests"] == 0 for phase in phases), teacher
     labels = load_from_disk(str(run_dir / "artifacts" / "labels"))
     assert len(labels) == 16 * 3 and set(labels["teacher"]) == set(ZOO)
+    # lean labeled rows: each holds its own answer, not every pool teacher's cell beside it
+    assert not set(ZOO) & set(labels.column_names), labels.column_names
     assert all(
         detail.startswith("pool score Skywork-Reward-Llama-3.1-8B") or error
         for detail, error in zip(labels["quality_detail"], labels["error"])

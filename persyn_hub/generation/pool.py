@@ -41,6 +41,12 @@ def cell_answer(cell: Any, pool: PoolConfig) -> tuple[str | None, dict[str, floa
     return text, scores, None
 
 
+def pool_answer_columns(teachers: list[TeacherConfig]) -> list[str]:
+    """The prompts' columns that hold a pool teacher's answers: read once, by that teacher's generation,
+    then left out of every generated row (a labeled row holds its own answer, not the whole pool's)."""
+    return [teacher.pool_column for teacher in teachers if teacher.pool_column]
+
+
 def pool_answers(dataset: Dataset, teacher: TeacherConfig, pool: PoolConfig) -> Dataset:
     """The generation columns for every row, from `teacher.pool_column`; unusable cells carry `error`."""
     column = teacher.pool_column or teacher.name

@@ -80,6 +80,7 @@ def generate(
     prompts: a row a teacher already answered is never requested again, whatever the routing.
     """
     from persyn_hub.generation import generate_responses
+    from persyn_hub.generation.pool import pool_answer_columns
 
     checkpoint = context.cache.folder(f"rows/{teacher.name}", rows_key)
     result, stats = generate_responses(
@@ -87,7 +88,9 @@ def generate(
     )
     context.folder.mkdir(parents=True, exist_ok=True)
     context.side_file(STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2, default=str))
-    return result
+    # lean rows: each holds its own answer, not every pool teacher's cell beside it
+    pool_cells = [c for c in pool_answer_columns(recipe.teachers) if c in result.column_names]
+    return result.remove_columns(pool_cells)
 
 
 def read_stats(folder: Path) -> dict[str, Any]:
