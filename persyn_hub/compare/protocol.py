@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from persyn_hub.compare.baselines import GTS
+from persyn_hub.scoring.answers import FULL_MARKS
 
 LABEL_STAGES = {
     "strong": ("labeling", "label_quality"),
@@ -137,7 +138,7 @@ def answer_stats(
     quality = values("quality")
     lengths = values("num_response_tokens") or values("num_tokens")
     return {
-        "verified_correct_share": round(sum(1 for q in quality if q >= 1.0 - 1e-9) / len(picked), 4)
+        "verified_correct_share": round(sum(1 for q in quality if q >= FULL_MARKS) / len(picked), 4)
         if picked
         else None,
         "mean_quality": mean(quality),

@@ -10,8 +10,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.compare.recipe import CompareRecipe
-from persyn_hub.pipeline.fallback import FULL_MARKS
-from persyn_hub.scoring.answers import is_trainable_answer
+from persyn_hub.scoring.answers import FULL_MARKS, is_trainable_answer
 
 
 def _rows(pool: Dataset) -> dict[tuple[str, str], dict[str, Any]]:

@@ -15,7 +15,7 @@ from datasets import Dataset
 
 from persyn_hub.errors import require_columns
 from persyn_hub.recipe.config import QualityConfig
-from persyn_hub.scoring.answers import is_usable_answer
+from persyn_hub.scoring.answers import FULL_MARKS, is_usable_answer
 
 RESPONSE_COLUMNS = ["prompt_id", "teacher", "response", "finish_reason", "num_tokens", "error", "pool_scores"]
 ASSIGNED_COLUMNS = ("prompt_id", "messages", "teacher")
@@ -112,7 +112,7 @@ def assemble_dataset(
         )
     dropped_incorrect = 0
     if drop_incorrect and "quality" in final.column_names:
-        correct = [q is not None and q >= 1.0 - 1e-9 for q in final["quality"]]
+        correct = [q is not None and q >= FULL_MARKS for q in final["quality"]]
         dropped_incorrect = len(correct) - sum(correct)
         final = final.select([i for i, ok in enumerate(correct) if ok]).flatten_indices()
     final = final.map(_to_messages, batched=True, desc="Assembling messages")

@@ -27,13 +27,12 @@ from datasets import Dataset, List, Value
 
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.router.assignment import ROUTED
-from persyn_hub.scoring.answers import is_usable_answer
+from persyn_hub.scoring.answers import FULL_MARKS, is_usable_answer
 
 TRIED = "fallback_teachers"
 """Teachers asked for a prompt, in order: the router's choice, then each fallback."""
 ROUND = "fallback_round"
 """The round whose teacher is the prompt's newest candidate (0: the router's choice)."""
-FULL_MARKS = 1.0 - 1e-9
 
 
 def fallback_route(round_: int) -> str:

@@ -12,6 +12,7 @@ from datasets import Dataset
 from persyn_hub.bundled import package_version
 from persyn_hub.pipeline.outputs import RunOutputs
 from persyn_hub.recipe.config import PersynRecipe
+from persyn_hub.scoring.answers import FULL_MARKS
 
 TRACKED_PACKAGES = ("persyn_hub", "torch", "transformers", "datasets", "huggingface_hub", "trl", "accelerate")
 
@@ -81,7 +82,7 @@ def verified_correct_share(final: Dataset) -> float | None:
     if "quality" not in final.column_names or not len(final):
         return None
     scores = [q for q in final["quality"]]
-    return round(sum(1 for q in scores if q is not None and q >= 1.0 - 1e-9) / len(scores), 4)
+    return round(sum(1 for q in scores if q is not None and q >= FULL_MARKS) / len(scores), 4)
 
 
 def build_summary(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+FULL_MARKS = 1.0 - 1e-9
+"""A quality at or above this is an answer the checker fully accepts (verified correct)."""
+
 
 def is_usable_answer(response: Any, error: Any) -> bool:
     """A teacher's answer is usable when it did not fail and holds text that is not blank: a failed or
