@@ -1,7 +1,7 @@
 """Runs that outlive their machine: every stage on the Hub as it finishes, and a run that continues from there.
 
 Every run here is the real `persyn run` command (the demo recipe shrunk as in tests/test_faults.py: 16 prompts,
-8 labeled, both teachers SmolLM2-135M, the chat teacher two rows per batch) pushing through the real
+8 labeled, both teachers SmolLM2-135M, the chat teacher one row per batch) pushing through the real
 `huggingface_hub` client to the local Hub-protocol server (`tests/hub_server.py`). One uninterrupted run is the
 reference. A second run publishes its stages and is SIGKILLed inside the routed generation of the chat
 teacher, right after one of that stage's rows reached the Hub; its `output.dir` is then deleted and a third
@@ -37,7 +37,7 @@ SMALL = [
     "--prompts.num_prompts", "16",
     "--labeling.num_prompts", "8",
     "--teachers.0.generation.max_new_tokens", "16",
-    "--teachers.0.batch_size", "2",  # two rows per checkpoint write: the kill lands between batches
+    "--teachers.0.batch_size", "1",  # one row per checkpoint write: the kill lands between rows
     "--teachers.1.name", FEWSHOT,
     "--teachers.1.model", "bundled:smollm2-135m-instruct",
     "--teachers.1.generation.max_new_tokens", "16",
@@ -64,19 +64,19 @@ ROUTED = f"generate/{CHAT}"
 KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
-    from persyn_hub.pipeline import cache as stage_cache
+    from persyn_hub.pipeline import runner as stage_runner
     from persyn_hub.publish import stages as hub_stages
 
     spec = json.loads(os.environ["PERSYN_HUB_KILL"])
     hub_stages.ROWS_POLL_SECONDS = 0.05
     state = {"inside": False}
-    dataset_stage = stage_cache.StageCache.dataset_stage
+    run = stage_runner.StageRunner.run
     push_rows = hub_stages.StageMirror.push_rows
 
-    def patched_dataset_stage(self, name, key, compute, **kwargs):
-        if name == spec["stage"]:
+    def patched_run(self, stage):
+        if stage.name == spec["stage"]:  # entering the stage, before any of its rows is generated
             state["inside"] = True
-        return dataset_stage(self, name, key, compute, **kwargs)
+        return run(self, stage)
 
     def patched_push_rows(self, force=False):
         pushed = push_rows(self, force)
@@ -84,7 +84,7 @@ KILLER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return pushed
 
-    stage_cache.StageCache.dataset_stage = patched_dataset_stage
+    stage_runner.StageRunner.run = patched_run
     hub_stages.StageMirror.push_rows = patched_push_rows
     from persyn_hub.cli import main
     main(sys.argv[1:])
@@ -152,6 +152,7 @@ def runs(hub, tmp_path_factory):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert started(machine)[-1] == ROUTED
     rows_folder = next((machine / "stages").glob(f"rows--{CHAT}-*"))
+    killed_parts = {part.name for part in rows_folder.glob("part-*.jsonl")}
     shutil.rmtree(machine)  # the machine and its scratch disk are gone
 
     resumed = persyn(hub, machine, "--resume-from-hub", REPO)
@@ -161,6 +162,7 @@ def runs(hub, tmp_path_factory):
         "routed_ids": routed_ids,
         "resumed": machine,
         "rows_folder": machine / "stages" / rows_folder.name,
+        "killed_parts": killed_parts,
         "work": work,
     }
 
@@ -176,21 +178,23 @@ def test_a_run_killed_mid_generation_continues_from_the_hub_on_an_empty_dir(runs
     for stage in BEFORE_ROUTED:
         assert f"stage {stage}: restored from the Hub" in log
 
-    # No finished row is requested again: the checkpoint the killed run pushed holds some of the routed
-    # rows, the resumed run's own part file holds exactly the others (counted at the backend).
+    # No finished row is requested again: the part files restored from the Hub (named as the killed run
+    # wrote them, holding what it pushed) hold some of the routed rows, and the resumed run's own part
+    # file holds exactly the others (counted at the backend).
     parts = part_records(runs["rows_folder"])
     routed = set(runs["routed_ids"])
-    assert len(parts) >= 2, parts.keys()
+    restored = {name: records for name, records in parts.items() if name in runs["killed_parts"]}
+    assert restored, f"no part file of the killed run came back from the Hub: {sorted(parts)}"
     generated_again = [
         r["prompt_id"]
         for name, records in parts.items()
+        if name not in restored
         for r in records
-        if name == max(parts) and r["prompt_id"] in routed
+        if r["prompt_id"] in routed
     ]
-    done_before = routed & {
-        r["prompt_id"] for name, records in parts.items() if name != max(parts) for r in records
-    }
+    done_before = routed & {r["prompt_id"] for records in restored.values() for r in records}
     assert done_before, "the killed run pushed none of the routed rows: the test did not exercise resume"
+    assert generated_again, "the killed run had every routed row: the test did not exercise a partial resume"
     assert not done_before & set(generated_again)
     assert set(generated_again) | done_before == routed
     stats = next(s for s in summary["generation"][CHAT] if s["phase"] == "routed")
