@@ -21,6 +21,7 @@ from persyn_hub.recipe.config import PromptsConfig, RouterSettings
 from persyn_hub.router import (
     PersynRouter,
     RouterDataError,
+    RouterTask,
     assign_with_budgets,
     load_router,
     route_prompts,
@@ -97,13 +98,15 @@ def trained(prompts, tmp_path_factory):
     result = train_router(
         labels,
         SETTINGS,
-        teachers=TEACHERS,
-        student="bundled:smollm2-135m-instruct",
-        alpha=0.5,
+        RouterTask(
+            TEACHERS,
+            student="bundled:smollm2-135m-instruct",
+            alpha=0.5,
+            seed=0,
+            label_repo="persyn-test/labels",
+            label_revision="0123abcd",
+        ),
         output_dir=str(output_dir),
-        seed=0,
-        label_repo="persyn-test/labels",
-        label_revision="0123abcd",
     )
     return result, output_dir
 
@@ -196,7 +199,5 @@ def test_labels_without_any_usable_pair_stop_before_training(prompts, tmp_path):
     labels = labeled_pool(prompts.select(range(6)))
     labels = labels.map(lambda row: {"excluded": None if row["teacher"] == "tutor" else "failed"})
     with pytest.raises(RouterDataError, match="No prompt of the labeled pool"):
-        train_router(
-            labels, SETTINGS, teachers=TEACHERS, student="s", alpha=0.5, output_dir=str(tmp_path), seed=0
-        )
+        train_router(labels, SETTINGS, RouterTask(TEACHERS, student="s", alpha=0.5), output_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())
