@@ -232,6 +232,11 @@ def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_t
         "t1": ["small"],
         "t2": ["small"],
     }
+    # the one-strategy helper takes the same verified choice from the pool's own quality
+    assert picks("persyn_verified", routed={"t1": "small", "t2": "small"}, router_scores=scores) == {
+        "t1": "mid",
+        "t2": "small",
+    }
 
 
 def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_the_common_set_holds():

@@ -361,18 +361,37 @@ def strategy_picks(
     strategy: str,
     *,
     usable: Callable[[str, str], bool] | None = None,
+    extra: int = 1,
     **kwargs: Any,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """(prompt_id -> teacher for every training prompt it can answer, what defined the choice).
 
     The strategy's first choice per prompt (`strategy_rankings`), or, where `usable(prompt_id, teacher)`
-    rejects it, its own next choice; default `usable`: the pool's answer has no error and some text.
-    `defined_by["fallbacks"]` counts the prompts answered by a later choice, `["unanswerable"]` those
-    no teacher in its ranking could answer.
+    rejects it, its own next choice; default `usable`: the pool's answer has no error and some text. A
+    verified strategy (`VERIFIED`) also needs the pool's quality at full marks within `extra` extra
+    answers (`verified_picks`). `defined_by["fallbacks"]` counts the prompts answered by a later choice,
+    `["unanswerable"]` those no teacher in its ranking could answer.
     """
     rankings, defined_by = strategy_rankings(strategy, **kwargs)
-    chosen, fallbacks, lost = first_usable(rankings, usable or pool_usable(kwargs["pool"]))
-    return chosen, {**defined_by, "fallbacks": len(fallbacks), "unanswerable": len(lost)}
+    usable = usable or pool_usable(kwargs["pool"])
+    if strategy in VERIFIED:
+        chosen, _, lost = verified_picks(rankings, usable, pool_verified(kwargs["pool"]), extra)
+    else:
+        chosen, _, lost = first_usable(rankings, usable)
+    fallbacks = sum(1 for p, t in chosen.items() if t != rankings[p][0])
+    return chosen, {**defined_by, "fallbacks": fallbacks, "unanswerable": len(lost)}
+
+
+def pool_verified(pool: Dataset) -> Callable[[str, str], bool]:
+    """The checker's verdict as the pool holds it: quality at full marks."""
+    from persyn_hub.scoring.answers import FULL_MARKS
+
+    full = {
+        (p, t)
+        for p, t, q in zip(_column(pool, "prompt_id"), _column(pool, "teacher"), _column(pool, "quality"))
+        if q is not None and float(q) >= FULL_MARKS
+    }
+    return lambda prompt_id, teacher: (prompt_id, teacher) in full
 
 
 __all__ = [
@@ -387,6 +406,7 @@ __all__ = [
     "first_usable",
     "mean_quality",
     "pool_usable",
+    "pool_verified",
     "quality_ranking",
     "quality_ties",
     "score_rankings",

@@ -10,7 +10,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.compare.recipe import CompareRecipe
-from persyn_hub.scoring.answers import FULL_MARKS, is_trainable_answer
+from persyn_hub.scoring.answers import is_trainable_answer
 
 
 def _rows(pool: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
@@ -131,7 +131,7 @@ def build_training_sets(
     error, not truncated): an unusable first choice falls back to the strategy's OWN next choice
     (`baselines.strategy_rankings`) and is counted, so no strategy's failures shape the others' prompts.
     """
-    from persyn_hub.compare.baselines import strategy_rankings
+    from persyn_hub.compare.baselines import pool_verified, strategy_rankings
     from persyn_hub.compare.protocol import answer_stats, strategy_cost
     from persyn_hub.pipeline.stages import ASSEMBLE, COMBINE, ROUTE, ROUTER
     from persyn_hub.router.assignment import ROUTED
@@ -178,12 +178,8 @@ def build_training_sets(
     def usable(prompt_id: str, teacher: str) -> bool:
         return _trainable(rows.get((prompt_id, teacher)))
 
-    def verified(prompt_id: str, teacher: str) -> bool:
-        quality = (rows.get((prompt_id, teacher)) or {}).get("quality")
-        return quality is not None and float(quality) >= FULL_MARKS
-
     picks, counts, common, asked = choose_training_answers(
-        rankings, usable, prompt_ids, verified, recipe.fallback_on_incorrect
+        rankings, usable, prompt_ids, pool_verified(pool), recipe.fallback_on_incorrect
     )
     label_rows = labels.select_columns(
         [c for c in ("teacher", "num_tokens", "num_prompt_tokens") if c in labels.column_names]
