@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +191,8 @@ def test_four_ranks_share_the_chunks_and_give_the_one_process_result(tmp_path):
 
 @pytest.mark.slow
 def test_a_hung_rank_under_torchrun_ends_the_launch_with_a_line_naming_it(tmp_path):
+    """torchrun's agent cannot see a hang; rank 0 names it. Once it has, the frozen rank is thawed so the
+    agent's SIGTERM ends it at once (the agent would otherwise wait 30 s before its SIGKILL)."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     command = [
@@ -201,14 +204,30 @@ def test_a_hung_rank_under_torchrun_ends_the_launch_with_a_line_naming_it(tmp_pa
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
         start_new_session=True,
     )  # fmt: skip
+    started = time.monotonic()
+    lines: list[str] = []
+    named = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("persyn: error:") and "rank 1 did not arrive" in line:
+                named.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        code, output, seconds = finish(process, TIMEOUT + 90)
+        assert named.wait(TIMEOUT + 60), "".join(lines)[-3000:]
+        seconds = time.monotonic() - started
+        subprocess.run(["pkill", "-CONT", "-f", str(driver)], check=False)
+        code = process.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-CONT", "-f", str(driver)], check=False)
         subprocess.run(["pkill", "-KILL", "-f", str(driver)], check=False)
     assert code != 0
-    assert any("stage square" in line and "rank 1 did not arrive" in line for line in error_lines(output)), (
-        output[-3000:]
-    )
+    (line,) = [line for line in error_lines("".join(lines)) if "rank 1 did not arrive" in line]
+    assert "stage square" in line, line
+    assert seconds < TIMEOUT + 30

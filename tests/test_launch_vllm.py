@@ -48,7 +48,7 @@ def persyn_run_with_vllm(
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(STAND_INS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "PERSYN_VLLM_RECORD": str(record),
-        "PERSYN_VLLM_DELAY": "1.0",
+        "PERSYN_VLLM_DELAY": "1.0" if processes > 1 else "0",  # only processes that share need it
         "CUDA_VISIBLE_DEVICES": "0,1",
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
