@@ -1,6 +1,6 @@
 """The whole run under a 2-process launch with a vLLM teacher, on a faked 2-GPU node: each engine sees only
-its own GPU(s), a `tensor_parallel_size: 2` teacher runs one engine over both GPUs in rank 0, every row is
-asked once, every engine is released, and both placements give the same data set.
+its own GPU(s), a `tensor_parallel_size: 2` teacher runs one engine over both GPUs in rank 0, and the data
+set equals a 1-process run's.
 
 vLLM cannot run here: the stand-in `vllm` of `tests/stand_ins` answers from the prompt text (the teacher's
 model stays the bundled SmolLM2, whose tokenizer renders the chat prompts) and records what every engine
@@ -48,7 +48,7 @@ def persyn_run_with_vllm(
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(STAND_INS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "PERSYN_VLLM_RECORD": str(record),
-        "PERSYN_VLLM_DELAY": "1.0",
+        "PERSYN_VLLM_DELAY": "1.0" if processes > 1 else "0",  # only processes that share need it
         "CUDA_VISIBLE_DEVICES": "0,1",
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -86,31 +86,36 @@ def check_engines_released(recorded: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_engine_per_gpu(tmp_path_factory) -> tuple[Path, list[dict]]:
-    """The 2-process launch with one 1-GPU engine per process: the run and what its engines recorded."""
-    run_dir = tmp_path_factory.mktemp("vllm-launch") / "tp1"
-    record = run_dir.parent / "tp1.jsonl"
-    result = persyn_run_with_vllm(run_dir, record, processes=2, size=1)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return run_dir, events(record)
+def one_process(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("vllm-launch") / "one"
+    record = run_dir.parent / "one.jsonl"
+    result = persyn_run_with_vllm(run_dir, record, processes=1, size=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    recorded = events(record)
+    assert {e["environment"]["CUDA_VISIBLE_DEVICES"] for e in recorded if e["event"] == "engine"} == {"0"}
+    check_every_row_asked_once(run_dir, recorded)
+    return run_dir
 
 
 @pytest.mark.slow
-def test_each_process_runs_its_engine_on_its_own_gpu(one_engine_per_gpu):
-    run_dir, recorded = one_engine_per_gpu
+def test_each_process_runs_its_engine_on_its_own_gpu(one_process, tmp_path):
+    record = tmp_path / "vllm.jsonl"
+    result = persyn_run_with_vllm(tmp_path / "run", record, processes=2, size=1)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    recorded = events(record)
     ranks = engine_ranks(recorded)
     engines = [e for e in recorded if e["event"] == "engine"]
     placed = {(ranks.get(e["engine"]), e["environment"]["CUDA_VISIBLE_DEVICES"]) for e in engines}
     assert placed == {("0", "0"), ("1", "1")}  # both processes generated, each on its own GPU
     assert all(e["tensor_parallel_size"] == 1 for e in engines)
-    check_every_row_asked_once(run_dir, recorded)
+    check_every_row_asked_once(tmp_path / "run", recorded)
     check_engines_released(recorded)
+    for artifact in ("dataset", "labels", "routing"):
+        assert rows(tmp_path / "run", artifact) == rows(one_process, artifact), artifact
 
 
 @pytest.mark.slow
-def test_a_two_gpu_engine_runs_once_in_rank_0_over_both_gpus(one_engine_per_gpu, tmp_path):
-    """...and gives the data set of two one-GPU engines sharing the chunks. (That a launch gives the
-    1-process run, row for row, is `test_launch.py`'s check, in bf16 with real teachers.)"""
+def test_a_two_gpu_engine_runs_once_in_rank_0_over_both_gpus(one_process, tmp_path):
     record = tmp_path / "vllm.jsonl"
     result = persyn_run_with_vllm(tmp_path / "run", record, processes=2, size=2)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -122,6 +127,5 @@ def test_a_two_gpu_engine_runs_once_in_rank_0_over_both_gpus(one_engine_per_gpu,
     assert len({e["pid"] for e in engines}) == 1
     check_every_row_asked_once(tmp_path / "run", recorded)
     check_engines_released(recorded)
-    shared_run, _ = one_engine_per_gpu
     for artifact in ("dataset", "labels", "routing"):
-        assert rows(tmp_path / "run", artifact) == rows(shared_run, artifact), artifact
+        assert rows(tmp_path / "run", artifact) == rows(one_process, artifact), artifact
