@@ -38,7 +38,7 @@ from servers import LlamaServer, TransformersServer  # noqa: E402
 from persyn_hub.bundled import bundled_gguf_path, resolve_model  # noqa: E402
 from persyn_hub.data import load_prompts  # noqa: E402
 from persyn_hub.generation.checkpoint import GenerationCheckpoint  # noqa: E402
-from persyn_hub.generation.endpoint import generate_with_endpoints  # noqa: E402
+from persyn_hub.generation.endpoint.generate import generate_with_endpoints  # noqa: E402
 from persyn_hub.generation.stats import GenerationStats  # noqa: E402
 from persyn_hub.recipe.config import GenerationConfig, PromptsConfig, TeacherConfig  # noqa: E402
 

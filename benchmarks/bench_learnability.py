@@ -74,8 +74,8 @@ from datasets import Dataset, disable_progress_bars
 
 from persyn_hub.data import load_prompts
 from persyn_hub.recipe.config import ProceduralTask, PromptsConfig, StudentConfig
-from persyn_hub.scoring.learnability import load_student, score_learnability
-from persyn_hub.scoring.learnability_tokens import tokenize_for_student
+from persyn_hub.scoring.learnability.scorer import load_student, score_learnability
+from persyn_hub.scoring.learnability.tokens import tokenize_for_student
 
 FILLER_PROBLEMS = 128
 """gsm_symbolic problems whose worked solutions long answers borrow (beyond the prompts themselves)."""

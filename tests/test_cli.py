@@ -405,7 +405,7 @@ def test_router_data_error(capsys):
 
 
 def test_served_scoring_error(capsys):
-    from persyn_hub.scoring.learnability_served import vllm_token_logprobs
+    from persyn_hub.scoring.learnability.served import vllm_token_logprobs
 
     body = {"choices": [{"prompt_logprobs": [None]}]}
     reported(capsys, lambda: vllm_token_logprobs(body, [1, 2]), "the server scored 1 prompt tokens")
@@ -460,7 +460,7 @@ def test_a_long_wrapped_message_keeps_its_start_and_its_fix():
         ("persyn_hub.router.labels", "RouterDataError", ValueError),
         ("persyn_hub.router.budgets", "BudgetError", ValueError),
         ("persyn_hub.compare.baselines", "BaselineError", ValueError),
-        ("persyn_hub.scoring.learnability_served", "ServedScoringError", RuntimeError),
+        ("persyn_hub.scoring.learnability.served", "ServedScoringError", RuntimeError),
         ("persyn_hub.scoring.reward_model", "RewardModelError", ValueError),
         ("persyn_hub.publish.hub", "PublishError", RuntimeError),
         ("persyn_hub.router.storage", "RouterMismatchError", ValueError),

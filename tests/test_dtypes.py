@@ -149,7 +149,7 @@ def test_describe_cpu_matches_torch():
 def test_an_auto_student_loads_in_float32_on_an_avx2_machine():
     code = (
         "from persyn_hub.recipe.config import StudentConfig\n"
-        "from persyn_hub.scoring.learnability import load_student\n"
+        "from persyn_hub.scoring.learnability.scorer import load_student\n"
         "model, _ = load_student(StudentConfig(dtype='auto'))\n"
         "print(model.dtype)\n"
     )

@@ -617,7 +617,7 @@ def test_trust_remote_code_is_off_unless_a_recipe_turns_it_on_for_a_named_model(
 
     from persyn_hub.generation.local import load_teacher
     from persyn_hub.recipe.config import QualityConfig, StudentConfig, TeacherConfig, load_recipe
-    from persyn_hub.scoring.learnability import load_student
+    from persyn_hub.scoring.learnability.scorer import load_student
     from persyn_hub.scoring.reward_model import load_reward_model
 
     recipe = load_recipe(ROOT / RECIPE)

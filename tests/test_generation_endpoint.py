@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from persyn_hub.bundled import bundled_gguf_path
 from persyn_hub.generation.checkpoint import GenerationCheckpoint
-from persyn_hub.generation.endpoint import generate_with_endpoints
+from persyn_hub.generation.endpoint.generate import generate_with_endpoints
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.recipe.config import FewShotExample, GenerationConfig, TeacherConfig
 
@@ -282,7 +282,7 @@ CLIENT = textwrap.dedent(
     from datasets import load_from_disk
     from persyn_hub.recipe.config import GenerationConfig, TeacherConfig
     from persyn_hub.generation.checkpoint import GenerationCheckpoint
-    from persyn_hub.generation.endpoint import generate_with_endpoints
+    from persyn_hub.generation.endpoint.generate import generate_with_endpoints
     from persyn_hub.generation.stats import GenerationStats
     teacher = TeacherConfig(name="served", endpoints=[sys.argv[1]], max_concurrency=1,
                             generation=GenerationConfig(max_new_tokens={max_tokens}))

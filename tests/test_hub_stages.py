@@ -65,7 +65,7 @@ KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
     from persyn_hub.pipeline import runner as stage_runner
-    from persyn_hub.publish import stages as hub_stages
+    from persyn_hub.publish.mirror import stage_mirror as hub_stages
 
     spec = json.loads(os.environ["PERSYN_HUB_KILL"])
     hub_stages.ROWS_POLL_SECONDS = 0.05
@@ -301,7 +301,7 @@ def _mirrored_runner(hub: LocalHub, run_dir: Path, repo: str):
 
     from persyn_hub.pipeline.cache import StageCache
     from persyn_hub.pipeline.runner import StageRunner
-    from persyn_hub.publish.stages import StageMirror
+    from persyn_hub.publish.mirror.stage_mirror import StageMirror
 
     huggingface_hub.constants.HF_HUB_DISABLE_XET = True  # read at import time; the LFS path is what we test
     api = HfApi(endpoint=hub.url, token=TOKEN)

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-import persyn_hub.scoring.learnability as learnability
-import persyn_hub.scoring.learnability_costs as costs
-import persyn_hub.scoring.learnability_engines as engines
-import persyn_hub.scoring.learnability_prefix as prefix_cache
+import persyn_hub.scoring.learnability.costs as costs
+import persyn_hub.scoring.learnability.engines as engines
+import persyn_hub.scoring.learnability.prefix as prefix_cache
+import persyn_hub.scoring.learnability.scorer as learnability
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.scoring.answers import is_usable_answer
-from persyn_hub.scoring.learnability import load_student, score_learnability
+from persyn_hub.scoring.learnability.scorer import load_student, score_learnability
 
 
 @pytest.fixture(scope="module")

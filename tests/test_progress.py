@@ -15,7 +15,7 @@ from datasets.utils import are_progress_bars_disabled, disable_progress_bars, en
 
 from persyn_hub import progress
 from persyn_hub.recipe.config import QualityConfig, StudentConfig
-from persyn_hub.scoring.learnability import load_student, score_learnability
+from persyn_hub.scoring.learnability.scorer import load_student, score_learnability
 from persyn_hub.scoring.quality import score_quality
 
 

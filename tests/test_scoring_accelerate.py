@@ -11,7 +11,7 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from persyn_hub.recipe.config import StudentConfig
-from persyn_hub.scoring.learnability import load_student, score_learnability
+from persyn_hub.scoring.learnability.scorer import load_student, score_learnability
 
 SCRIPT = textwrap.dedent(
     """
@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     from datasets import load_from_disk
 
     from persyn_hub.recipe.config import StudentConfig
-    from persyn_hub.scoring.learnability import score_learnability
+    from persyn_hub.scoring.learnability.scorer import score_learnability
 
     torch.set_num_threads(1)
     state = PartialState(cpu=True)

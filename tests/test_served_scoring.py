@@ -20,17 +20,17 @@ from datasets import Dataset
 
 from persyn_hub.bundled import bundled_gguf_path
 from persyn_hub.recipe.config import StudentConfig
-from persyn_hub.scoring import learnability_served as served_scoring
 from persyn_hub.scoring.answers import is_usable_answer
-from persyn_hub.scoring.learnability import load_student, score_learnability
-from persyn_hub.scoring.learnability_served import (
+from persyn_hub.scoring.learnability import served as served_scoring
+from persyn_hub.scoring.learnability.scorer import load_student, score_learnability
+from persyn_hub.scoring.learnability.served import (
     ServedScoringError,
     llama_cpp_token_logprobs,
     response_sum,
     tgi_token_logprobs,
     vllm_token_logprobs,
 )
-from persyn_hub.scoring.learnability_tokens import tokenize_for_student
+from persyn_hub.scoring.learnability.tokens import tokenize_for_student
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import FaultProxy, LlamaServer, llama_cpp_available  # noqa: E402

@@ -322,7 +322,7 @@ def test_the_pipeline_stages_declare_what_they_read_and_add():
     from persyn_hub.pipeline.stages import persyn_stages
     from persyn_hub.recipe.config import load_recipe
     from persyn_hub.scoring.combine import COMBINE_COLUMNS
-    from persyn_hub.scoring.learnability_tokens import LEARNABILITY_COLUMNS
+    from persyn_hub.scoring.learnability.tokens import LEARNABILITY_COLUMNS
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "demo" / "task-mix-smollm2.yaml")
     stages = {s.name: s for s in persyn_stages(recipe, StageRunner(StageCache(Path("/nonexistent"))))}

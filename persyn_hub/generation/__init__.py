@@ -79,7 +79,7 @@ def generate_responses(
 
             result = generate_locally(dataset, teacher, checkpoint=checkpoint, stats=stats, seed=seed)
         elif backend == "endpoint":
-            from persyn_hub.generation.endpoint import generate_with_endpoints
+            from persyn_hub.generation.endpoint.generate import generate_with_endpoints
 
             result = generate_with_endpoints(dataset, teacher, checkpoint=checkpoint, stats=stats)
         elif backend == "vllm":

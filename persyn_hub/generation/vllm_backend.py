@@ -27,7 +27,7 @@ from persyn_hub.generation.checkpoint import (
     CheckpointedGenerator,
     GenerationCheckpoint,
 )
-from persyn_hub.generation.endpoint_records import check_messages, failed_record
+from persyn_hub.generation.endpoint.records import check_messages, failed_record
 from persyn_hub.generation.engines import held_engine
 from persyn_hub.generation.placement import LAUNCH_VARIABLES, engine_devices
 from persyn_hub.generation.prompting import completion_text, default_stop, template_turns

@@ -91,8 +91,8 @@ def _render_first_prompt(field: str, teacher: TeacherConfig, tokenizer: Any, mes
 
 def _probe_endpoint(field: str, teacher: TeacherConfig, messages: list[dict]) -> None:
     """One real request with the first prompt; a refusal no retry changes stops the run here."""
-    from persyn_hub.generation.endpoint_checks import ProbeRefused
-    from persyn_hub.generation.endpoint_generator import probe_first_prompt
+    from persyn_hub.generation.endpoint.checks import ProbeRefused
+    from persyn_hub.generation.endpoint.generator import probe_first_prompt
 
     try:
         probe_first_prompt(teacher, messages)
@@ -143,7 +143,7 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str], first:
         if tokenizer is not None:
             _render_first_prompt(field, teacher, tokenizer, first)
     elif backend_for(teacher) == "endpoint":
-        from persyn_hub.generation.endpoint_checks import check_endpoints
+        from persyn_hub.generation.endpoint.checks import check_endpoints
 
         try:
             check_endpoints(teacher)

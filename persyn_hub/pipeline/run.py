@@ -173,8 +173,8 @@ def _run(
 
 def stage_mirror(recipe: PersynRecipe, run_dir: Path) -> Any:
     """The Hub copy of the run's stages (`output.hub.stages`, `stages_repo`, `resume_from`), started; None
-    when the recipe publishes no stages. See `persyn_hub/publish/stages.py`."""
-    from persyn_hub.publish.stages import StageMirror
+    when the recipe publishes no stages. See `persyn_hub/publish/mirror/stage_mirror.py`."""
+    from persyn_hub.publish.mirror.stage_mirror import StageMirror
 
     mirror = StageMirror.for_recipe(recipe, run_dir)
     return mirror.start() if mirror is not None else None

@@ -181,7 +181,7 @@ class StageRunner:
     cached: dict[str, bool] = field(default_factory=dict)
     steps: int = 0
     mirror: Any = None
-    """A copy of finished stages elsewhere (`publish.stages.StageMirror`, the Hub), main process only:
+    """A copy of finished stages elsewhere (`publish.mirror.stage_mirror.StageMirror`, the Hub), main process only:
     `restore(stage, key, folder, inputs)` before deciding on a stage not on disk, `publish(...)` once it is."""
 
     def key(self, stage: Stage) -> str:

@@ -32,7 +32,7 @@ from persyn_hub.pipeline.runner import Stage, StageContext, StageRunner
 from persyn_hub.recipe.config import PersynRecipe, TeacherConfig
 from persyn_hub.router.labels import LABEL_COLUMNS
 from persyn_hub.scoring.combine import COMBINE_COLUMNS, COMBINE_READS
-from persyn_hub.scoring.learnability_tokens import LEARNABILITY_COLUMNS, LEARNABILITY_READS
+from persyn_hub.scoring.learnability.tokens import LEARNABILITY_COLUMNS, LEARNABILITY_READS
 from persyn_hub.scoring.quality import QUALITY_FEATURES
 
 logger = logging.getLogger("persyn_hub")
@@ -180,7 +180,7 @@ def labeling_stages(
     answered for the run is asked again.
     """
     from persyn_hub.scoring.combine import combine_rewards
-    from persyn_hub.scoring.learnability import score_learnability
+    from persyn_hub.scoring.learnability.scorer import score_learnability
     from persyn_hub.scoring.quality import score_quality
 
     generated = [prefix + label_generate(t.name) for t in recipe.teachers]

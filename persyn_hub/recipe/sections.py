@@ -280,7 +280,7 @@ class HubConfig:
     stages: bool = False
     """Publish every stage's output as it finishes (one commit per stage) to `stages_repo` (default:
     `<dataset_repo>-stages`), and reuse the stages published there: a run on a fresh machine downloads
-    every finished stage whose key matches instead of recomputing it (see `publish/stages.py`)."""
+    every finished stage whose key matches instead of recomputing it (see `publish/mirror/stage_mirror.py`)."""
     stages_repo: Optional[str] = None
     """The data set repo of the published stages (one config per stage); setting it turns `stages` on."""
     resume_from: Optional[str] = None

@@ -40,11 +40,11 @@ from persyn_hub.bundled import resolve_model
 from persyn_hub.errors import PersynError
 from persyn_hub.fingerprint import fingerprint
 from persyn_hub.generation.auth import token_for
-from persyn_hub.generation.endpoint_client import endpoint_root, run_coroutine
+from persyn_hub.generation.endpoint.client import endpoint_root, run_coroutine
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.scoring.answers import is_usable_answer
-from persyn_hub.scoring.learnability_tokens import (
+from persyn_hub.scoring.learnability.tokens import (
     IDS_COLUMN,
     SCORE_FEATURES,
     START_COLUMN,

@@ -20,9 +20,9 @@ from huggingface_hub.utils import build_hf_headers, get_async_session, hf_raise_
 
 from persyn_hub.generation.auth import client_token, token_for
 from persyn_hub.generation.checkpoint import CheckpointedGenerator, GenerationCheckpoint
-from persyn_hub.generation.endpoint_checks import ProbeRefused, check_teacher, probe_fix
-from persyn_hub.generation.endpoint_client import Endpoint, SlotPool, endpoint_root, run_coroutine
-from persyn_hub.generation.endpoint_guard import (
+from persyn_hub.generation.endpoint.checks import ProbeRefused, check_teacher, probe_fix
+from persyn_hub.generation.endpoint.client import Endpoint, SlotPool, endpoint_root, run_coroutine
+from persyn_hub.generation.endpoint.guard import (
     SERVER_REFUSALS,
     StopGuard,
     failure_text,
@@ -30,7 +30,7 @@ from persyn_hub.generation.endpoint_guard import (
     server_key,
     server_refusal,
 )
-from persyn_hub.generation.endpoint_records import CheckpointWriter, check_messages, failed_record
+from persyn_hub.generation.endpoint.records import CheckpointWriter, check_messages, failed_record
 from persyn_hub.generation.prompting import (
     chat_messages,
     completion_text,

@@ -2,7 +2,7 @@
 from there.
 
 `StageMirror` is the `mirror` of a `StageRunner` (main process only). Its repo is laid out as
-`publish.stages_layout` describes; its card is `publish.stages_card`.
+`publish.mirror.layout` describes; its card is `publish.mirror.card`.
 
 - `publish(stage, key, folder, inputs)`: one commit per finished stage (files, manifest, index, card). A
   failed push is logged ("the Hub copy is behind") and retried at the next stage; the run goes on.
@@ -12,7 +12,7 @@ from there.
   A generation stage that is not on the Hub gets the row checkpoints its teacher pushed: only the
   missing rows are requested.
 - A thread pushes new generation rows every `checkpoint_every` rows or `checkpoint_minutes` minutes
-  (`publish.stages_rows`).
+  (`publish.mirror.rows`).
 
 The token is whatever `huggingface_hub` finds (HF_TOKEN / `hf auth login`) and goes to the Hub endpoint
 only; it is never logged or written (see docs/reliability.md).
@@ -32,8 +32,8 @@ from typing import Any
 
 from persyn_hub.fingerprint import plain_value
 from persyn_hub.folders import SUCCESS
-from persyn_hub.publish.stages_card import columns, render_stages_card, type_text
-from persyn_hub.publish.stages_layout import (
+from persyn_hub.publish.mirror.card import columns, render_stages_card, type_text
+from persyn_hub.publish.mirror.layout import (
     INDEX_FILE,
     MANIFEST_FILE,
     config_name,
@@ -41,7 +41,7 @@ from persyn_hub.publish.stages_layout import (
     parse_repo_revision,
     stages_repo,
 )
-from persyn_hub.publish.stages_rows import RowCheckpoints
+from persyn_hub.publish.mirror.rows import RowCheckpoints
 
 logger = logging.getLogger("persyn_hub")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from persyn_hub.generation.endpoint_client import endpoint_root
-from persyn_hub.generation.endpoint_guard import failure_text
+from persyn_hub.generation.endpoint.client import endpoint_root
+from persyn_hub.generation.endpoint.guard import failure_text
 from persyn_hub.generation.retry import RowError
 from persyn_hub.recipe.config import TeacherConfig
 

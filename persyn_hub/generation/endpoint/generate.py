@@ -17,9 +17,9 @@ system turn gets it folded into the first user turn from then on, and any other 
 before spending. During generation, `stop_after_failures` non-retryable failures in a row with the same
 error stop the teacher (`StopGuard`): the rows not yet sent get a failed record `--retry-failed` redoes.
 
-This module is the entry point (`generate_with_endpoints`). The parts: `endpoint_client` (servers and
-slots), `endpoint_records` (rows in, records out), `endpoint_guard` (refusals and stops per process),
-`endpoint_checks` (settings, reachability, fixes) and `endpoint_generator` (the requests and the probe).
+This module is the entry point (`generate_with_endpoints`). The parts: `client` (servers and
+slots), `records` (rows in, records out), `guard` (refusals and stops per process),
+`checks` (settings, reachability, fixes) and `generator` (the requests and the probe).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from datasets import Dataset, Features
 
 from persyn_hub.fingerprint import run_fingerprint
 from persyn_hub.generation.checkpoint import RECORD_FEATURES, GenerationCheckpoint
-from persyn_hub.generation.endpoint_checks import check_teacher
-from persyn_hub.generation.endpoint_generator import EndpointGenerator
+from persyn_hub.generation.endpoint.checks import check_teacher
+from persyn_hub.generation.endpoint.generator import EndpointGenerator
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import TeacherConfig

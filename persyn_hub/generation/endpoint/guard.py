@@ -11,7 +11,7 @@ import logging
 from typing import Any, Optional
 
 from persyn_hub.generation.auth import redact
-from persyn_hub.generation.endpoint_records import failed_record
+from persyn_hub.generation.endpoint.records import failed_record
 from persyn_hub.generation.retry import RowError, server_message
 from persyn_hub.recipe.config import TeacherConfig
 

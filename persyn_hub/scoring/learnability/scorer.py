@@ -39,9 +39,9 @@ from persyn_hub.generation.engines import held_engine
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.recipe.dtypes import local_device, resolve_dtype
-from persyn_hub.scoring.learnability_engines import score_sorted_batch, scoring_order
-from persyn_hub.scoring.learnability_prefix import supports_prefix_cache
-from persyn_hub.scoring.learnability_tokens import (
+from persyn_hub.scoring.learnability.engines import score_sorted_batch, scoring_order
+from persyn_hub.scoring.learnability.prefix import supports_prefix_cache
+from persyn_hub.scoring.learnability.tokens import (
     IDS_COLUMN,
     LEARNABILITY_COLUMNS,
     LEARNABILITY_READS,
@@ -187,7 +187,7 @@ def score_learnability(
     if student.max_length < 2:
         raise ValueError(f"student.max_length: {student.max_length} is too small to score anything.")
     if student.endpoint and model is None:
-        from persyn_hub.scoring.learnability_served import score_learnability_served
+        from persyn_hub.scoring.learnability.served import score_learnability_served
 
         return score_learnability_served(dataset, student)
     if model is None or tokenizer is None:

@@ -1,7 +1,7 @@
 """What a scoring forward costs, from the model's sizes: the budgets batches are packed under, the fixed
 cost of one more forward, and the attention a masked (padded or cache-continuing) row pays per position.
 
-These numbers decide the two choices of `learnability_engines`: which rows continue a shared prompt
+These numbers decide the two choices of `engines`: which rows continue a shared prompt
 cache (`shares_prefix_profitably`) and which are scored alone, unpadded, on SDPA's causal kernel
 (`solo_length`). Measured on a 2-core CPU at 1,200 tokens: 9 ms causal vs 18 ms masked per layer.
 """

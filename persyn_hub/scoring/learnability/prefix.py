@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from persyn_hub.scoring.learnability_costs import (
+from persyn_hub.scoring.learnability.costs import (
     KV_BUDGET_BYTES,
     LOGITS_BUDGET_BYTES,
     attention_per_position,
@@ -24,7 +24,7 @@ from persyn_hub.scoring.learnability_costs import (
     forward_overhead_tokens,
     shares_prefix_profitably,
 )
-from persyn_hub.scoring.learnability_tokens import common_prefix
+from persyn_hub.scoring.learnability.tokens import common_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from persyn_hub.publish.stages_layout import ROWS_DIR, describe
+from persyn_hub.publish.mirror.layout import ROWS_DIR, describe
 
 logger = logging.getLogger("persyn_hub")
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from persyn_hub.publish.stages_layout import config_name
+from persyn_hub.publish.mirror.layout import config_name
 
 
 def columns(data: Path) -> dict[str, str]:

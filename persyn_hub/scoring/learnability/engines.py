@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from persyn_hub.scoring.answers import is_usable_answer
-from persyn_hub.scoring.learnability_costs import LOGITS_BUDGET_BYTES, first_scored_position, solo_length
-from persyn_hub.scoring.learnability_prefix import score_shared_prefixes
-from persyn_hub.scoring.learnability_tokens import IDS_COLUMN, START_COLUMN
+from persyn_hub.scoring.learnability.costs import LOGITS_BUDGET_BYTES, first_scored_position, solo_length
+from persyn_hub.scoring.learnability.prefix import score_shared_prefixes
+from persyn_hub.scoring.learnability.tokens import IDS_COLUMN, START_COLUMN
 
 logger = logging.getLogger(__name__)
 
