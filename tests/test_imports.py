@@ -54,10 +54,10 @@ def imported(path: Path, name: str, known: set[str]) -> set[str]:
 
 def test_the_import_graph_has_no_cycles():
     found = modules()
+    # every import counts, a module's import of its own parent package too (`from persyn_hub.generation
+    # import x` inside persyn_hub/generation/y.py runs that __init__, and what it imports); importing a
+    # submodule runs its package's __init__ first, but a docstring-only __init__ has no edges to close a cycle
     graph = {name: imported(path, name, set(found)) for name, path in found.items()}
-    # a package's __init__ re-exports its modules; importing a submodule runs it first, not the reverse
-    for name in graph:
-        graph[name] = {t for t in graph[name] if not (name.startswith(t + ".") and t in found)}
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 
@@ -94,4 +94,4 @@ def test_every_module_imports_alone():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert importlib.import_module("persyn_hub.router").PersynRouter
+    assert importlib.import_module("persyn_hub.router").load_router

@@ -19,14 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from persyn_hub.generation.placement import (
-    PlacementError,
-    check_placements,
-    engine_devices,
-    engine_group,
-    generates_here,
-    node_devices,
-)
+from persyn_hub.generation.backends import check_placements, generates_here
+from persyn_hub.generation.placement import PlacementError, engine_devices, engine_group, node_devices
 from persyn_hub.generation.vllm_backend import engine_environment
 from persyn_hub.recipe.config import TeacherConfig
 

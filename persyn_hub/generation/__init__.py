@@ -7,9 +7,10 @@ from pathlib import Path
 
 from datasets import Dataset, Value
 
+from persyn_hub.generation.backends import Backend, backend_for, backend_of
 from persyn_hub.generation.checkpoint import RECORD_FEATURES, GenerationCheckpoint
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.recipe.config import PoolConfig, TeacherConfig
+from persyn_hub.recipe.sections import PoolConfig, TeacherConfig
 
 GENERATION_FEATURES = {**RECORD_FEATURES, "pool_scores": Value("string")}
 """`pool_scores`: JSON of the scores an answer pool holds beside the answer (None when generated)."""
@@ -22,16 +23,6 @@ def with_generation_types(dataset: Dataset) -> Dataset:
         if column in dataset.column_names and dataset.features[column] != feature:
             dataset = dataset.cast_column(column, feature)
     return dataset
-
-
-def backend_for(teacher: TeacherConfig) -> str:
-    """`auto` picks the endpoint backend when URLs are given, in-process transformers for a model, and
-    the answer pool for a teacher that has neither."""
-    if teacher.backend != "auto":
-        return teacher.backend
-    if teacher.endpoints:
-        return "endpoint"
-    return "transformers" if teacher.model or not teacher.pool_column else "pool"
 
 
 def with_generation_columns(dataset: Dataset) -> Dataset:
@@ -62,32 +53,19 @@ def generate_responses(
     if len(dataset) == 0:
         empty = {column: [] for column in GENERATION_COLUMNS}
         return with_generation_types(Dataset.from_dict({**dataset.to_dict(), **empty})), stats
-    backend = backend_for(teacher)
+    backend = backend_of(teacher)
     started = time.perf_counter()
     if teacher.pool_column and pool is not None:
         return _from_pool(dataset, teacher, backend, pool, checkpoint_dir, seed, stats)
-    if backend == "reference":  # no model: nothing to pay for, so nothing to checkpoint
-        from persyn_hub.generation.reference import write_references
-
-        result = write_references(dataset, teacher, stats)
+    if backend.generate is not None and not backend.checkpoints:  # nothing to pay for: no checkpoint
+        result = backend.generate(dataset, teacher, checkpoint=None, stats=stats, seed=seed)
         stats.seconds = time.perf_counter() - started
         return with_generation_columns(result), stats
     with GenerationCheckpoint(checkpoint_dir) as checkpoint:
         stats.corrupt_checkpoint_lines = checkpoint.corrupt_lines
-        if backend == "transformers":
-            from persyn_hub.generation.local import generate_locally
-
-            result = generate_locally(dataset, teacher, checkpoint=checkpoint, stats=stats, seed=seed)
-        elif backend == "endpoint":
-            from persyn_hub.generation.endpoint.generate import generate_with_endpoints
-
-            result = generate_with_endpoints(dataset, teacher, checkpoint=checkpoint, stats=stats)
-        elif backend == "vllm":
-            from persyn_hub.generation.vllm_backend import generate_with_vllm
-
-            result = generate_with_vllm(dataset, teacher, checkpoint=checkpoint, stats=stats, seed=seed)
-        else:
-            raise ValueError(f"teachers.{teacher.name}.backend: unknown backend {backend!r}.")
+        if backend.generate is None:  # a pool teacher without the pool
+            raise ValueError(f"teachers.{teacher.name}.backend: unknown backend {backend.name!r}.")
+        result = backend.generate(dataset, teacher, checkpoint=checkpoint, stats=stats, seed=seed)
     stats.seconds = time.perf_counter() - started
     return with_generation_columns(result), stats
 
@@ -95,7 +73,7 @@ def generate_responses(
 def _from_pool(
     dataset: Dataset,
     teacher: TeacherConfig,
-    backend: str,
+    backend: Backend,
     pool: PoolConfig,
     checkpoint_dir: str | Path,
     seed: int,
@@ -109,7 +87,7 @@ def _from_pool(
     started = time.perf_counter()
     answered = with_generation_columns(pool_answers(dataset, teacher, pool))
     missing = [i for i, error in enumerate(answered["error"]) if error is not None]
-    if missing and backend != "pool":
+    if missing and backend.generate is not None:
         generator = dataclasses.replace(teacher, pool_column=None)
         generated, generated_stats = generate_responses(
             dataset.select(missing), generator, checkpoint_dir=checkpoint_dir, seed=seed

@@ -26,8 +26,8 @@ from persyn_hub.generation.checkpoint import CheckpointedGenerator, GenerationCh
 from persyn_hub.generation.engines import held_engine
 from persyn_hub.generation.prompting import completion_text, cut_at_stop, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.recipe.config import TeacherConfig
 from persyn_hub.recipe.dtypes import local_device, resolve_dtype
+from persyn_hub.recipe.sections import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

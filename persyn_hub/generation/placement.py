@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 
 from persyn_hub.errors import PersynError
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,25 +109,9 @@ def _field(teacher: TeacherConfig, index: int | None) -> str:
     return f"{where} ({teacher.name!r}).tensor_parallel_size"
 
 
-def _backend(teacher: TeacherConfig) -> str:
-    from persyn_hub.generation import backend_for
-
-    return backend_for(teacher)
-
-
-def generates_here(teacher: TeacherConfig, index: int | None = None) -> bool:
-    """Whether this process may generate for `teacher`: False only for a vLLM teacher whose engine
-    group this process does not lead (another process of the node generates on those GPUs).
-
-    Other teachers place nothing here (transformers runs on every process's own GPU; endpoint,
-    reference and pool answers use no local GPU), so the stage's own parallelism decides for them.
-    `index` (the teacher's place in `teachers`) only makes errors name the exact recipe field.
-    """
-    backend = _backend(teacher)
-    if backend == "transformers":
-        _warn_if_gpus_are_shared(teacher)
-    if backend != "vllm":
-        return True
+def leads_engine_group(teacher: TeacherConfig, index: int | None = None) -> bool:
+    """Whether this process leads an engine group of `teacher` (so generates for it); logs once when
+    not. `backends.generates_here` asks it for engine-group (vLLM) teachers."""
     if _vllm_group(teacher, index) is not None:
         return True
     _log_once(
@@ -144,7 +128,7 @@ def engine_devices(teacher: TeacherConfig, index: int | None = None) -> list[str
     no GPU is visible (nothing to restrict).
 
     Raises `PlacementError` when this process leads no engine group for the teacher: the caller
-    should have asked `generates_here` first, and two engines on one GPU would fail later and less
+    should have asked `backends.generates_here` first, and two engines on one GPU would fail later and less
     clearly (out of memory).
     """
     group = _vllm_group(teacher, index)
@@ -167,14 +151,10 @@ def engine_devices(teacher: TeacherConfig, index: int | None = None) -> list[str
     return list(group)
 
 
-def check_placements(teachers: Sequence[TeacherConfig]) -> None:
-    """Every vLLM teacher fits this node's GPUs, checked before any work so a misfit fails in seconds.
-
-    Raises `PlacementError` naming `teachers[i].tensor_parallel_size` and the fix.
-    """
-    for index, teacher in enumerate(teachers):
-        if _backend(teacher) == "vllm":
-            _vllm_group(teacher, index)
+def check_engine_group(teacher: TeacherConfig, index: int | None = None) -> None:
+    """`teacher`'s engine groups fit this node's GPUs; else `PlacementError` naming
+    `teachers[index].tensor_parallel_size` and the fix (`backends.check_placements` checks every one)."""
+    _vllm_group(teacher, index)
 
 
 def _vllm_group(teacher: TeacherConfig, index: int | None) -> tuple[str, ...] | None:
@@ -184,7 +164,8 @@ def _vllm_group(teacher: TeacherConfig, index: int | None) -> tuple[str, ...] | 
     )
 
 
-def _warn_if_gpus_are_shared(teacher: TeacherConfig) -> None:
+def warn_if_gpus_are_shared(teacher: TeacherConfig) -> None:
+    """Warn (once) when more processes than GPUs would load `teacher` on this node."""
     devices = node_devices()
     _, processes = local_process()
     if devices and processes > len(devices):
@@ -206,10 +187,11 @@ def _log_once(key: tuple[str, ...], message: str, level: int = logging.INFO) -> 
 __all__ = [
     "LAUNCH_VARIABLES",
     "PlacementError",
-    "check_placements",
+    "check_engine_group",
     "engine_devices",
     "engine_group",
-    "generates_here",
+    "leads_engine_group",
     "local_process",
     "node_devices",
+    "warn_if_gpus_are_shared",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.generation.checkpoint import RECORD_FEATURES
-from persyn_hub.recipe.config import PoolConfig, TeacherConfig
+from persyn_hub.recipe.sections import PoolConfig, TeacherConfig
 
 POOL_FINISH = "pool"
 """`finish_reason` of an answer taken from the pool (it cost no generation)."""

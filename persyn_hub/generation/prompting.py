@@ -12,7 +12,7 @@ import hashlib
 import logging
 from typing import Any, Optional
 
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from persyn_hub.generation.checkpoint import RECORD_FEATURES
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 
 def template_columns(template: str) -> list[str]:

@@ -32,8 +32,8 @@ from persyn_hub.generation.engines import held_engine
 from persyn_hub.generation.placement import LAUNCH_VARIABLES, engine_devices
 from persyn_hub.generation.prompting import completion_text, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.recipe.config import TeacherConfig
 from persyn_hub.recipe.dtypes import dtype_name, local_device, resolve_dtype
+from persyn_hub.recipe.sections import TeacherConfig
 
 MAP_BATCH_SIZE = 1024
 

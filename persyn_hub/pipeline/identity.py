@@ -102,39 +102,38 @@ def _resolved_dtype(name: str) -> str:
 
 def teacher_identity(teacher: TeacherConfig) -> dict[str, Any]:
     """What changes a teacher's answers; concurrency, timeouts, retries and endpoint URLs do not."""
-    from persyn_hub.generation import backend_for
+    from persyn_hub.generation.backends import backend_of
 
-    backend = backend_for(teacher)
-    if backend == "reference":  # written from the data set: no prompt, no model, no decoding
-        return {"name": teacher.name, "backend": backend, "response_template": teacher.response_template}
-    pool = {"pool_column": teacher.pool_column} if teacher.pool_column else {}
-    if backend == "pool":  # the answers are the prompts' data, already in the prompts stage's digest
-        return {"name": teacher.name, "backend": backend, **pool}
-    completion = teacher.prompt_format == "completion"
-    identity: dict[str, Any] = {
-        "name": teacher.name,
-        "backend": backend,
-        "prompt_format": teacher.prompt_format,
-        "completion_template": teacher.completion_template if completion else None,
-        "few_shot": teacher.few_shot if completion else [],
-        "few_shot_separator": teacher.few_shot_separator if completion else None,
-        "system_prompt": teacher.system_prompt,
-        "generation": teacher.generation,
-        **pool,
-    }
-    if backend == "endpoint":  # the server decides the weights; what we ask for is all we know
+    backend = backend_of(teacher)
+    parts = backend.identity  # what makes this backend's answers (`Backend.identity`)
+    identity: dict[str, Any] = {"name": teacher.name, "backend": backend.name}
+    if "response_template" in parts:  # written from the data set: no prompt, no model, no decoding
+        identity["response_template"] = teacher.response_template
+    if "prompt" in parts:
+        completion = teacher.prompt_format == "completion"
+        identity.update(
+            prompt_format=teacher.prompt_format,
+            completion_template=teacher.completion_template if completion else None,
+            few_shot=teacher.few_shot if completion else [],
+            few_shot_separator=teacher.few_shot_separator if completion else None,
+            system_prompt=teacher.system_prompt,
+            generation=teacher.generation,
+        )
+    if "pool_column" in parts and teacher.pool_column:  # pool answers: already in the prompts' digest
+        identity["pool_column"] = teacher.pool_column
+    if "served_model" in parts:  # the server decides the weights; what we ask for is all we know
         identity.update(
             model=teacher.model,
             served_model_name=teacher.served_model_name,
             endpoint_api="tgi" if teacher.endpoint_api == "tgi" else "openai",  # auto asks the OpenAI routes
         )
-    else:
+    if "weights" in parts:
         identity.update(
             model=model_identity(teacher.model),
             dtype=_resolved_dtype(teacher.dtype),
             trust_remote_code=teacher.trust_remote_code,
         )
-    if teacher.generation.temperature > 0:  # sampling seeds are drawn per batch
+    if "sampling_batch" in parts and teacher.generation.temperature > 0:  # seeds are drawn per batch
         identity["batch_size"] = teacher.batch_size
     return identity
 

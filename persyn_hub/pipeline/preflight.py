@@ -10,6 +10,7 @@ refuses the prompt stops the run with one line naming the teacher, the message a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,53 +105,75 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str], first:
     """The teacher can answer: its model loads or its endpoints answer, and `first` (the first prompt's
     messages; None without prompts) renders or is accepted as generation will send it."""
     field = f"teachers[{index}] ({teacher.name!r})"
-    from persyn_hub.generation import backend_for
+    from persyn_hub.generation.backends import backend_of
 
-    if backend_for(teacher) == "reference":
-        from persyn_hub.generation.reference import template_columns
+    backend = backend_of(teacher)
+    if teacher.pool_column and not backend.template_answers:  # the pool answers first
+        _check_pool_column(field, teacher, columns, first)
+        if backend.preflight_beside_pool and teacher.model:  # its model fills the pool's gaps
+            TEACHER_CHECKS[backend.preflight](field, teacher, columns, None)
+    else:
+        TEACHER_CHECKS[backend.preflight](field, teacher, columns, first)
 
-        missing = [c for c in template_columns(teacher.response_template or "") if c not in columns]
-        if missing:
-            raise RecipeError(
-                f"{field}.response_template: column(s) {missing} are not in the prompts (columns: "
-                f"{sorted(columns)}); add them to prompts.keep_columns or fix the template."
-            )
-    elif backend_for(teacher) == "pool" or teacher.pool_column:
-        column = teacher.pool_column or teacher.name
-        if column not in columns:
-            raise RecipeError(
-                f"{field}.pool_column: the pool has no column {column!r} (columns: {sorted(columns)}); name "
-                "this teacher's column with pool_column."
-            )
-        if backend_for(teacher) == "transformers" and teacher.model:
-            _check_local_model(
-                f"{field}.model",
-                teacher.model,
-                trust_remote_code=teacher.trust_remote_code,
-                need_chat_template=teacher.prompt_format == "chat",
-            )
-    elif backend_for(teacher) == "transformers":
-        tokenizer = _check_local_model(
-            f"{field}.model",
-            teacher.model or "",
-            trust_remote_code=teacher.trust_remote_code,
-            need_chat_template=teacher.prompt_format == "chat",
+
+def _check_response_template(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
+    from persyn_hub.generation.reference import template_columns
+
+    missing = [c for c in template_columns(teacher.response_template or "") if c not in columns]
+    if missing:
+        raise RecipeError(
+            f"{field}.response_template: column(s) {missing} are not in the prompts (columns: "
+            f"{sorted(columns)}); add them to prompts.keep_columns or fix the template."
         )
-        if first is not None:
-            _render_first_prompt(field, teacher, tokenizer, first)
-    elif backend_for(teacher) == "vllm" and first is not None:
+
+
+def _check_pool_column(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
+    column = teacher.pool_column or teacher.name
+    if column not in columns:
+        raise RecipeError(
+            f"{field}.pool_column: the pool has no column {column!r} (columns: {sorted(columns)}); name "
+            "this teacher's column with pool_column."
+        )
+
+
+def _check_teacher_model(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
+    tokenizer = _check_local_model(
+        f"{field}.model",
+        teacher.model or "",
+        trust_remote_code=teacher.trust_remote_code,
+        need_chat_template=teacher.prompt_format == "chat",
+    )
+    if first is not None:
+        _render_first_prompt(field, teacher, tokenizer, first)
+
+
+def _check_vllm_prompt(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
+    if first is not None:
         tokenizer = _vllm_tokenizer(teacher)
         if tokenizer is not None:
             _render_first_prompt(field, teacher, tokenizer, first)
-    elif backend_for(teacher) == "endpoint":
-        from persyn_hub.generation.endpoint.checks import check_endpoints
 
-        try:
-            check_endpoints(teacher)
-        except Exception as error:  # noqa: BLE001
-            raise PreflightError(f"{field}.endpoints: {error}") from error
-        if first is not None:
-            _probe_endpoint(field, teacher, first)
+
+def _check_endpoints(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
+    from persyn_hub.generation.endpoint.checks import check_endpoints
+
+    try:
+        check_endpoints(teacher)
+    except Exception as error:  # noqa: BLE001
+        raise PreflightError(f"{field}.endpoints: {error}") from error
+    if first is not None:
+        _probe_endpoint(field, teacher, first)
+
+
+TEACHER_CHECKS: dict[str, Callable[[str, TeacherConfig, set[str], Any], None]] = {
+    "response_template": _check_response_template,
+    "pool_column": _check_pool_column,
+    "local_model": _check_teacher_model,
+    "vllm_tokenizer": _check_vllm_prompt,
+    "endpoints": _check_endpoints,
+}
+"""A teacher's check before any work, by the name its backend gives (`Backend.preflight`):
+`check(field, teacher, prompt columns, first prompt's messages or None)`."""
 
 
 def _vllm_tokenizer(teacher: TeacherConfig) -> Any:
@@ -185,7 +208,7 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
             f"routing.budgets: shares sum to {sum(budgets.values()):.2f} < 1, so some prompts could go to no "
             "teacher. Raise a share or leave one teacher unbudgeted."
         )
-    from persyn_hub.generation.placement import check_placements
+    from persyn_hub.generation.backends import check_placements
 
     check_placements(recipe.teachers)  # a vLLM group that does not fit the node fails now, not at its stage
     first = prompts[0]["messages"] if len(prompts) and "messages" in columns else None

@@ -114,11 +114,9 @@ def generation_parallelism(teacher: TeacherConfig) -> str:
     teachers are driven from the main process alone (one async client already keeps every replica
     busy, and splitting it would multiply connections and per-endpoint health without adding
     throughput), and reference and pool answers cost nothing to write."""
-    from persyn_hub.generation import backend_for
+    from persyn_hub.generation.backends import backend_of
 
-    return (
-        "chunks" if backend_for(teacher) in ("transformers", "vllm") and not teacher.pool_column else "main"
-    )
+    return "main" if teacher.pool_column else backend_of(teacher).parallelism
 
 
 def generation_stage(
@@ -137,7 +135,7 @@ def generation_stage(
         prompts = context.rows if parallel == "chunks" else rows(context)
         return generate(context, prompts, teacher, recipe, rows_key())
 
-    from persyn_hub.generation.placement import generates_here
+    from persyn_hub.generation.backends import generates_here
 
     return Stage(
         name,

@@ -78,6 +78,7 @@ class PersynRecipe:
 
 def validate_recipe(recipe: PersynRecipe) -> None:
     """Cross-field checks; each failure says which key is wrong and how to fix it."""
+    from persyn_hub.generation.backends import BACKENDS  # lazily: the generation package imports this module
     from persyn_hub.recipe.dtypes import check_dtype  # lazily: dtypes imports RecipeError from here
 
     recipe.student.dtype = check_dtype(recipe.student.dtype, "student.dtype")
@@ -94,13 +95,14 @@ def validate_recipe(recipe: PersynRecipe) -> None:
             raise RecipeError(f"teachers[{index}].name: empty; give every teacher a unique name.")
         if names.count(teacher.name) > 1:
             raise RecipeError(f"{where}.name: {teacher.name!r} is used twice; teacher names must be unique.")
-        answers_from_data = teacher.backend in ("reference", "pool") or recipe.prompts.pool is not None
+        backend = BACKENDS.get(teacher.backend)  # None for `auto`
+        answers_from_data = bool(backend and backend.answers_from_data) or recipe.prompts.pool is not None
         if not teacher.model and not teacher.endpoints and not answers_from_data:
             raise RecipeError(f"{where}: set `model` (local) or `endpoints` (served teacher).")
-        if teacher.backend == "endpoint" and not teacher.endpoints:
-            raise RecipeError(f"{where}.endpoints: backend is 'endpoint' but no endpoint URL is given.")
-        if teacher.backend in ("transformers", "vllm") and not teacher.model:
-            raise RecipeError(f"{where}.model: backend {teacher.backend!r} needs a model id or path.")
+        if backend is not None and backend.needs_endpoints and not teacher.endpoints:
+            raise RecipeError(f"{where}.endpoints: backend is {backend.name!r} but no endpoint URL is given.")
+        if backend is not None and backend.needs_model and not teacher.model:
+            raise RecipeError(f"{where}.model: backend {backend.name!r} needs a model id or path.")
         if teacher.prompt_format == "completion" and "{prompt}" not in teacher.completion_template:
             raise RecipeError(f"{where}.completion_template: must contain '{{prompt}}'.")
         if teacher.generation.max_new_tokens <= 0:
@@ -233,6 +235,8 @@ def check_model_name(name: str | None, field: str) -> None:
 
 def validate_sources(recipe: PersynRecipe) -> None:
     """Procedural prompts and reference teachers: what they need is named before anything runs."""
+    from persyn_hub.generation.backends import BACKENDS  # lazily: the generation package imports this module
+
     prompts = recipe.prompts
     if prompts.source == REASONING_GYM and not prompts.tasks:
         raise RecipeError(
@@ -272,7 +276,8 @@ def validate_sources(recipe: PersynRecipe) -> None:
     for index, teacher in enumerate(recipe.teachers):
         where = f"teachers[{index}] ({teacher.name!r})"
         check_model_name(teacher.model, f"{where}.model")
-        if teacher.backend == "pool" or (
+        backend = BACKENDS.get(teacher.backend)  # None for `auto`
+        if (backend is not None and backend.reads_pool) or (
             teacher.pool_column is None
             and teacher.backend == "auto"
             and not teacher.model
@@ -288,12 +293,13 @@ def validate_sources(recipe: PersynRecipe) -> None:
                 )
             if teacher.pool_column not in prompts.keep_columns:
                 prompts.keep_columns = [*prompts.keep_columns, teacher.pool_column]
-        if teacher.backend == "reference" and not teacher.response_template:
+        template_answers = backend is not None and backend.template_answers
+        if template_answers and not teacher.response_template:
             raise RecipeError(
                 f"{where}.response_template: a reference teacher writes its answer from the prompt's columns; "
                 'set e.g. response_template: "The answer is {answer}."'
             )
-        if teacher.response_template and teacher.backend != "reference":
+        if teacher.response_template and not template_answers:
             raise RecipeError(f"{where}.response_template: only used with `backend: reference`.")
         if teacher.system_prompt is not None and teacher.prompt_format != "chat":
             raise RecipeError(

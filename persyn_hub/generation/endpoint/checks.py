@@ -8,7 +8,7 @@ import logging
 from persyn_hub.generation.endpoint.client import endpoint_root
 from persyn_hub.generation.endpoint.guard import failure_text
 from persyn_hub.generation.retry import RowError
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from persyn_hub.generation.endpoint.checks import check_teacher
 from persyn_hub.generation.endpoint.generator import EndpointGenerator
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.progress import progress_bar
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 MAP_BATCH_SIZE = 1024
 """Rows per `Dataset.map` batch; each batch runs its rows concurrently. Batches end with a barrier

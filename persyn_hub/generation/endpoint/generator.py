@@ -42,7 +42,7 @@ from persyn_hub.generation.prompting import (
 )
 from persyn_hub.generation.retry import RowError, backoff_delay, classify
 from persyn_hub.generation.stats import GenerationStats
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

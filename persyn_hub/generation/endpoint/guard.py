@@ -13,7 +13,7 @@ from typing import Any, Optional
 from persyn_hub.generation.auth import redact
 from persyn_hub.generation.endpoint.records import failed_record
 from persyn_hub.generation.retry import RowError, server_message
-from persyn_hub.recipe.config import TeacherConfig
+from persyn_hub.recipe.sections import TeacherConfig
 
 logger = logging.getLogger(__name__)
 
