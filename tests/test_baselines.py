@@ -11,10 +11,11 @@ from persyn_hub.compare.baselines import (
     BaselineError,
     car_teacher,
     mean_quality,
-    strategy_picks,
+    strategy_rankings,
     strongest,
     weakest,
 )
+from persyn_hub.compare.picking import choose_training_answers, pool_trainable, pool_verified
 from persyn_hub.compare.report import bootstrap_cells
 
 TEACHERS = ["big", "mid", "small", "key"]
@@ -98,8 +99,16 @@ def picks(strategy: str, **kwargs) -> dict[str, str]:
         "routed": {"t1": "mid", "t2": "key"},
         **kwargs,
     }
-    chosen, _ = strategy_picks(strategy, **arguments)
-    return chosen
+    # the comparison's own path: the strategy's ranking, then its first trainable (and, for a verified
+    # strategy, checker-accepted) answer, as `build_training_sets` picks
+    ranking, _ = strategy_rankings(strategy, **arguments)
+    chosen, _, _, _ = choose_training_answers(
+        {strategy: ranking},
+        pool_trainable(arguments["pool"]),
+        arguments["prompt_ids"],
+        pool_verified(arguments["pool"]),
+    )
+    return chosen[strategy]
 
 
 def test_strong_and_weak_are_the_highest_and_lowest_mean_quality():
@@ -142,7 +151,8 @@ def test_mix_random_and_persyn():
     assert set(mix.values()) <= {"big", "small"} and set(mix) == set(IDS)
     assert picks("mix") == mix and picks("random") == picks("random")  # seeded
     many = [f"p{i}" for i in range(400)]
-    drawn = picks("random", prompt_ids=many)
+    answered = pool([(p, t, 1.0, -1.0, 0.0, None, None) for p in many for t in TEACHERS])  # all usable
+    drawn = picks("random", prompt_ids=many, pool=answered)
     counts = {t: sum(1 for v in drawn.values() if v == t) for t in TEACHERS}
     assert all(70 < c < 130 for c in counts.values()), counts  # uniform over the four teachers
     assert picks("persyn") == {"t1": "mid", "t2": "key"}
@@ -182,8 +192,6 @@ def test_bootstrap_cells_give_intervals_and_paired_significance():
 
 
 def rankings_for_all(train: Dataset, **kwargs) -> dict[str, dict[str, list[str]]]:
-    from persyn_hub.compare.baselines import strategy_rankings
-
     arguments = {
         "prompt_ids": IDS,
         "pool": train,
@@ -207,8 +215,7 @@ def verified_in(train: Dataset):
 
 
 def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_teacher_and_pays_for_it():
-    from persyn_hub.compare.baselines import pool_usable, verified_picks
-    from persyn_hub.compare.training_sets import choose_training_answers
+    from persyn_hub.compare.picking import verified_picks
 
     # t1: the router's `small` answer is wrong (quality 0); its next teacher by score is `mid` (right).
     # t2: `small` again wrong, next `big` wrong too, then `key` right: one extra answer does not reach it.
@@ -218,7 +225,7 @@ def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_t
     }
     rankings = rankings_for_all(TRAIN, routed={"t1": "small", "t2": "small"}, router_scores=scores)
     assert rankings["persyn_verified"] == rankings["persyn"]
-    usable, verified = pool_usable(TRAIN), verified_in(TRAIN)
+    usable, verified = pool_trainable(TRAIN), verified_in(TRAIN)
     chosen, asked, lost = verified_picks(rankings["persyn"], usable, verified, extra=1)
     assert chosen == {"t1": "mid", "t2": "small"} and not lost  # t2: none verified in 2 -> the router's own
     assert asked == {"t1": ["small", "mid"], "t2": ["small", "big"]}
@@ -240,11 +247,8 @@ def test_verified_persyn_replaces_a_rejected_routed_answer_by_the_routers_next_t
 
 
 def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_the_common_set_holds():
-    from persyn_hub.compare.baselines import pool_usable
-    from persyn_hub.compare.training_sets import choose_training_answers
-
     picks_ok, counts_ok, common_ok, _ = choose_training_answers(
-        rankings_for_all(TRAIN), pool_usable(TRAIN), IDS, verified_in(TRAIN)
+        rankings_for_all(TRAIN), pool_trainable(TRAIN), IDS, verified_in(TRAIN)
     )
     assert picks_ok["strong"] == {"t1": "big", "t2": "big"} and counts_ok["strong"]["fallbacks"] == 0
     # big's answer on t1 fails: strong (and the Oracle's runner-up logic) must not lose t1 for anyone
@@ -268,7 +272,7 @@ def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_th
     )
     rankings = rankings_for_all(broken)
     picks_bad, counts_bad, common_bad, _ = choose_training_answers(
-        rankings, pool_usable(broken), IDS, verified_in(broken)
+        rankings, pool_trainable(broken), IDS, verified_in(broken)
     )
     assert common_bad == common_ok == IDS  # the common prompt set is unchanged
     # strong's own next choice by mean quality is `key` (2.5/3), then mid (1/3)
@@ -280,16 +284,16 @@ def test_an_unusable_first_choice_falls_back_to_the_strategys_next_choice_and_th
     assert picks_bad["persyn"] == {"t1": "mid", "t2": "key"} and counts_bad["persyn"]["fallbacks"] == 0
     for strategy, chosen in picks_bad.items():
         assert set(chosen) == set(IDS), strategy
-        assert all(pool_usable(broken)(p, t) for p, t in chosen.items()), strategy
+        assert all(pool_trainable(broken)(p, t) for p, t in chosen.items()), strategy
 
 
 def test_persyn_falls_back_by_the_routers_next_score_and_mix_and_random_by_their_own_draws():
-    from persyn_hub.compare.baselines import first_usable, pool_usable
+    from persyn_hub.compare.picking import first_usable
 
     rankings = rankings_for_all(TRAIN, routed={"t1": "mid", "t2": "mid"}, router_scores={
         "t2": {"mid": 3.0, "small": 2.0, "big": 1.0, "key": 0.0}
     })  # fmt: skip
-    chosen, fallbacks, lost = first_usable(rankings["persyn"], pool_usable(TRAIN))
+    chosen, fallbacks, lost = first_usable(rankings["persyn"], pool_trainable(TRAIN))
     assert chosen == {"t1": "mid", "t2": "small"} and fallbacks == ["t2"] and not lost  # mid failed on t2
     mix = rankings["mix"]
     for p in IDS:
@@ -311,8 +315,6 @@ def test_single_teacher_ties_go_to_the_teacher_with_more_scored_labeled_answers_
     )
     teachers = ["worked", "key", "small"]  # recipe order alone would pick `worked`
     assert strongest(labels, teachers) == "key"
-    from persyn_hub.compare.baselines import strategy_rankings
-
     ranking, defined = strategy_rankings(
         "strong", prompt_ids=["t"], pool=labels, labels=labels, teachers=teachers, seed=0
     )

@@ -65,13 +65,13 @@ KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
     from persyn_hub.pipeline import runner as stage_runner
-    from persyn_hub.publish.mirror import stage_mirror as hub_stages
+    from persyn_hub.publish.mirror import rows as hub_rows
 
     spec = json.loads(os.environ["PERSYN_HUB_KILL"])
-    hub_stages.ROWS_POLL_SECONDS = 0.05
+    hub_rows.ROWS_POLL_SECONDS = 0.05
     state = {"inside": False}
     run = stage_runner.StageRunner.run
-    push_rows = hub_stages.StageMirror.push_rows
+    push_rows = hub_rows.RowCheckpoints.push_rows
 
     def patched_run(self, stage):
         if stage.name == spec["stage"]:  # entering the stage, before any of its rows is generated
@@ -85,7 +85,7 @@ KILLER = textwrap.dedent(
         return pushed
 
     stage_runner.StageRunner.run = patched_run
-    hub_stages.StageMirror.push_rows = patched_push_rows
+    hub_rows.RowCheckpoints.push_rows = patched_push_rows
     from persyn_hub.cli import main
     main(sys.argv[1:])
     sys.exit("persyn finished without being killed")

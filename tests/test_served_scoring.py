@@ -23,7 +23,8 @@ from persyn_hub.recipe.config import StudentConfig
 from persyn_hub.scoring.answers import is_usable_answer
 from persyn_hub.scoring.learnability import served as served_scoring
 from persyn_hub.scoring.learnability.scorer import load_student, score_learnability
-from persyn_hub.scoring.learnability.served import (
+from persyn_hub.scoring.learnability.server_replies import (
+    LLAMA_CPP_SHIFT,
     ServedScoringError,
     llama_cpp_token_logprobs,
     response_sum,
@@ -108,7 +109,7 @@ def scored(pool, student, max_length):
     calls: list[tuple[list[int], dict]] = []
     real = served_scoring.llama_cpp_token_logprobs
 
-    def spy(body, server_ids, bos_token_id, shift=served_scoring.LLAMA_CPP_SHIFT):
+    def spy(body, server_ids, bos_token_id, shift=LLAMA_CPP_SHIFT):
         calls.append((list(server_ids), body))
         return real(body, server_ids, bos_token_id, shift)
 

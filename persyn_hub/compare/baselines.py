@@ -20,8 +20,9 @@ the data set and costs no generation). The picks are pure functions of the score
 suite pins each definition on a hand-built pool.
 
 Every strategy ranks ALL teachers per prompt (`strategy_rankings`); its pick is the first teacher in its
-own ranking whose answer is usable (`strategy_picks(..., usable=...)`), so an unusable first choice falls
-back to the strategy's own next choice and never removes the prompt from the other strategies:
+own ranking whose answer is usable (`picking.choose_training_answers`, the one picking path), so an
+unusable first choice falls back to the strategy's own next choice and never removes the prompt from the
+other strategies:
 
 | strategy | its ranking (first choice, then its fallbacks) |
 | --- | --- |
@@ -31,13 +32,12 @@ back to the strategy's own next choice and never removes the prompt from the oth
 | `random` | a seeded permutation of the teachers per prompt (its first element is the old single draw) |
 | `oracle`, `gts_*` | teachers by their signal on that prompt (the same keys and ties as `select_best`) |
 | `persyn` | the routed teacher, then the rest by the router's scores (`router_scores`) |
-| `persyn_verified` | PerSyn's order; its pick is the first answer among the first 1 + `fallback_on_incorrect` that the checker fully accepts (`verified_picks`), as `routing.fallback_on_incorrect` does in a run |
+| `persyn_verified` | PerSyn's order; its pick is the first answer among the first 1 + `fallback_on_incorrect` that the checker fully accepts (`picking.verified_picks`), as `routing.fallback_on_incorrect` does in a run |
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,8 @@ class BaselineError(PersynError, ValueError):
     """A strategy cannot be built from this pool; the message says why and what to change."""
 
 
-def _column(dataset: Dataset, name: str) -> list:
+def column(dataset: Dataset, name: str) -> list:
+    """One column of `dataset` as a Python list (read through Arrow, without decoding the other columns)."""
     return dataset.select_columns([name]).flatten_indices().data.column(name).to_pylist()
 
 
@@ -75,7 +76,7 @@ def mean_quality(labels: Dataset, teachers: list[str]) -> dict[str, float]:
     """Mean `quality` per teacher over its scored labeled answers (unscored answers are left out)."""
     sums = dict.fromkeys(teachers, 0.0)
     counts = dict.fromkeys(teachers, 0)
-    for teacher, quality in zip(_column(labels, "teacher"), _column(labels, "quality")):
+    for teacher, quality in zip(column(labels, "teacher"), column(labels, "quality")):
         if teacher in sums and quality is not None and not np.isnan(quality):
             sums[teacher] += float(quality)
             counts[teacher] += 1
@@ -85,7 +86,7 @@ def mean_quality(labels: Dataset, teachers: list[str]) -> dict[str, float]:
 def scored_answers(labels: Dataset, teachers: list[str]) -> dict[str, int]:
     """How many labeled answers of each teacher have a quality score (its coverage of the labeled prompts)."""
     counts = dict.fromkeys(teachers, 0)
-    for teacher, quality in zip(_column(labels, "teacher"), _column(labels, "quality")):
+    for teacher, quality in zip(column(labels, "teacher"), column(labels, "quality")):
         if teacher in counts and quality is not None and not np.isnan(quality):
             counts[teacher] += 1
     return counts
@@ -185,17 +186,17 @@ def score_rankings(pool: Dataset, by: str, teachers: list[str]) -> dict[str, lis
     from persyn_hub.scoring.answers import is_usable_answer
 
     rank = {name: i for i, name in enumerate(teachers)}
-    primary = [np.nan if v is None else float(v) for v in _column(pool, by)]
+    primary = [np.nan if v is None else float(v) for v in column(pool, by)]
     if by == "reward" and "excluded" in pool.column_names:
-        primary = [np.nan if e is not None else v for v, e in zip(primary, _column(pool, "excluded"))]
+        primary = [np.nan if e is not None else v for v, e in zip(primary, column(pool, "excluded"))]
     fallback = (
-        [np.nan if v is None else float(v) for v in _column(pool, "quality")]
+        [np.nan if v is None else float(v) for v in column(pool, "quality")]
         if "quality" in pool.column_names
         else [np.nan] * len(pool)
     )
-    usable = [is_usable_answer(r, e) for r, e in zip(_column(pool, "response"), _column(pool, "error"))]
+    usable = [is_usable_answer(r, e) for r, e in zip(column(pool, "response"), column(pool, "error"))]
     keys: dict[str, dict[str, tuple]] = {}
-    for row, (prompt_id, teacher) in enumerate(zip(_column(pool, "prompt_id"), _column(pool, "teacher"))):
+    for row, (prompt_id, teacher) in enumerate(zip(column(pool, "prompt_id"), column(pool, "teacher"))):
         if teacher not in rank:
             continue
         has_primary, has_fallback = not np.isnan(primary[row]), not np.isnan(fallback[row])
@@ -293,107 +294,6 @@ def strategy_rankings(
     raise BaselineError(f"strategy {strategy!r} is unknown; choose from {list(STRATEGIES)}.")
 
 
-def pool_usable(pool: Dataset) -> Callable[[str, str], bool]:
-    """The default usability test: an answer the pool holds with an error or no text is unusable."""
-    from persyn_hub.scoring.answers import is_usable_answer
-
-    bad = {
-        (p, t)
-        for p, t, r, e in zip(
-            _column(pool, "prompt_id"),
-            _column(pool, "teacher"),
-            _column(pool, "response"),
-            _column(pool, "error"),
-        )
-        if not is_usable_answer(r, e)
-    }
-    return lambda prompt_id, teacher: (prompt_id, teacher) not in bad
-
-
-def first_usable(
-    rankings: dict[str, list[str]], usable: Callable[[str, str], bool]
-) -> tuple[dict[str, str], list[str], list[str]]:
-    """(prompt_id -> the first usable teacher of its ranking, the prompts where that was not the first
-    choice (fallbacks), the prompts where no teacher in the ranking was usable)."""
-    chosen: dict[str, str] = {}
-    fallbacks: list[str] = []
-    lost: list[str] = []
-    for prompt_id, order in rankings.items():
-        pick = next((t for t in order if usable(prompt_id, t)), None)
-        if pick is None:
-            lost.append(prompt_id)
-            continue
-        chosen[prompt_id] = pick
-        if pick != order[0]:
-            fallbacks.append(prompt_id)
-    return chosen, fallbacks, lost
-
-
-def verified_picks(
-    rankings: dict[str, list[str]],
-    usable: Callable[[str, str], bool],
-    verified: Callable[[str, str], bool],
-    extra: int,
-) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
-    """Verified routing on a scored pool: per prompt, the first of `ranking[:1 + extra]` whose answer is
-    usable and verified; none: the first usable answer of the ranking (the run publishes it unless
-    `output.drop_incorrect`). Returns (prompt_id -> teacher, prompt_id -> the teachers asked, in order,
-    the prompts no teacher could answer)."""
-    chosen: dict[str, str] = {}
-    asked: dict[str, list[str]] = {}
-    lost: list[str] = []
-    for prompt_id, order in rankings.items():
-        window = order[: 1 + extra]
-        pick = next((t for t in window if usable(prompt_id, t) and verified(prompt_id, t)), None)
-        tried = window[: window.index(pick) + 1] if pick else list(window)
-        if pick is None:
-            pick = next((t for t in order if usable(prompt_id, t)), None)
-            if pick is not None and pick not in tried:
-                tried = order[: order.index(pick) + 1]
-        if pick is None:
-            lost.append(prompt_id)
-            continue
-        chosen[prompt_id], asked[prompt_id] = pick, tried
-    return chosen, asked, lost
-
-
-def strategy_picks(
-    strategy: str,
-    *,
-    usable: Callable[[str, str], bool] | None = None,
-    extra: int = 1,
-    **kwargs: Any,
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """(prompt_id -> teacher for every training prompt it can answer, what defined the choice).
-
-    The strategy's first choice per prompt (`strategy_rankings`), or, where `usable(prompt_id, teacher)`
-    rejects it, its own next choice; default `usable`: the pool's answer has no error and some text. A
-    verified strategy (`VERIFIED`) also needs the pool's quality at full marks within `extra` extra
-    answers (`verified_picks`). `defined_by["fallbacks"]` counts the prompts answered by a later choice,
-    `["unanswerable"]` those no teacher in its ranking could answer.
-    """
-    rankings, defined_by = strategy_rankings(strategy, **kwargs)
-    usable = usable or pool_usable(kwargs["pool"])
-    if strategy in VERIFIED:
-        chosen, _, lost = verified_picks(rankings, usable, pool_verified(kwargs["pool"]), extra)
-    else:
-        chosen, _, lost = first_usable(rankings, usable)
-    fallbacks = sum(1 for p, t in chosen.items() if t != rankings[p][0])
-    return chosen, {**defined_by, "fallbacks": fallbacks, "unanswerable": len(lost)}
-
-
-def pool_verified(pool: Dataset) -> Callable[[str, str], bool]:
-    """The checker's verdict as the pool holds it: quality at full marks."""
-    from persyn_hub.scoring.answers import FULL_MARKS
-
-    full = {
-        (p, t)
-        for p, t, q in zip(_column(pool, "prompt_id"), _column(pool, "teacher"), _column(pool, "quality"))
-        if q is not None and float(q) >= FULL_MARKS
-    }
-    return lambda prompt_id, teacher: (prompt_id, teacher) in full
-
-
 __all__ = [
     "GTS",
     "STRATEGIES",
@@ -402,18 +302,14 @@ __all__ = [
     "car_means",
     "car_ranking",
     "car_teacher",
+    "column",
     "family_strongest",
-    "first_usable",
     "mean_quality",
-    "pool_usable",
-    "pool_verified",
     "quality_ranking",
     "quality_ties",
     "score_rankings",
     "scored_answers",
-    "strategy_picks",
     "strategy_rankings",
     "strongest",
-    "verified_picks",
     "weakest",
 ]

@@ -3,36 +3,12 @@ the teachers per prompt and takes the first whose answer is usable, falling back
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 
+from persyn_hub.compare.picking import answer_rows, choose_training_answers, pool_verified, trainable_in
 from persyn_hub.compare.recipe import CompareRecipe
-from persyn_hub.scoring.answers import is_trainable_answer
-
-
-def _rows(pool: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
-    columns = [
-        "prompt_id",
-        "teacher",
-        "messages",
-        "response",
-        "error",
-        "finish_reason",
-        "num_tokens",
-        "num_prompt_tokens",
-        "quality",
-        "learnability",
-        "num_response_tokens",
-    ]
-    table = pool.select_columns([c for c in columns if c in pool.column_names]).to_list()
-    return {(row["prompt_id"], row["teacher"]): row for row in table}
-
-
-def _trainable(row: dict[str, Any] | None) -> bool:
-    return bool(row) and is_trainable_answer(row["response"], row["error"], row.get("finish_reason"))
 
 
 def student_family(pipeline: Any) -> str:
@@ -50,25 +26,15 @@ def teacher_families(pipeline: Any) -> dict[str, str | None]:
     from transformers import AutoConfig
 
     from persyn_hub.bundled import resolve_model
-    from persyn_hub.generation import backend_for
+    from persyn_hub.generation.backends import backend_of
 
     families: dict[str, str | None] = {}
     for teacher in pipeline.teachers:
         family = teacher.family
-        if family is None and teacher.model and backend_for(teacher) in ("transformers", "vllm"):
+        if family is None and teacher.model and backend_of(teacher).needs_model:
             family = AutoConfig.from_pretrained(resolve_model(teacher.model)).model_type
         families[teacher.name] = family
     return families
-
-
-def router_teachers(router_dir: Any, fallback: list[str]) -> list[str]:
-    """The router's own teacher order (`router_scores` follow it): its saved config's `teachers`."""
-    path = Path(str(router_dir)) / "config.json"
-    if path.is_file():
-        teachers = json.loads(path.read_text(encoding="utf-8")).get("teachers")
-        if teachers:
-            return list(teachers)
-    return list(fallback)
 
 
 def routed_choices(assigned: Dataset, order: list[str]) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
@@ -89,67 +55,20 @@ def routed_choices(assigned: Dataset, order: list[str]) -> tuple[dict[str, str],
     return teachers, scores
 
 
-def choose_training_answers(
-    rankings: dict[str, dict[str, list[str]]],
-    usable: Any,
-    prompt_ids: list[str],
-    verified: Any = None,
-    extra: int = 1,
-) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]], list[str], dict[str, dict[str, list[str]]]]:
-    """Each strategy's first usable teacher in its own order ({strategy: {prompt: teacher}}), its counts
-    (`fallbacks`: prompts answered by a later choice; `unanswerable`: none of its choices usable), the
-    common prompts (those every strategy could answer; with full rankings, the prompts some teacher
-    answered), and the teachers each strategy asked per prompt, in order, up to its pick. A verified
-    strategy (`baselines.VERIFIED`) also needs `verified(prompt, teacher)` within `extra` extra answers."""
-    from persyn_hub.compare.baselines import VERIFIED, first_usable, verified_picks
-
-    picks: dict[str, dict[str, str]] = {}
-    counts: dict[str, dict[str, int]] = {}
-    asked: dict[str, dict[str, list[str]]] = {}
-    for strategy, ranking in rankings.items():
-        if strategy in VERIFIED:
-            chosen, asked[strategy], lost = verified_picks(ranking, usable, verified, extra)
-        else:
-            chosen, _, lost = first_usable(ranking, usable)
-            asked[strategy] = {p: ranking[p][: ranking[p].index(t) + 1] for p, t in chosen.items()}
-        picks[strategy] = chosen
-        counts[strategy] = {"unanswerable": len(lost) + len(set(prompt_ids) - set(ranking))}
-        counts[strategy]["fallbacks_all"] = sum(1 for p, t in chosen.items() if t != ranking[p][0])
-    common = sorted(set.intersection(*(set(c) for c in picks.values()))) if picks else []
-    for strategy, ranking in rankings.items():  # fallbacks among the prompts actually trained on
-        counts[strategy]["fallbacks"] = sum(1 for p in common if picks[strategy][p] != ranking[p][0])
-        counts[strategy]["extra_answers"] = sum(len(asked[strategy][p]) - 1 for p in common)
-    return picks, counts, common, asked
-
-
-def build_training_sets(
-    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset
-) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]], list[str]]:
-    """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids).
-
-    Each strategy takes, per prompt, the first teacher of its own ranking whose answer is usable (no
-    error, not truncated): an unusable first choice falls back to the strategy's OWN next choice
-    (`baselines.strategy_rankings`) and is counted, so no strategy's failures shape the others' prompts.
-    """
-    from persyn_hub.compare.baselines import pool_verified, strategy_rankings
-    from persyn_hub.compare.protocol import answer_stats, strategy_cost
-    from persyn_hub.pipeline.stages import ASSEMBLE, COMBINE, ROUTE, ROUTER
-    from persyn_hub.router.assignment import ROUTED
-    from persyn_hub.router.storage import read_router_record
+def strategy_orders(
+    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset, prompt_ids: list[str]
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, Any]]]:
+    """Every strategy's ranking of the teachers per prompt ({strategy: {prompt: teachers}}), read from the
+    run's outputs (labels, router metrics, routed prompts), and {strategy: {"defined_by": ...}}."""
+    from persyn_hub.compare.baselines import strategy_rankings
+    from persyn_hub.pipeline.fallback import router_teachers
+    from persyn_hub.pipeline.stages import COMBINE, ROUTE, ROUTER
+    from persyn_hub.router.info import read_router_record
 
     teachers = pipeline.teacher_names()
-    free = {t.name for t in pipeline.teachers if t.backend == "reference"}
-    labels, final = runner.outputs[COMBINE], runner.outputs[ASSEMBLE]
     metrics = read_router_record(runner.outputs[ROUTER])["metrics"]
-    prompt_ids = sorted(set(pool["prompt_id"]))
-    rows = _rows(pool)
-    published = {
-        row["prompt_id"]: row
-        for row in final.select_columns(["prompt_id", "teacher", "messages", "selected_by"]).to_list()
-        if row["selected_by"] == ROUTED
-    }
     routed_teachers, router_scores = routed_choices(
-        runner.outputs[ROUTE], router_teachers(runner.outputs[ROUTER], teachers)
+        runner.outputs[ROUTE], router_teachers(runner.outputs[ROUTER])
     )
     needs_family = "family_strong" in recipe.strategies
     families = teacher_families(pipeline) if needs_family else None  # each reads every teacher's config
@@ -161,7 +80,7 @@ def build_training_sets(
             strategy,
             prompt_ids=prompt_ids,
             pool=pool,
-            labels=labels,
+            labels=runner.outputs[COMBINE],
             teachers=teachers,
             seed=recipe.seed,
             train_ids=metrics.get("train_prompt_ids"),
@@ -174,12 +93,63 @@ def build_training_sets(
         )
         rankings[strategy] = ranking
         info[strategy] = {"defined_by": defined_by}
+    return rankings, info
 
-    def usable(prompt_id: str, teacher: str) -> bool:
-        return _trainable(rows.get((prompt_id, teacher)))
 
+def published_routed(final: Dataset) -> dict[str, dict[str, Any]]:
+    """prompt_id -> the row `persyn run` published for a ROUTED prompt (teacher, messages)."""
+    from persyn_hub.router.assignment import ROUTED
+
+    return {
+        row["prompt_id"]: row
+        for row in final.select_columns(["prompt_id", "teacher", "messages", "selected_by"]).to_list()
+        if row["selected_by"] == ROUTED
+    }
+
+
+def training_set(
+    strategy: str,
+    chosen: dict[str, str],
+    common: list[str],
+    rows: dict[tuple[str, str], dict[str, Any]],
+    published: dict[str, dict[str, Any]],
+) -> Dataset:
+    """The strategy's SFT set on `common`: the chosen answer as the assistant turn (PerSyn strategies
+    reuse the exact row `persyn run` published when it holds the same teacher)."""
+    messages = []
+    for p in common:
+        if strategy.startswith("persyn") and p in published and published[p]["teacher"] == chosen[p]:
+            messages.append(published[p]["messages"])  # exactly the row `persyn run` published
+        else:
+            row = rows[(p, chosen[p])]
+            messages.append(list(row["messages"]) + [{"role": "assistant", "content": row["response"]}])
+    return Dataset.from_dict(
+        {"prompt_id": common, "teacher": [chosen[p] for p in common], "messages": messages}
+    )
+
+
+def build_training_sets(
+    recipe: CompareRecipe, pipeline: Any, runner: Any, pool: Dataset
+) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]], list[str]]:
+    """({strategy: SFT data set}, {strategy: picks, cost and what was dropped}, the common prompt ids).
+
+    Each strategy takes, per prompt, the first teacher of its own ranking whose answer is usable (no
+    error, not truncated): an unusable first choice falls back to the strategy's OWN next choice
+    (`baselines.strategy_rankings`) and is counted, so no strategy's failures shape the others' prompts.
+    """
+    from persyn_hub.compare.protocol import answer_stats, strategy_cost
+    from persyn_hub.generation.backends import backend_of
+    from persyn_hub.pipeline.stages import ASSEMBLE, COMBINE
+
+    teachers = pipeline.teacher_names()
+    free = {t.name for t in pipeline.teachers if backend_of(t).template_answers}
+    labels = runner.outputs[COMBINE]
+    prompt_ids = sorted(set(pool["prompt_id"]))
+    rows = answer_rows(pool)
+    published = published_routed(runner.outputs[ASSEMBLE])
+    rankings, info = strategy_orders(recipe, pipeline, runner, pool, prompt_ids)
     picks, counts, common, asked = choose_training_answers(
-        rankings, usable, prompt_ids, pool_verified(pool), recipe.fallback_on_incorrect
+        rankings, trainable_in(rows), prompt_ids, pool_verified(pool), recipe.fallback_on_incorrect
     )
     label_rows = labels.select_columns(
         [c for c in ("teacher", "num_tokens", "num_prompt_tokens") if c in labels.column_names]
@@ -207,24 +177,16 @@ def build_training_sets(
             ),
             answers=answer_stats(chosen, common, rows),
         )
-        messages = []
-        for p in common:
-            if strategy.startswith("persyn") and p in published and published[p]["teacher"] == chosen[p]:
-                messages.append(published[p]["messages"])  # exactly the row `persyn run` published
-            else:
-                row = rows[(p, chosen[p])]
-                messages.append(list(row["messages"]) + [{"role": "assistant", "content": row["response"]}])
-        sets[strategy] = Dataset.from_dict(
-            {"prompt_id": common, "teacher": [chosen[p] for p in common], "messages": messages}
-        )
+        sets[strategy] = training_set(strategy, chosen, common, rows, published)
     return sets, info, common
 
 
 __all__ = [
     "build_training_sets",
-    "choose_training_answers",
+    "published_routed",
     "routed_choices",
-    "router_teachers",
+    "strategy_orders",
     "student_family",
     "teacher_families",
+    "training_set",
 ]

@@ -102,15 +102,6 @@ def build_summary(
     num_labeled = min(recipe.labeling.num_prompts, num_prompts)
     teachers = recipe.teacher_names()
     counts = Counter(final["teacher"])
-    from persyn_hub.generation import backend_for
-
-    model_teachers = sum(1 for t in recipe.teachers if backend_for(t) not in ("reference", "pool"))
-    made = generations_made(generation)
-    generate_then_select = num_prompts * model_teachers
-    excluded = (
-        [reason for reason in labels["excluded"] if reason] if "excluded" in labels.column_names else []
-    )
-    category = recipe.prompts.category_column
     labeled_rows = assigned.filter(lambda rows: rows["labeled"], batched=True) if len(assigned) else assigned
     folded, stopped = teacher_notes(generation)
     return {
@@ -121,12 +112,7 @@ def build_summary(
         "prompt_source": outputs.prompt_report,
         "labeled_prompts": num_labeled,
         "routed_prompts": len(assigned) - len(labeled_rows),
-        "generations_made": made,
-        "generations_generate_then_select": generate_then_select,
-        "generation_savings": round(1 - made / generate_then_select, 4) if generate_then_select else 0.0,
-        "requests_this_run": sum(
-            s.get("requests_this_run", 0) for parts in generation.values() for s in parts
-        ),
+        **generation_cost(recipe, generation, num_prompts),
         "stages": stages,
         "generation": generation,
         "system_prompt_folded": folded,
@@ -137,27 +123,9 @@ def build_summary(
             "verified_correct_share": verified_correct_share(final),
         },
         **({"verified_routing": outputs.verification} if outputs.verification else {}),
-        "categories": {
-            "column": category,
-            "published": category_table(final, category, teachers),
-            "labeled_oracle": category_table(
-                labeled_rows.filter(lambda r: [t is not None for t in r["teacher"]], batched=True),
-                category,
-                teachers,
-            )
-            if len(labeled_rows)
-            else {},
-        },
+        "categories": category_counts(recipe.prompts.category_column, final, labeled_rows, teachers),
         "truncated": {"answers": truncated, "dropped": truncated if recipe.output.drop_truncated else 0},
-        "failures": {
-            "generation": len(failed),
-            "failed_prompt_ids": failed["prompt_id"][:50] if len(failed) else [],
-            "failed_reasons": dict(Counter(str(e).split(":")[0][:80] for e in failed["error"]))
-            if len(failed)
-            else {},
-            "label_rows_excluded": len(excluded),
-            "label_excluded_reasons": dict(Counter(r.split(":")[0][:80] for r in excluded)),
-        },
+        "failures": failure_counts(failed, labels),
         "seconds": round(seconds, 2),
         "seed": recipe.seed,
         "alpha": recipe.labeling.alpha,
@@ -168,6 +136,59 @@ def build_summary(
         "artifacts": {name: str(run_dir / "artifacts" / name) for name in ("labels", "routing", "dataset")},
         "versions": versions,
         "machine": describe_cpu(),
+    }
+
+
+def generation_cost(
+    recipe: PersynRecipe, generation: dict[str, list[dict[str, Any]]], num_prompts: int
+) -> dict[str, Any]:
+    """The generations this run made against Generate-then-Select's (every model teacher on every prompt;
+    reference and pool teachers cost none), the share saved, and the requests sent this run."""
+    from persyn_hub.generation.backends import backend_of
+
+    model_teachers = sum(1 for t in recipe.teachers if not backend_of(t).answers_from_data)
+    made = generations_made(generation)
+    generate_then_select = num_prompts * model_teachers
+    return {
+        "generations_made": made,
+        "generations_generate_then_select": generate_then_select,
+        "generation_savings": round(1 - made / generate_then_select, 4) if generate_then_select else 0.0,
+        "requests_this_run": sum(
+            s.get("requests_this_run", 0) for parts in generation.values() for s in parts
+        ),
+    }
+
+
+def category_counts(
+    column: str | None, final: Dataset, labeled_rows: Dataset, teachers: list[str]
+) -> dict[str, Any]:
+    """Rows per category and teacher: in the published set, and the labeled prompts' best teachers."""
+    return {
+        "column": column,
+        "published": category_table(final, column, teachers),
+        "labeled_oracle": category_table(
+            labeled_rows.filter(lambda r: [t is not None for t in r["teacher"]], batched=True),
+            column,
+            teachers,
+        )
+        if len(labeled_rows)
+        else {},
+    }
+
+
+def failure_counts(failed: Dataset, labels: Dataset) -> dict[str, Any]:
+    """Failed generations (count, first 50 prompt ids, reasons) and label rows excluded from the router."""
+    excluded = (
+        [reason for reason in labels["excluded"] if reason] if "excluded" in labels.column_names else []
+    )
+    return {
+        "generation": len(failed),
+        "failed_prompt_ids": failed["prompt_id"][:50] if len(failed) else [],
+        "failed_reasons": dict(Counter(str(e).split(":")[0][:80] for e in failed["error"]))
+        if len(failed)
+        else {},
+        "label_rows_excluded": len(excluded),
+        "label_excluded_reasons": dict(Counter(r.split(":")[0][:80] for r in excluded)),
     }
 
 

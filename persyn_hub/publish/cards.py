@@ -184,28 +184,8 @@ def render_dataset_card(
     counts = teacher_counts(summary, dataset, teachers)
     rows = int(summary.get("rows", len(dataset) if dataset is not None else 0))
     repo_id = repo_id or hub.dataset_repo or "path/to/this/dataset"
-    card_data = DatasetCardData(
-        license=license or hub.license,
-        task_categories=["text-generation"],
-        language=None,
-        tags=["persyn", "distillation", "synthetic", "multi-teacher", "sft"],
-        size_categories=[size_category(rows)],
-        pretty_name=f"PerSyn {recipe.name}",
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
-    )
-    router_metrics = {
-        key: (round(value, 4) if isinstance(value, float) else value)
-        for key, value in (summary.get("router") or {}).items()
-        if key in ROUTER_METRIC_KEYS
-    }
-    failures = {
-        "generation": 0,
-        "label_rows_excluded": 0,
-        "failed_reasons": {},
-        **(summary.get("failures") or {}),
-    }
     return DatasetCard.from_template(
-        card_data,
+        _dataset_card_data(recipe, rows, license or hub.license, data_files),
         template_path=str(template_path("dataset_card.md")),
         pretty_name=f"PerSyn {recipe.name}: {rows} rows for {recipe.student.model}",
         repo_id=repo_id,
@@ -221,32 +201,64 @@ def render_dataset_card(
         labels_repo=labels_repo,
         labels_revision=labels_revision,
         rows=rows,
-        prompts=summary.get("prompts", rows),
-        labeled_prompts=summary.get("labeled_prompts", "n/a"),
-        routed_prompts=summary.get("routed_prompts", "n/a"),
-        eval_items_dropped=(summary.get("prompt_source") or {}).get("eval_items_dropped"),
-        verified_share=(summary.get("quality") or {}).get("verified_correct_share"),
-        verified_routing=summary.get("verified_routing"),
-        truncated={"answers": 0, "dropped": 0, **(summary.get("truncated") or {})},
-        categories=(summary.get("categories") or {}).get("published") or None,
-        category_column=(summary.get("categories") or {}).get("column") or "category",
         has_quality=dataset is not None and "quality" in dataset.column_names,
-        generations_made=summary.get("generations_made", "n/a"),
-        generations_gts=summary.get("generations_generate_then_select", "n/a"),
-        savings=summary.get("generation_savings"),
-        failures=failures,
         teacher_counts=counts,
-        generation_costs=generation_costs(summary),
-        folded=_cells(summary.get("system_prompt_folded")),
-        stopped=_cells(summary.get("stopped_teachers")),
         chart_file=chart_file,
-        router_metrics=router_metrics or None,
         has_answer=dataset is not None and "answer" in dataset.column_names,
         sample_rows=sample_rows(dataset) if dataset is not None else "[]",
-        versions=_versions(summary),
         recipe_yaml=recipe.to_yaml().strip(),
         comparison=comparison,
+        **_summary_facts(summary, rows),
     )
+
+
+def _dataset_card_data(recipe: PersynRecipe, rows: int, license: str, data_files: str) -> DatasetCardData:
+    """The dataset card's YAML metadata: configs, license, task, tags, size."""
+    return DatasetCardData(
+        license=license,
+        task_categories=["text-generation"],
+        language=None,
+        tags=["persyn", "distillation", "synthetic", "multi-teacher", "sft"],
+        size_categories=[size_category(rows)],
+        pretty_name=f"PerSyn {recipe.name}",
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+    )
+
+
+def _summary_facts(summary: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The dataset card's fields read from the run summary: prompt counts, verification, truncation,
+    categories, generations and their costs, failures, router metrics and versions."""
+    router_metrics = {
+        key: (round(value, 4) if isinstance(value, float) else value)
+        for key, value in (summary.get("router") or {}).items()
+        if key in ROUTER_METRIC_KEYS
+    }
+    failures = {
+        "generation": 0,
+        "label_rows_excluded": 0,
+        "failed_reasons": {},
+        **(summary.get("failures") or {}),
+    }
+    return {
+        "prompts": summary.get("prompts", rows),
+        "labeled_prompts": summary.get("labeled_prompts", "n/a"),
+        "routed_prompts": summary.get("routed_prompts", "n/a"),
+        "eval_items_dropped": (summary.get("prompt_source") or {}).get("eval_items_dropped"),
+        "verified_share": (summary.get("quality") or {}).get("verified_correct_share"),
+        "verified_routing": summary.get("verified_routing"),
+        "truncated": {"answers": 0, "dropped": 0, **(summary.get("truncated") or {})},
+        "categories": (summary.get("categories") or {}).get("published") or None,
+        "category_column": (summary.get("categories") or {}).get("column") or "category",
+        "generations_made": summary.get("generations_made", "n/a"),
+        "generations_gts": summary.get("generations_generate_then_select", "n/a"),
+        "savings": summary.get("generation_savings"),
+        "failures": failures,
+        "generation_costs": generation_costs(summary),
+        "folded": _cells(summary.get("system_prompt_folded")),
+        "stopped": _cells(summary.get("stopped_teachers")),
+        "router_metrics": router_metrics or None,
+        "versions": _versions(summary),
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ the stage folder under `<config>/<key>/` (config = the stage name with `/` as `-
     rows/rows--<teacher>-<key>/part-*.jsonl  generation row checkpoints, pushed while a stage runs
     stages.json, README.md                   the index of published stages and the card (configs, keys)
 
-`describe` is how a failed Hub call is named in the log (one line, the token redacted).
+`describe` is how a failed Hub call is named in the log (one line, the token redacted), `where` how a
+repo's branch is.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def stages_repo(hub: Any) -> str | None:
     return f"{hub.dataset_repo}-stages"
 
 
+def where(repo_id: str, revision: str | None) -> str:
+    """`repo@branch` as the log names a repo's branch (`main` when none is set)."""
+    return f"{repo_id}@{revision or 'main'}"
+
+
 def describe(error: BaseException) -> str:
     from persyn_hub.generation.auth import redact
 
@@ -70,4 +76,5 @@ __all__ = [
     "describe",
     "parse_repo_revision",
     "stages_repo",
+    "where",
 ]

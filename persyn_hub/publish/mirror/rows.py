@@ -1,7 +1,8 @@
-"""Generation row checkpoints on the Hub, both ways: `StageMirror`'s rows thread pushes the new whole lines
-of the run's row checkpoints every `checkpoint_every` rows or `checkpoint_minutes` minutes, and a
-generation stage that is not on the Hub gets back the rows its teacher pushed, so only the missing rows
-are requested. `RowCheckpoints` is mixed into `StageMirror`, whose fields and lock it uses.
+"""Generation row checkpoints on the Hub, both ways: a rows thread pushes the new whole lines of the run's
+row checkpoints every `checkpoint_every` rows or `checkpoint_minutes` minutes, and a generation stage that
+is not on the Hub gets back the rows its teacher pushed, so only the missing rows are requested.
+`RowCheckpoints` holds what it pushed and what it knows is on the Hub; `StageMirror` creates it and passes
+the lock its own commits take, so a rows commit and a stage commit never run at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from persyn_hub.publish.mirror.layout import ROWS_DIR, describe
+from persyn_hub.publish.mirror.layout import ROWS_DIR, describe, where
 
 logger = logging.getLogger("persyn_hub")
+
+ROWS_POLL_SECONDS = 2.0
+"""How often the rows thread looks for new checkpointed rows (pushes follow `checkpoint_every`/`_minutes`)."""
 
 
 def _complete_lines(path: Path) -> bytes:
@@ -26,7 +32,58 @@ def _complete_lines(path: Path) -> bytes:
 
 
 class RowCheckpoints:
-    """`StageMirror`'s row checkpoints: `push_rows` (the rows thread) and `restore_rows` (a restore)."""
+    """A run's row checkpoints on the Hub: `start`/`stop` (the rows thread, calling `push_rows`) and
+    `restore_rows` (a generation stage that is not on the Hub). `rows_restored` counts the rows restored."""
+
+    def __init__(
+        self,
+        api: Any,
+        repo_id: str,
+        run_dir: Path,
+        *,
+        recipe_name: str = "persyn",
+        revision: str | None = None,
+        read_repo: str | None = None,
+        read_revision: str | None = None,
+        private: bool = False,
+        checkpoint_every: int = 256,
+        checkpoint_minutes: float = 10.0,
+        lock: threading.RLock | None = None,
+    ) -> None:
+        self.api = api
+        self.repo_id = repo_id
+        self.run_dir = Path(run_dir)
+        self.recipe_name = recipe_name
+        self.revision = revision
+        self.read_repo = read_repo
+        self.read_revision = read_revision
+        self.private = private
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_minutes = checkpoint_minutes
+        self.rows_restored = 0
+        self._lock = lock if lock is not None else threading.RLock()
+        self._pushed_lines: dict[str, int] = {}
+        """Part file -> its whole lines on the Hub (pushed by this run or restored from it)."""
+        self._last_push = time.monotonic()
+        self._hub_files: list[str] | None = None
+        """The read repo's files, listed once (None: not listed yet, or stale after a push)."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the rows thread: `push_rows` every `ROWS_POLL_SECONDS` until `stop`."""
+        self._thread = threading.Thread(target=self._push_loop, name="persyn-hub-rows", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the rows thread (waits up to a minute for a push under way)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _push_loop(self) -> None:
+        while not self._stop.wait(ROWS_POLL_SECONDS):
+            self.push_rows()
 
     def restore_rows(self, teacher: str) -> None:
         """Download the teacher's pushed row checkpoints that are not on disk (part files never change name)."""
@@ -99,7 +156,7 @@ class RowCheckpoints:
             due = (
                 force
                 or len(new_ids) >= self.checkpoint_every
-                or time.monotonic() - self._last_rows_push >= self.checkpoint_minutes * 60
+                or time.monotonic() - self._last_push >= self.checkpoint_minutes * 60
             )
             if not due:
                 return []
@@ -127,7 +184,7 @@ class RowCheckpoints:
                 return []
             for path, data in changed.items():
                 self._pushed_lines[path] = data.count(b"\n")
-            self._last_rows_push = time.monotonic()
+            self._last_push = time.monotonic()
             self._hub_files = None
             logger.info("row checkpoints: %d new row(s) pushed to %s", len(new_ids), self._where())
             return new_ids
@@ -144,5 +201,8 @@ class RowCheckpoints:
                 self._hub_files = []
         return self._hub_files
 
+    def _where(self) -> str:
+        return where(self.repo_id, self.revision)
 
-__all__ = ["RowCheckpoints"]
+
+__all__ = ["ROWS_POLL_SECONDS", "RowCheckpoints"]

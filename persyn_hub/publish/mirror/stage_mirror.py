@@ -12,7 +12,7 @@ from there.
   A generation stage that is not on the Hub gets the row checkpoints its teacher pushed: only the
   missing rows are requested.
 - A thread pushes new generation rows every `checkpoint_every` rows or `checkpoint_minutes` minutes
-  (`publish.mirror.rows`).
+  (`rows`, a `publish.mirror.rows.RowCheckpoints` the mirror creates; it takes the mirror's lock).
 
 The token is whatever `huggingface_hub` finds (HF_TOKEN / `hf auth login`) and goes to the Hub endpoint
 only; it is never logged or written (see docs/reliability.md).
@@ -25,7 +25,6 @@ import logging
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,12 @@ from persyn_hub.publish.mirror.layout import (
     describe,
     parse_repo_revision,
     stages_repo,
+    where,
 )
 from persyn_hub.publish.mirror.rows import RowCheckpoints
 
 logger = logging.getLogger("persyn_hub")
 
-ROWS_POLL_SECONDS = 2.0
-"""How often the rows thread looks for new checkpointed rows (pushes follow `checkpoint_every`/`_minutes`)."""
 SKIPPED_PARTS = ("chunks",)
 
 
@@ -84,7 +82,7 @@ def _stage_files(folder: Path) -> dict[str, Path]:
 
 
 @dataclass
-class StageMirror(RowCheckpoints):
+class StageMirror:
     """The Hub copy of a run's stages (see the module docstring). Build it with `StageMirror.for_recipe`."""
 
     api: Any
@@ -106,15 +104,27 @@ class StageMirror(RowCheckpoints):
     restored: list[str] = field(default_factory=list)
     behind: dict[str, Any] = field(default_factory=dict)
     """Stages whose push failed, by name: retried at the next stage and at the end of the run."""
-    rows_restored: int = 0
+    rows: RowCheckpoints = field(init=False)
+    """The generation row checkpoints (pushed by its thread, restored for a generation stage)."""
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    _pushed_lines: dict[str, int] = field(default_factory=dict)
-    _last_rows_push: float = field(default_factory=time.monotonic)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _hub_files: list[str] | None = None
+    """Held by every Hub commit and download of the mirror and of its `rows`."""
     _write_index: dict[str, Any] = field(default_factory=dict)
     """The push branch's index, extended by every stage this run publishes."""
+
+    def __post_init__(self) -> None:
+        self.rows = RowCheckpoints(
+            self.api,
+            self.repo_id,
+            self.run_dir,
+            recipe_name=self.recipe_name,
+            revision=self.revision,
+            read_repo=self.read_repo,
+            read_revision=self.read_revision,
+            private=self.private,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_minutes=self.checkpoint_minutes,
+            lock=self._lock,
+        )
 
     @classmethod
     def for_recipe(cls, recipe: Any, run_dir: Path, api: Any = None) -> StageMirror | None:
@@ -156,15 +166,12 @@ class StageMirror(RowCheckpoints):
         logger.info(
             "Hub stages: %s (%d published stage output(s) to reuse)", self._where(self.read_repo), stages
         )
-        self._thread = threading.Thread(target=self._push_rows_loop, name="persyn-hub-rows", daemon=True)
-        self._thread.start()
+        self.rows.start()
         return self
 
     def finish(self) -> dict[str, Any]:
         """Stop the rows thread, retry what is behind; returns the summary's `hub.stages` record."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        self.rows.stop()
         with self._lock:
             self._retry_behind()
         if self.behind:
@@ -179,7 +186,7 @@ class StageMirror(RowCheckpoints):
             "revision": self.revision or "main",
             "stages": dict(self.published),
             "restored": list(self.restored),
-            "rows_restored": self.rows_restored,
+            "rows_restored": self.rows.rows_restored,
             "behind": sorted(self.behind),
         }
 
@@ -208,7 +215,7 @@ class StageMirror(RowCheckpoints):
         if published:
             self._say_what_differs(stage, key, inputs, published)
         if getattr(stage, "rerun_failed", False):  # a generation stage: its teacher's pushed rows
-            self.restore_rows(name.rsplit("/", 1)[-1])
+            self.rows.restore_rows(name.rsplit("/", 1)[-1])
         return False
 
     def _say_what_differs(self, stage: Any, key: str, inputs: dict, published: dict[str, Any]) -> None:
@@ -351,12 +358,6 @@ class StageMirror(RowCheckpoints):
             self.index = index
         return commit
 
-    # -- row checkpoints ----------------------------------------------------------------------------
-
-    def _push_rows_loop(self) -> None:
-        while not self._stop.wait(ROWS_POLL_SECONDS):
-            self.push_rows()
-
     # -- helpers ------------------------------------------------------------------------------------
 
     def _read_index(self, repo_id: str, revision: str | None) -> dict[str, Any]:
@@ -378,7 +379,7 @@ class StageMirror(RowCheckpoints):
             return {}
 
     def _where(self, repo: str | None = None) -> str:
-        return f"{repo or self.repo_id}@{self.revision or 'main'}"
+        return where(repo or self.repo_id, self.revision)
 
 
 __all__ = ["StageMirror", "identity_differences"]

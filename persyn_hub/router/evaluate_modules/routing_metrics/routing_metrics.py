@@ -259,23 +259,19 @@ def _bootstrap_intervals(
     }
 
 
-def compute_routing_metrics(
+def _checked_inputs(
     scores: Any,
     rewards: Any,
-    *,
-    train_rewards: Any = None,
-    best_single: int | None = None,
-    teachers: Sequence[str] | None = None,
-    tie_margin: float = 1e-6,
-    k_values: Sequence[int] | None = None,
-    bootstrap: int = 1000,
-    seed: int | None = 0,
-    confidence: float = 0.95,
-) -> dict[str, Any]:
-    """Held-out routing metrics from router `scores` and true `rewards` (both prompts x teachers; NaN: unusable).
-
-    Returns the figures defined in the module docstring; `intervals` is empty when `bootstrap=0`.
-    """
+    train_rewards: Any,
+    best_single: int | None,
+    teachers: Sequence[str] | None,
+    tie_margin: float,
+    k_values: Sequence[int] | None,
+    bootstrap: int,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray, list[str], int, list[int]]:
+    """`compute_routing_metrics`' arguments, checked: (scores, rewards, teacher names, best single teacher's
+    index, the k of hit@k); a ValueError names the argument at fault and what it must be."""
     score_matrix = _as_matrix(scores, "scores")
     reward_matrix = _as_matrix(rewards, "rewards")
     if score_matrix.shape != reward_matrix.shape:
@@ -300,7 +296,30 @@ def compute_routing_metrics(
         raise ValueError(f"bootstrap must be an int >= 0 (number of resamples; 0 = off), got {bootstrap!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence!r}.")
+    return score_matrix, reward_matrix, names, single, ks
 
+
+def compute_routing_metrics(
+    scores: Any,
+    rewards: Any,
+    *,
+    train_rewards: Any = None,
+    best_single: int | None = None,
+    teachers: Sequence[str] | None = None,
+    tie_margin: float = 1e-6,
+    k_values: Sequence[int] | None = None,
+    bootstrap: int = 1000,
+    seed: int | None = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Held-out routing metrics from router `scores` and true `rewards` (both prompts x teachers; NaN: unusable).
+
+    Returns the figures defined in the module docstring; `intervals` is empty when `bootstrap=0`.
+    """
+    score_matrix, reward_matrix, names, single, ks = _checked_inputs(
+        scores, rewards, train_rewards, best_single, teachers, tie_margin, k_values, bootstrap, confidence
+    )
+    n, k = score_matrix.shape
     effective = effective_rewards(reward_matrix)
     oracle = effective.max(axis=1)
     worst = effective.min(axis=1)
