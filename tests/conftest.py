@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,3 +84,57 @@ def small_task_mix_run(tmp_path_factory):
     import json
 
     return run_dir, overrides, result, json.loads((run_dir / "summary.json").read_text())
+
+
+def save_tiny_router(folder, teachers: list[str], *, max_length: int = 32, metrics=None, seed=None, **info):
+    """A real router (a 1-layer random BERT sequence classifier with MiniLM's tokenizer), saved as the
+    pipeline saves one: fast to build, and loadable by transformers alone like a trained router."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from persyn_hub.bundled import resolve_model
+    from persyn_hub.router import RouterInfo, save_router
+
+    minilm = resolve_model("bundled:minilm-l6-v2")
+    config = AutoConfig.from_pretrained(
+        minilm,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=len(teachers),
+        id2label=dict(enumerate(teachers)),
+        label2id={name: i for i, name in enumerate(teachers)},
+    )
+    info.setdefault("backbone", "bundled:minilm-l6-v2")
+    config.persyn = RouterInfo(teachers=list(teachers), max_length=max_length, **info).config_entry()
+    torch.manual_seed(0)
+    router = AutoModelForSequenceClassification.from_config(config)
+    save_router(router, AutoTokenizer.from_pretrained(minilm), folder, metrics or {}, seed=seed)
+    return router
+
+
+TRANSFORMERS_ONLY = """
+import json, sys
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+path, prompts = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForSequenceClassification.from_pretrained(path)
+tokenizer = AutoTokenizer.from_pretrained(path)
+ranked = pipeline("text-classification", model=model, tokenizer=tokenizer, top_k=None)(prompts)
+print(json.dumps({"type": type(model).__name__, "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+                  "ranked": [[entry["label"] for entry in row] for row in ranked],
+                  "persyn_imported": any(name.startswith("persyn_hub") for name in sys.modules)}))
+"""
+
+
+def ranking_with_transformers_alone(path, prompts: list[str]) -> dict:
+    """Load a saved router in a process that never imports persyn_hub; its pipeline's ranking per prompt."""
+    result = subprocess.run(
+        [sys.executable, "-c", TRANSFORMERS_ONLY, str(path), json.dumps(prompts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

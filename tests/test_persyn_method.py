@@ -163,11 +163,12 @@ def small_router(minilm_path):
     import torch
     from transformers import AutoTokenizer
 
-    from persyn_hub.router import PersynRouter
+    from persyn_hub.router import RouterInfo, new_router
 
     torch.manual_seed(0)
-    router = PersynRouter.from_encoder("bundled:minilm-l6-v2", ["a", "b"], max_length=32)
-    return router, AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    info = RouterInfo(teachers=["a", "b"], backbone="bundled:minilm-l6-v2", max_length=32)
+    return new_router(info, tokenizer), tokenizer
 
 
 def test_labeled_prompts_keep_their_best_answer_and_only_the_others_are_routed(small_router, asdiv_prompts):
@@ -181,7 +182,7 @@ def test_labeled_prompts_keep_their_best_answer_and_only_the_others_are_routed(s
     scores = score_texts(prompts["prompt"], router, tokenizer)
     with torch.no_grad():  # centre the untrained head so that it picks both teachers on these prompts
         gaps = sorted(scores[[1, 2, 4, 7], 1] - scores[[1, 2, 4, 7], 0])
-        router.score.bias[0] += float(gaps[1] + gaps[2]) / 2
+        router.classifier.bias[0] += float(gaps[1] + gaps[2]) / 2  # MiniLM: BertForSequenceClassification
     scores = score_texts(prompts["prompt"], router, tokenizer)
     router_pick = {p: ["a", "b"][int(k)] for p, k in zip(ids, scores.argmax(axis=1))}
     labeled_ids = {ids[0], ids[3], ids[5], ids[6]}

@@ -108,10 +108,12 @@ def test_the_run_produces_the_dataset_and_the_summary(finished_run):
     )
     assert summary["generations_made"] == 16 * len(MODEL_TEACHERS) + routed_to_models
     assert len(labels) == 16 * len(TEACHERS)
-    from persyn_hub.router import load_router  # the trained router, ready for `router_repo` or `persyn route`
+    # the trained router, ready for `router_repo` or `persyn route`
+    from persyn_hub.router import load_router, router_info
 
     router, _ = load_router(str(output_dir / "artifacts" / "router"), expected_teachers=TEACHERS)
-    assert router.config.student == "bundled:smollm2-135m-instruct" and router.config.alpha == 0.4
+    info = router_info(router)
+    assert info.student == "bundled:smollm2-135m-instruct" and info.alpha == 0.4
     assert {"learnability", "quality", "reward", "excluded"} <= set(labels.column_names)
 
 
@@ -165,7 +167,7 @@ def test_a_concurrent_run_on_the_same_directory_is_refused(finished_run):
 
 @pytest.mark.slow
 def test_a_given_router_routes_and_one_retrained_in_place_routes_again(finished_run, tmp_path):
-    from persyn_hub.router import load_router, save_router
+    from persyn_hub.router import load_router, router_info, save_router
 
     output_dir = tmp_path / "run"
     shutil.copytree(finished_run[0], output_dir)
@@ -184,8 +186,9 @@ def test_a_given_router_routes_and_one_retrained_in_place_routes_again(finished_
     # Retrained in place: same path, new weights (every routed prompt goes to gemma), so it routes again.
     router, tokenizer = load_router(str(router_dir), expected_teachers=TEACHERS)
     with torch.no_grad():
-        router.score.bias.copy_(
-            torch.tensor([-1e4 if t != "gemma-3-270m" else 1e4 for t in router.config.teachers])
+        head = router.classifier  # MiniLM's BertForSequenceClassification head
+        head.bias.copy_(
+            torch.tensor([-1e4 if t != "gemma-3-270m" else 1e4 for t in router_info(router).teachers])
         )
     save_router(router, tokenizer, router_dir, {})
     again = persyn_run(output_dir, "--routing.reuse_router", str(router_dir))

@@ -10,21 +10,23 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from persyn_hub.cli import main as cli_main
 from persyn_hub.router import (
     BudgetError,
-    PersynRouter,
     RouterDataError,
+    RouterInfo,
     RouterMismatchError,
     assign_with_budgets,
     bradley_terry_loss,
     greedy_truncation,
     load_router,
+    new_router,
     pivot_rewards,
     route_prompts,
     router_identity,
+    router_info,
     routing_metrics,
     save_router,
     split_by_prompt,
@@ -259,22 +261,31 @@ def test_budgets_that_cannot_cover_every_prompt_stop_with_a_clear_error():
 @pytest.fixture(scope="module")
 def fresh_router(minilm_path):
     torch.manual_seed(0)
-    router = PersynRouter.from_encoder(
-        minilm_path, ["a", "b"], student="bundled:smollm2-135m-instruct", alpha=0.5, max_length=32
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    info = RouterInfo(
+        teachers=["a", "b"],
+        student="bundled:smollm2-135m-instruct",
+        alpha=0.5,
+        backbone=minilm_path,
+        max_length=32,
     )
-    return router, AutoTokenizer.from_pretrained(minilm_path)
+    return new_router(info, tokenizer), tokenizer
 
 
-def test_the_router_registers_with_the_auto_classes(fresh_router, tmp_path):
+def test_a_saved_router_is_a_standard_sequence_classifier_with_one_label_per_teacher(fresh_router, tmp_path):
     router, tokenizer = fresh_router
-    assert type(AutoConfig.for_model("persyn_router")).__name__ == "PersynRouterConfig"
     save_router(router, tokenizer, tmp_path, {"top1_agreement": 0.5})
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "README.md").is_file()
     assert not list(tmp_path.glob("*.py"))  # nothing for trust_remote_code to run
-    loaded = AutoModel.from_pretrained(tmp_path)
-    assert isinstance(loaded, PersynRouter)
-    assert loaded.config.teachers == ["a", "b"] and loaded.config.alpha == 0.5
-    assert loaded.config.encoder_config.model_type == "bert"
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["BertForSequenceClassification"] and saved["model_type"] == "bert"
+    assert saved["id2label"] == {"0": "a", "1": "b"} and saved["persyn"]["alpha"] == 0.5
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == "BertForSequenceClassification"
+    info = RouterInfo.of(loaded.config)
+    assert (
+        info.teachers == ["a", "b"] and info.alpha == 0.5 and info.student == "bundled:smollm2-135m-instruct"
+    )
 
 
 def test_save_load_round_trip_gives_identical_scores(fresh_router, tmp_path, asdiv_prompts):
@@ -340,7 +351,7 @@ def test_a_router_retrained_in_place_has_a_new_identity(fresh_router, tmp_path):
     first = router_identity(str(tmp_path))
     save_router(router, tokenizer, tmp_path, {"top1_agreement": 1.0})  # same weights, new metrics
     assert router_identity(str(tmp_path)) == first and "model.safetensors:" in first
-    changed = PersynRouter(router.config)
+    changed = AutoModelForSequenceClassification.from_config(router.config)
     changed.load_state_dict({k: v + 1e-3 for k, v in router.state_dict().items()})
     save_router(changed, tokenizer, tmp_path, {})
     assert router_identity(str(tmp_path)) != first
@@ -350,3 +361,29 @@ def test_routing_needs_a_prompt_column(fresh_router):
     router, tokenizer = fresh_router
     with pytest.raises(ValueError, match=r"route_prompts: the data set lacks column\(s\) \[.prompt.\]"):
         route_prompts(Dataset.from_dict({"text": ["x"]}), router, tokenizer)
+
+
+def test_the_router_cards_examples_run_as_written(tmp_path):
+    """Both usage blocks of a saved router's card, copied out and run: transformers alone (no persyn_hub
+    imported), then persyn_hub's `route_prompts`."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import save_tiny_router
+
+    from persyn_hub.router.card import render_router_card
+
+    router = save_tiny_router(tmp_path, ["a", "b", "c"], max_length=32, alpha=0.4)
+    card = str(
+        render_router_card(router_info(router), {}, repo_id=str(tmp_path))
+    )  # as pushed, with its repo id
+    transformers_only, with_persyn = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert "persyn_hub" not in transformers_only and str(tmp_path) in transformers_only
+    check = "\nimport sys\nassert not [m for m in sys.modules if m.startswith('persyn_hub')]\n"
+    for code in (transformers_only + check, with_persyn):
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "'label': 'a'" in result.stdout or "['" in result.stdout, result.stdout

@@ -27,6 +27,7 @@ from datasets import Dataset, List, Value
 
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.router.assignment import ROUTED
+from persyn_hub.router.info import RouterInfo
 from persyn_hub.scoring.answers import FULL_MARKS, is_usable_answer
 
 TRIED = "fallback_teachers"
@@ -45,7 +46,7 @@ def fallback_generate(round_: int, teacher: str) -> str:
 
 def router_teachers(router_folder: str | Path) -> list[str]:
     """The router's teacher order (the order of `router_scores`), from its saved config."""
-    return list(json.loads((Path(router_folder) / "config.json").read_text())["teachers"])
+    return RouterInfo.of(json.loads((Path(router_folder) / "config.json").read_text())).teachers
 
 
 def verify_answers(

@@ -85,7 +85,7 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
             "drop_incorrect": recipe.output.drop_incorrect,
             "dropped_incorrect": assembly.get("dropped_incorrect", 0),
         }
-    from persyn_hub.router.storage import read_router_record
+    from persyn_hub.router.info import read_router_record
 
     router_record = {} if recipe.routing.reuse_router else read_router_record(runner.outputs[ROUTER])
     return RunOutputs(

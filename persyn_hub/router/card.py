@@ -1,7 +1,7 @@
 """The router's model card: what it routes between, for which student, how well on unseen prompts.
 
-Rendered from `model_cards/router_card.md` when the router is saved (`router.storage.save_router`), so a
-router folder or repo always carries the card its metrics describe.
+Rendered from `persyn_hub/model_cards/router_card.md` when the router is saved (`router.storage.save_router`),
+so a router folder or repo always carries the card its metrics describe.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from model_cards import hub_endpoint, template_path
+from persyn_hub.model_cards import hub_endpoint, template_path
+from persyn_hub.router.info import RouterInfo
 
 CARD_METRICS = (
     "top1_agreement",
@@ -31,7 +32,7 @@ CARD_METRICS = (
 
 
 def render_router_card(
-    config,
+    info: RouterInfo,
     metrics: dict[str, Any] | None = None,
     *,
     repo_id: str | None = None,
@@ -47,26 +48,26 @@ def render_router_card(
 
     metrics = dict(metrics or {})
     calibration = metrics.get("calibration") or []
-    encoder = config.encoder_name or getattr(config.encoder_config, "_name_or_path", "") or "unknown"
+    encoder = info.backbone or "unknown"
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-classification",
         tags=["persyn", "router", "distillation", "multi-teacher"],
-        datasets=[config.label_repo] if config.label_repo else None,
+        datasets=[info.label_repo] if info.label_repo else None,
         base_model=encoder if _is_hub_id(encoder) else None,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path("router_card.md")),
-        teachers=list(config.teachers),
-        student=config.student or "unknown",
-        alpha=config.alpha,
+        teachers=list(info.teachers),
+        student=info.student or "unknown",
+        alpha=info.alpha,
         encoder_name=encoder,
-        pooling=config.pooling,
-        max_length=config.max_length,
-        tie_margin=config.tie_margin,
-        label_repo=config.label_repo,
-        label_revision=config.label_revision,
+        head=info.head,
+        max_length=info.max_length,
+        tie_margin=info.tie_margin,
+        label_repo=info.label_repo,
+        label_revision=info.label_revision,
         metrics=metrics if all(key in metrics for key in CARD_METRICS) else None,
         calibration=calibration,
         calibration_prompts=sum((metrics.get("split_sizes") or {}).values())

@@ -1,16 +1,9 @@
-"""`PersynRouter`: a text backbone plus a linear head that gives one score per teacher.
+"""Routers saved before 0.2: `PersynRouter`, a backbone plus a linear head with persyn_hub's own pooling.
 
-The backbone is an encoder (MiniLM by default: small, fast on CPU) or, as in the paper, a decoder LM
-whose LM head is replaced by the teacher head: `from_encoder("Qwen/Qwen2.5-1.5B", ...)` loads the base
-model without its LM head and reads the last prompt token (`pooling="last"`, the default for causal LMs).
-
-The router is a plain transformers `PreTrainedModel` whose config holds the encoder's config as a
-sub-config (`encoder_config`), so `from_pretrained` rebuilds the whole model from one `config.json` and
-one `model.safetensors` with no network access and no remote code: the class is registered with
-`AutoConfig`/`AutoModel` when `persyn_hub` is imported. Teacher names, the student, alpha and the label
-data's repo/revision travel in the config, so a router on the Hub says what it was trained for.
-
-Scores are Bradley-Terry logits: only differences between teachers of one prompt carry meaning.
+They loaded only with persyn_hub installed (model_type `persyn_router`, registered on import). New routers
+are standard transformers sequence-classification models (`router.modeling`); this module stays so that
+`load_router` and `persyn route` still read old routers, and `benchmarks/bench_router_head.py` can
+compare the two heads on the same labels. `register_auto_classes` runs only when such a router is loaded.
 """
 
 from __future__ import annotations
@@ -19,19 +12,21 @@ import inspect
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from persyn_hub.bundled import resolve_model
+from persyn_hub.router.info import LEGACY_MODEL_TYPE
+from persyn_hub.router.modeling import bradley_terry_loss
+
 logger = logging.getLogger(__name__)
 
-MODEL_TYPE = "persyn_router"
+MODEL_TYPE = LEGACY_MODEL_TYPE
 POOLINGS = ("mean", "cls", "last")
 
 
@@ -65,7 +60,9 @@ class PersynRouterConfig(PreTrainedConfig):
     """What a router is (backbone config, pooling, head size) and what it was trained for."""
 
     model_type = MODEL_TYPE
-    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    # A plain `sub_configs` entry, built in `__post_init__`, rather than transformers' `SubConfigSpec`
+    # (added after 5.19): the same config loads on every transformers setup.cfg accepts.
+    sub_configs = {"encoder_config": AutoConfig}
 
     encoder_config: dict | PreTrainedConfig | None = None
     encoder_name: str | None = None
@@ -85,6 +82,9 @@ class PersynRouterConfig(PreTrainedConfig):
     classifier_dropout: float = 0.0
 
     def __post_init__(self, **kwargs):
+        if not isinstance(self.encoder_config, PreTrainedConfig):  # a dict from config.json, or unset
+            values = dict(self.encoder_config or {})
+            self.encoder_config = AutoConfig.for_model(values.pop("model_type", "bert"), **values)
         super().__post_init__(**kwargs)
         self.teachers = list(self.teachers or [])
         if self.pooling is None:
@@ -98,21 +98,6 @@ class PersynRouterConfig(PreTrainedConfig):
     def is_causal_backbone(self) -> bool:
         """True for a decoder-only LM backbone (see `is_causal_lm_config`)."""
         return is_causal_lm_config(self.encoder_config)
-
-
-def bradley_terry_loss(scores: torch.Tensor, rewards: torch.Tensor, tie_margin: float) -> torch.Tensor:
-    """Mean of -log sigmoid(s_i - s_j) over the pairs of one prompt with r_i - r_j > tie_margin.
-
-    `rewards` is (batch, teachers) with NaN for unusable teachers; NaN pairs and ties give no signal.
-    A batch without any ordered pair returns a zero that still depends on `scores` (keeps DDP happy).
-    """
-    rewards = rewards.to(scores.dtype)
-    reward_gap = rewards[:, :, None] - rewards[:, None, :]
-    ordered = torch.nan_to_num(reward_gap, nan=0.0) > tie_margin
-    if not bool(ordered.any()):
-        return scores.sum() * 0.0
-    score_gap = scores[:, :, None] - scores[:, None, :]
-    return -F.logsigmoid(score_gap[ordered]).mean()
 
 
 class PersynRouter(PreTrainedModel):
@@ -153,8 +138,6 @@ class PersynRouter(PreTrainedModel):
         The backbone is an encoder (MiniLM, BERT, ...) or a causal LM (SmolLM2, Qwen2.5, ...): `AutoModel`
         gives a causal LM's base model, so its LM head (tied or not) is simply not part of the router.
         """
-        from persyn_hub.bundled import resolve_model
-
         encoder = _encoder_without_pooler(AutoModel.from_pretrained(resolve_model(encoder_name_or_path)))
         config = PersynRouterConfig(
             encoder_config=encoder.config.to_dict(),

@@ -67,7 +67,8 @@ def routing_metrics(
     metrics = compute_routing_metrics(
         scores, rewards, train_rewards=train_rewards, teachers=teachers, tie_margin=tie_margin, **kwargs
     )
-    # model_cards/router_card.md reads `oracle_distribution`; drop this alias once it reads `oracle_share`.
+    # persyn_hub/model_cards/router_card.md reads `oracle_distribution`; drop this alias once it reads
+    # `oracle_share`.
     metrics["oracle_distribution"] = dict(metrics["oracle_share"])
     metrics["reward_recovered_definition"] = REWARD_RECOVERED_DEFINITION
     return metrics

@@ -14,15 +14,16 @@ import logging
 import numpy as np
 import torch
 from datasets import Dataset, List, Value
+from transformers import PreTrainedModel
 
 from persyn_hub.errors import require_columns
 from persyn_hub.router.budgets import assign_with_budgets, check_budgets
-from persyn_hub.router.modeling import PersynRouter
+from persyn_hub.router.info import router_info
 
 logger = logging.getLogger(__name__)
 
 
-def router_digest(router: PersynRouter) -> str:
+def router_digest(router: PreTrainedModel) -> str:
     """Hash of the router's weights and config: a stable `datasets` fingerprint for the scoring map."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(router.config.to_json_string(use_diff=False).encode())
@@ -33,21 +34,23 @@ def router_digest(router: PersynRouter) -> str:
 
 
 @torch.inference_mode()
-def score_texts(texts: list[str], router: PersynRouter, tokenizer, batch_size: int = 64) -> np.ndarray:
+def score_texts(texts: list[str], router: PreTrainedModel, tokenizer, batch_size: int = 64) -> np.ndarray:
     """Router scores (len(texts) x teachers) for prompt texts, float32."""
     router.eval()
+    info = router_info(router)
     outputs = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             list(texts[start : start + batch_size]),
             truncation=True,
-            max_length=router.config.max_length,
+            max_length=info.max_length,
             padding=True,
+            padding_side="right",  # a decoder router reads its last real token at its own position
             return_tensors="pt",
         ).to(router.device)
         outputs.append(router(**batch).logits.float().cpu().numpy())
     if not outputs:
-        return np.zeros((0, len(router.config.teachers)), dtype=np.float32)
+        return np.zeros((0, len(info.teachers)), dtype=np.float32)
     return np.concatenate(outputs)
 
 
@@ -60,7 +63,7 @@ def _check_prompt_column(dataset: Dataset) -> None:
 
 def route_prompts(
     dataset: Dataset,
-    router: PersynRouter,
+    router: PreTrainedModel,
     tokenizer,
     *,
     budgets: dict[str, float] | None = None,
@@ -78,7 +81,7 @@ def route_prompts(
         >>> routed[0]["teacher"], routed[0]["router_scores"]
     """
     _check_prompt_column(dataset)
-    teachers = list(router.config.teachers)
+    teachers = router_info(router).teachers
     budgets = check_budgets(budgets, teachers)
     if batch_size <= 0:
         raise ValueError(f"batch_size: {batch_size} must be positive.")

@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import hf_hub_download
-from transformers import AutoModel, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from persyn_hub.errors import PersynError
 from persyn_hub.folders import file_digest
 from persyn_hub.router.card import render_router_card
-from persyn_hub.router.modeling import PersynRouter, register_auto_classes
+from persyn_hub.router.info import LEGACY_MODEL_TYPE, METRICS_FILE, router_info
 
 logger = logging.getLogger(__name__)
-
-METRICS_FILE = "router_metrics.json"
 
 
 class RouterMismatchError(PersynError, ValueError):
@@ -31,7 +35,7 @@ class RouterMismatchError(PersynError, ValueError):
 
 
 def save_router(
-    router: PersynRouter,
+    router: PreTrainedModel,
     tokenizer,
     directory: str | os.PathLike,
     metrics: dict[str, Any] | None = None,
@@ -40,31 +44,23 @@ def save_router(
     settings: dict[str, Any] | None = None,
     seed: int | None = None,
 ) -> Path:
-    """Write weights (safetensors), config, tokenizer, `router_metrics.json` and the card as README.md."""
+    """Write weights (safetensors), config, tokenizer, `router_metrics.json` and the card as README.md.
+
+    The folder loads with transformers alone (`AutoModelForSequenceClassification`, `pipeline`); the
+    tokenizer is saved padding on the right, where a decoder router reads its last token."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     router.save_pretrained(directory, safe_serialization=True)
+    tokenizer.padding_side = "right"
     tokenizer.save_pretrained(directory)
     (directory / METRICS_FILE).write_text(
         json.dumps({"metrics": metrics or {}, "settings": settings, "seed": seed}, indent=2, default=str)
     )
     # The card names the Hub repo when there is one; a local folder's path would make the saved files (and
     # the cache keys chained on them) depend on where the run happened.
-    card = render_router_card(router.config, metrics, repo_id=repo_id, settings=settings, seed=seed)
+    card = render_router_card(router_info(router), metrics, repo_id=repo_id, settings=settings, seed=seed)
     card.save(directory / "README.md")
     return directory
-
-
-def read_router_record(directory: str | os.PathLike) -> dict[str, Any]:
-    """`router_metrics.json` of a saved router: {"metrics", "settings", "seed"} ({} when there is none).
-    Routers saved before the file held settings and seed kept the metrics alone: read as such."""
-    path = Path(directory) / METRICS_FILE
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text())
-    if isinstance(saved, dict) and "metrics" in saved:
-        return saved
-    return {"metrics": saved, "settings": None, "seed": None}
 
 
 def load_router(
@@ -74,21 +70,27 @@ def load_router(
     revision: str | None = None,
     token: str | bool | None = None,
     device: str | None = None,
-) -> tuple[PersynRouter, Any]:
+) -> tuple[PreTrainedModel, Any]:
     """Load a router (local folder or Hub repo) and its tokenizer, in eval mode; no remote code.
 
-    `expected_teachers`: the recipe's teacher names; a router trained for another pool stops here with
-    both lists named (order may differ: `router_scores` follow the router's own order).
+    A router is a sequence-classification model with a `persyn` config entry; routers saved before that
+    format (model_type `persyn_router`) load through `router.legacy`. `expected_teachers`: the recipe's
+    teacher names; a router trained for another pool stops here with both lists named (order may
+    differ: `router_scores` follow the router's own order).
     """
-    register_auto_classes()
     kwargs = {"revision": revision, "token": token}
-    model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, **kwargs)  # never a pickle
-    if not isinstance(model, PersynRouter):
-        raise RouterMismatchError(
-            f"{name_or_path!r} is a {type(model).__name__} (model_type {model.config.model_type!r}), not a "
-            "PerSyn router (model_type 'persyn_router'); train one with `persyn run` or train_router()."
+    if _model_type(name_or_path, **kwargs) == LEGACY_MODEL_TYPE:
+        from persyn_hub.router.legacy import register_auto_classes  # old routers only: its config API
+
+        register_auto_classes()
+        model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, **kwargs)  # never a pickle
+    else:
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        _info_or_mismatch(config, name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, config=config, use_safetensors=True, **kwargs
         )
-    teachers = list(model.config.teachers)
+    teachers = _info_or_mismatch(model.config, name_or_path).teachers
     if expected_teachers is not None and sorted(teachers) != sorted(expected_teachers):
         raise RouterMismatchError(
             f"The router {name_or_path!r} scores teachers {teachers}, but the recipe's teachers are "
@@ -102,6 +104,24 @@ def load_router(
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _model_type(name_or_path: str, **kwargs) -> str | None:
+    """config.json's model_type, read as JSON: a legacy router's type is unknown to transformers."""
+    path = Path(name_or_path)
+    config = (
+        path / "config.json"
+        if path.is_dir()
+        else Path(hf_hub_download(name_or_path, "config.json", **kwargs))
+    )
+    return json.loads(config.read_text()).get("model_type")
+
+
+def _info_or_mismatch(config, name_or_path: str):
+    try:
+        return router_info(config)
+    except ValueError as error:
+        raise RouterMismatchError(f"{name_or_path!r}: {error}") from None
 
 
 def router_identity(name_or_path: str, *, revision: str | None = None) -> str:

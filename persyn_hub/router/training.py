@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from datasets import Dataset
 from transformers import (
     AutoTokenizer,
     EarlyStoppingCallback,
+    PreTrainedModel,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -40,9 +41,10 @@ from persyn_hub.router.curve import (
     learning_curve_png,
     subset_indices,
 )
+from persyn_hub.router.info import RouterInfo
 from persyn_hub.router.labels import RewardTable, RouterSplits, pivot_rewards, split_by_prompt
 from persyn_hub.router.metrics import effective_rewards, routing_metrics
-from persyn_hub.router.modeling import PersynRouter
+from persyn_hub.router.modeling import bradley_terry_loss, new_router
 from persyn_hub.router.routing import score_texts
 from persyn_hub.router.storage import save_router
 
@@ -72,17 +74,31 @@ class RouterTask:
             label_repo=recipe.output.hub.labels_repo,
         )
 
+    def info(self, settings: RouterSettings) -> RouterInfo:
+        """What the router's config records (`router.info.RouterInfo`)."""
+        return RouterInfo(
+            teachers=list(self.teachers),
+            student=self.student,
+            alpha=self.alpha,
+            backbone=settings.backbone,
+            label_repo=self.label_repo,
+            label_revision=self.label_revision,
+            max_length=settings.max_length,
+            tie_margin=settings.tie_margin,
+        )
+
 
 @dataclass
 class RouterTrainingResult:
-    router: PersynRouter
+    router: PreTrainedModel
     tokenizer: Any
     metrics: dict[str, Any]
 
 
 @dataclass
 class RewardCollator:
-    """Pads the tokenized prompts and stacks the reward vectors (NaN = unusable teacher)."""
+    """Pads the tokenized prompts and stacks the reward vectors (NaN = unusable teacher) as `labels`,
+    which the Trainer hands to the Bradley-Terry loss (`compute_loss_func`), not to the model."""
 
     tokenizer: Any
 
@@ -90,7 +106,7 @@ class RewardCollator:
         rewards = torch.tensor([f["rewards"] for f in features], dtype=torch.float32)
         text = [{k: v for k, v in f.items() if k != "rewards"} for f in features]
         batch = self.tokenizer.pad(text, return_tensors="pt")
-        batch["rewards"] = rewards
+        batch["labels"] = rewards
         return dict(batch)
 
 
@@ -104,27 +120,27 @@ def _tokenized(table: RewardTable, tokenizer, max_length: int) -> Dataset:
     )
 
 
+RouterFactory = Callable[[RouterInfo, Any], PreTrainedModel]
+"""(what the router is for, its tokenizer) -> a fresh router; `new_router` unless a benchmark compares heads."""
+
+
 def _fit(
-    train: RewardTable, validation: RewardTable, settings: RouterSettings, task: RouterTask, checkpoints: Path
-) -> tuple[PersynRouter, Any, Trainer]:
+    train: RewardTable,
+    validation: RewardTable,
+    settings: RouterSettings,
+    task: RouterTask,
+    checkpoints: Path,
+    build: RouterFactory = new_router,
+) -> tuple[PreTrainedModel, Any, Trainer]:
     """Fine-tune a fresh router (backbone + head) on `train`, early-stopped on `validation`, seeded."""
     seed = task.seed
     set_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.backbone))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings.backbone), padding_side="right")
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-style encoders ship without a pad token
-    router = PersynRouter.from_encoder(
-        settings.backbone,
-        task.teachers,
-        student=task.student,
-        alpha=task.alpha,
-        label_repo=task.label_repo,
-        label_revision=task.label_revision,
-        max_length=settings.max_length,
-        tie_margin=settings.tie_margin,
-    )
+    router = build(task.info(settings), tokenizer)
     if settings.freeze_backbone:
-        router.encoder.requires_grad_(False)
+        router.base_model.requires_grad_(False)
 
     args = TrainingArguments(
         output_dir=str(checkpoints),
@@ -141,7 +157,7 @@ def _fit(
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        label_names=["rewards"],
+        label_names=["labels"],
         remove_unused_columns=False,
         seed=seed,
         data_seed=seed,
@@ -156,6 +172,9 @@ def _fit(
         train_dataset=_tokenized(train, tokenizer, settings.max_length),
         eval_dataset=_tokenized(validation, tokenizer, settings.max_length),
         processing_class=tokenizer,
+        compute_loss_func=lambda outputs, rewards, **_: bradley_terry_loss(
+            outputs.logits, rewards, settings.tie_margin
+        ),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
     )
     trainer.train()
