@@ -71,6 +71,37 @@ def check_model(model: str, gguf_file: Optional[str] = None) -> str:
     return resolved
 
 
+def check_tasks(tasks: list[str], limit: Optional[float] = None) -> None:
+    """Every task is one lm-eval knows (or a task YAML file) and `limit` leaves items to evaluate, or one
+    `EvaluationError` naming the flag; packaged names are checked without indexing lm-eval's own tasks."""
+    import difflib
+
+    if limit is not None and limit <= 0:
+        raise EvaluationError(
+            f"--limit: {limit:g} leaves no evaluation items; give a number of items per task (e.g. 20) or a "
+            "fraction in (0, 1), or leave it out for all items."
+        )
+    packaged = [*TASK_NAMES, "persyn"]
+    for name in tasks:
+        if name.startswith("persyn") and name not in packaged and not Path(name).is_file():
+            close = difflib.get_close_matches(name, packaged, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise EvaluationError(
+                f"--tasks: {name!r} is not a packaged task ({', '.join(TASK_NAMES)}).{hint}"
+            )
+    if set(tasks) <= set(packaged):
+        return
+    known = task_manager(include_defaults=True).all_tasks
+    for name in tasks:
+        if name not in known and not Path(name).is_file():
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise EvaluationError(
+                f"--tasks: {name!r} is neither an lm-eval task nor a task YAML file.{hint} List the tasks with "
+                "`lm-eval ls tasks`."
+            )
+
+
 def evaluate_model(
     model: Any,
     tasks: list[str],
@@ -101,6 +132,7 @@ def evaluate_model(
 
     if not tasks:
         raise EvaluationError("--tasks: empty; name at least one task, e.g. persyn_asdiv.")
+    check_tasks(tasks, limit)  # before the model loads
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(model, LM):
         lm, label = model, type(model).__name__
@@ -111,23 +143,31 @@ def evaluate_model(
             model_args["gguf_file"] = gguf_file
         lm = "hf"
     gen_kwargs = {"max_gen_toks": int(max_gen_toks)} if max_gen_toks else None
-    output = simple_evaluate(
-        model=lm,
-        model_args=None if isinstance(lm, LM) else model_args,
-        tasks=list(tasks),
-        batch_size=batch_size,
-        device=device,
-        limit=limit,
-        task_manager=task_manager(include_defaults=not set(tasks) <= set(TASK_NAMES)),
-        apply_chat_template=apply_chat_template,
-        system_instruction=system_instruction,
-        gen_kwargs=gen_kwargs,
-        log_samples=per_item,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    try:
+        output = simple_evaluate(
+            model=lm,
+            model_args=None if isinstance(lm, LM) else model_args,
+            tasks=list(tasks),
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
+            task_manager=task_manager(include_defaults=not set(tasks) <= set(TASK_NAMES)),
+            apply_chat_template=apply_chat_template,
+            system_instruction=system_instruction,
+            gen_kwargs=gen_kwargs,
+            log_samples=per_item,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    except ValueError as error:
+        if "did not find any docs" not in str(error):
+            raise
+        raise EvaluationError(
+            f"--tasks: {', '.join(tasks)}: a task has no evaluation items (limit {limit}); check --limit and "
+            "the task's data (its test split, or the data files a task YAML names)."
+        ) from None
     if output is None:  # non-zero ranks under accelerate
         return {}
     scores = score_rows(output["results"])

@@ -73,31 +73,37 @@ class CompareRecipe:
         if self.bootstrap < 0:
             raise RecipeError("bootstrap: must be >= 0 (0 turns the intervals off).")
         _check_sft_keys(self.sft)
+        from persyn_hub.recipe.config import check_model_name
+        from persyn_hub.recipe.dtypes import check_dtype
+
+        check_model_name(self.student, "student")
+        self.evaluation.dtype = check_dtype(self.evaluation.dtype, "evaluation.dtype")
 
 
 def _check_sft_keys(sft: dict[str, Any]) -> None:
-    """Misspelled training keys fail when the recipe is read, not after the pipeline ran."""
-    import dataclasses
-    import difflib
+    """Misspelled training keys and wrong types fail when the recipe is read, not after the pipeline ran
+    (checked against TRL's SFTConfig fields, cached per TRL version: `compare.sft_config`)."""
+    from persyn_hub.compare.sft_config import TRAINING, check_sft_values
 
-    from trl import SFTConfig
-
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
     for key in sft:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(f"sft.{key}: not a TRL SFTConfig field.{hint}")
         if key in ("output_dir", "seed"):
             raise RecipeError(f"sft.{key}: set per student by the comparison (seeds: ...); remove it.")
+    check_sft_values(sft, owners=(TRAINING,), prefix="sft.")
 
 
 def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> CompareRecipe:
     """Read a comparison recipe YAML; `--key value` overrides as for `persyn run`."""
+    from persyn_hub.data_files import read_text
+
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: comparison recipe not found.")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        values = yaml.safe_load(read_text(path, str(path), RecipeError)) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: a comparison recipe is a YAML mapping of keys such as `pipeline:`.")
     for key, value in parse_overrides(overrides or []):
         apply_override(values, key, value)
     try:
@@ -106,4 +112,48 @@ def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None)
         raise RecipeError(f"{path}: {error}") from None
 
 
-__all__ = ["CompareRecipe", "EvaluationSettings", "load_compare_recipe"]
+def pipeline_override_flags(recipe: CompareRecipe) -> list[str]:
+    """`pipeline_overrides` as `persyn run` flags: {labeling.num_prompts: 32} -> [--labeling.num_prompts, 32]."""
+    import json
+
+    flags: list[str] = []
+    for key, value in recipe.pipeline_overrides.items():
+        flags += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return flags
+
+
+def load_pipeline_of(recipe: CompareRecipe, where: str = "") -> Any:
+    """The comparison's pipeline recipe with its `pipeline_overrides`, checked as `persyn run` checks it;
+    a missing file or a bad key names the comparison's `pipeline` field (`where`: the comparison's file)."""
+    from persyn_hub.recipe.config import load_recipe
+
+    prefix = f"{where}: " if where else ""
+    if not Path(recipe.pipeline).is_file():
+        raise RecipeError(
+            f"{prefix}pipeline: pipeline recipe {recipe.pipeline!r} not found (paths are relative to the "
+            f"directory persyn runs in, {Path.cwd()}); fix the path, e.g. recipes/demo/task-mix-smollm2.yaml."
+        )
+    try:
+        pipeline = load_recipe(recipe.pipeline, pipeline_override_flags(recipe))
+    except RecipeError as error:
+        inner = str(error).removeprefix(f"{recipe.pipeline}: ")
+        if inner.split(":", 1)[0] in recipe.pipeline_overrides:  # the key came from pipeline_overrides
+            raise RecipeError(f"{prefix}pipeline_overrides.{inner}") from None
+        raise RecipeError(f"{prefix}pipeline ({recipe.pipeline}): {inner}") from None
+    names = pipeline.teacher_names()
+    for key in ("strong_teacher", "weak_teacher"):
+        name = getattr(recipe, key)
+        if name is not None and name not in names:
+            raise RecipeError(
+                f"{prefix}{key}: {name!r} is not a teacher of {recipe.pipeline} (teachers: {names})."
+            )
+    return pipeline
+
+
+__all__ = [
+    "CompareRecipe",
+    "EvaluationSettings",
+    "load_compare_recipe",
+    "load_pipeline_of",
+    "pipeline_override_flags",
+]

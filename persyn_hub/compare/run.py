@@ -30,7 +30,6 @@ The recipe is read by `compare.recipe`; step 3 is `compare.training_sets`; this 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import asdict
@@ -40,7 +39,7 @@ from typing import Any, Optional
 import yaml
 from datasets import Dataset
 
-from persyn_hub.compare.recipe import CompareRecipe, EvaluationSettings, load_compare_recipe
+from persyn_hub.compare.recipe import CompareRecipe, EvaluationSettings, load_compare_recipe, load_pipeline_of
 from persyn_hub.compare.report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
 from persyn_hub.compare.training_sets import build_training_sets
 from persyn_hub.recipe.config import RecipeError
@@ -56,12 +55,7 @@ PREFIX = "compare/"
 
 
 def pipeline_recipe_of(recipe: CompareRecipe) -> Any:
-    from persyn_hub.recipe.config import load_recipe
-
-    overrides: list[str] = []
-    for key, value in recipe.pipeline_overrides.items():
-        overrides += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return load_recipe(recipe.pipeline, overrides)
+    return load_pipeline_of(recipe)
 
 
 def run_and_label_routed_prompts(pipeline: Any) -> tuple[dict[str, Any], Any, Dataset]:

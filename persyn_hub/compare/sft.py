@@ -23,41 +23,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from persyn_hub.errors import RecipeError
+from persyn_hub.compare.sft_config import SFTScriptArguments, check_sft_values
+from persyn_hub.data_files import LOCAL_BUILDERS, load_local_file, read_text, row_lines
+from persyn_hub.errors import PersynError, RecipeError
 
 logger = logging.getLogger(__name__)
 
-LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
-
-@dataclass
-class SFTScriptArguments:
-    """Which data set to train on (names as in TRL's ScriptArguments where they overlap)."""
-
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={"help": "Hub data set id, local save_to_disk folder, or .jsonl/.json/.parquet/.csv file."},
-    )
-    dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub data set config name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_revision: Optional[str] = field(
-        default=None,
-        metadata={"help": "Hub data set revision (branch, tag or commit); recorded in the card."},
-    )
-    messages_column: str = field(default="messages", metadata={"help": "Column with the chat to learn."})
-    completion_only: bool = field(
-        default=True,
-        metadata={"help": "Train on the final assistant turn only (prompt tokens get label -100)."},
-    )
-    max_train_samples: Optional[int] = field(
-        default=None, metadata={"help": "Keep the first N rows (debugging)."}
-    )
+class SFTDataError(PersynError, ValueError):
+    """The SFT data set is missing, empty or has rows SFT cannot learn from; the message names row and fix."""
 
 
 def make_parser():
@@ -67,9 +46,9 @@ def make_parser():
 
 
 def load_sft_dataset(args: SFTScriptArguments) -> Dataset:
-    """Hub id, local save_to_disk folder, or a local data file -> the training split."""
+    """Hub id, local save_to_disk folder, or a local data file -> the training split (never empty)."""
     if not args.dataset_name:
-        raise ValueError(
+        raise SFTDataError(
             "dataset_name: not set; give a Hub data set id, a save_to_disk folder or a .jsonl file."
         )
     path = Path(args.dataset_name)
@@ -77,26 +56,38 @@ def load_sft_dataset(args: SFTScriptArguments) -> Dataset:
         loaded = load_from_disk(str(path))
         if isinstance(loaded, DatasetDict):
             if args.dataset_train_split not in loaded:
-                raise ValueError(f"dataset_train_split: {args.dataset_train_split!r} not in {list(loaded)}.")
+                raise SFTDataError(
+                    f"dataset_train_split: {args.dataset_train_split!r} not in {list(loaded)}; set it to one of them."
+                )
             loaded = loaded[args.dataset_train_split]
-        return loaded
-    if path.suffix in LOCAL_BUILDERS:
+    elif path.suffix in LOCAL_BUILDERS:
         if not path.is_file():
-            raise ValueError(f"dataset_name: file {args.dataset_name!r} does not exist.")
-        return load_dataset(LOCAL_BUILDERS[path.suffix], data_files=str(path), split="train")
-    return load_dataset(
-        args.dataset_name, args.dataset_config, split=args.dataset_train_split, revision=args.dataset_revision
-    )
+            raise SFTDataError(f"dataset_name: file {args.dataset_name!r} does not exist.")
+        loaded = load_local_file(path, "dataset_name", SFTDataError)
+    else:
+        loaded = load_dataset(
+            args.dataset_name,
+            args.dataset_config,
+            split=args.dataset_train_split,
+            revision=args.dataset_revision,
+        )
+    if len(loaded) == 0:
+        raise SFTDataError(
+            f"dataset_name: {args.dataset_name!r} has no rows; point dataset_name at a data set with chats "
+            "(e.g. a run's artifacts/dataset)."
+        )
+    return loaded
 
 
-def to_prompt_completion(dataset: Dataset, messages_column: str = "messages") -> Dataset:
+def to_prompt_completion(dataset: Dataset, messages_column: str = "messages", source: str = "") -> Dataset:
     """`messages` (prompt turns + final assistant turn) -> conversational `prompt` / `completion` columns.
 
     Reads `messages`; writes `prompt` (list of turns) and `completion` (list with the assistant turn);
-    drops every other column. Rows whose chat does not end with a non-empty assistant turn are errors.
+    drops every other column. Rows whose chat does not end with a non-empty assistant turn are errors
+    naming the row (and its line in a local .jsonl `source`).
     """
     if messages_column not in dataset.column_names:
-        raise ValueError(
+        raise SFTDataError(
             f"messages_column: {messages_column!r} is not a column; the data set has {dataset.column_names}."
         )
 
@@ -109,8 +100,9 @@ def to_prompt_completion(dataset: Dataset, messages_column: str = "messages") ->
                 or chat[-1].get("role") != "assistant"
                 or not chat[-1].get("content")
             ):
-                raise ValueError(
-                    f"row {index}: {messages_column!r} must end with a non-empty assistant turn after the "
+                where = f"row {index}" + (f" of {source!r}{row_lines(source, [index])}" if source else "")
+                raise SFTDataError(
+                    f"{where}: {messages_column!r} must end with a non-empty assistant turn after the "
                     "prompt turns; fix or filter the row."
                 )
             prompts.append([{"role": m["role"], "content": m["content"]} for m in chat[:-1]])
@@ -142,15 +134,15 @@ def train(script_args: SFTScriptArguments, training_args, model_args) -> dict[st
     from persyn_hub.bundled import resolve_model
 
     if not model_args.model_name_or_path:
-        raise ValueError("model_name_or_path: not set; give a Hub id, a local folder or bundled:NAME.")
-    model_path = resolve_model(model_args.model_name_or_path)
-    dataset = load_sft_dataset(script_args)
+        raise RecipeError("model_name_or_path: not set; give a Hub id, a local folder or bundled:NAME.")
+    dataset = load_sft_dataset(script_args)  # bad data fails before the student loads
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     if script_args.completion_only:
-        dataset = to_prompt_completion(dataset, script_args.messages_column)
+        dataset = to_prompt_completion(dataset, script_args.messages_column, str(script_args.dataset_name))
     elif script_args.messages_column != "messages":
         dataset = dataset.rename_column(script_args.messages_column, "messages")
+    model_path = resolve_model(model_args.model_name_or_path)
 
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = AutoModelForCausalLM.from_pretrained(
@@ -208,11 +200,15 @@ def check_config_flag(argv: Optional[list[str]]) -> None:
                     f"--config: file {value!r} not found; give an SFT recipe, e.g. recipes/demo/sft.yaml."
                 )
             try:
-                values = yaml.safe_load(path.read_text(encoding="utf-8"))
+                values = yaml.safe_load(read_text(path, f"--config: {value!r}", RecipeError))
             except yaml.YAMLError as error:
                 raise RecipeError(f"--config: {value!r} is not valid YAML: {one_line(str(error))}") from None
             if values is not None and not isinstance(values, dict):
                 raise RecipeError(f"--config: {value!r} must be a YAML mapping of SFT settings.")
+            try:  # keys and types, as `persyn validate` checks them: one line instead of argparse's usage text
+                check_sft_values(values or {})
+            except RecipeError as error:
+                raise RecipeError(f"--config: {value!r}: {error}") from None
 
 
 def one_line(text: str) -> str:

@@ -343,8 +343,10 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Pers
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found.")
+    from persyn_hub.data_files import read_text
+
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(read_text(path, str(path), RecipeError)) or {}
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
     for key, value in parse_overrides(overrides or []):
