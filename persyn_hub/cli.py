@@ -15,12 +15,13 @@ PerSyn: personalized distillation data via router-guided multi-teacher distillat
 
   persyn run recipes/demo/task-mix-smollm2.yaml              run the default recipe end to end
   persyn run RECIPE --labeling.alpha 0.2 --output.dir runs/x  override any recipe key
-  persyn validate RECIPE                                      parse and print a recipe
+  persyn validate RECIPE                                      check a pipeline, comparison or SFT recipe
   persyn migrate OLD.yaml -o NEW.yaml                         rewrite an older recipe format
   persyn route --router DIR_OR_REPO --prompts SOURCE --output DIR   route new prompts
   persyn sft --config recipes/demo/sft.yaml                  fine-tune the student (TRL SFTTrainer)
   persyn evaluate --model DIR --tasks persyn_asdiv --output DIR   lm-evaluation-harness
   persyn compare recipes/demo/compare-asdiv-smollm2.yaml      baselines vs PerSyn: table + chart
+  persyn publish runs/x                                       publish a finished run again
   persyn prepare                                              convert the bundled models once
 """
 
@@ -50,14 +51,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _validate(args: argparse.Namespace, extra: list[str]) -> int:
-    from persyn_hub.data import check_local_source
-    from persyn_hub.recipe.config import load_recipe
+    """Pipeline, comparison and SFT recipes, each checked by its own parser (`recipe/kinds.py`); a local
+    prompt file is opened too, so a column the recipe names and the file lacks fails now."""
+    from persyn_hub.recipe.kinds import validate_file
 
-    recipe = load_recipe(args.recipe, extra)
-    # a local source is opened here too, so a column the recipe names and the file lacks fails now
-    pool_teachers = [t.pool_column for t in recipe.teachers if t.pool_column]
-    check_local_source(recipe.prompts, pool_teachers)
-    print(recipe.to_yaml())
+    print(validate_file(args.recipe, extra, kind=args.kind))
     return 0
 
 
@@ -79,8 +77,9 @@ def _route(args: argparse.Namespace, extra: list[str]) -> int:
     router, tokenizer = open_router(args.router, teachers, field="--router")  # before any prompt loads
     if budgets:
         from persyn_hub.router.budgets import check_budgets
+        from persyn_hub.router.info import router_info
 
-        check_budgets(budgets, list(router.config.teachers))  # a wrong name fails before prompts load
+        check_budgets(budgets, router_info(router).teachers)  # a wrong name fails before prompts load
     prompts = load_prompts(prompt_config, seed=args.seed)
     routed = route_prompts(prompts, router, tokenizer, budgets=budgets, batch_size=args.batch_size)
     routed.save_to_disk(args.output)
@@ -131,6 +130,15 @@ def _migrate(args: argparse.Namespace, extra: list[str]) -> int:
         print(text)
     for change in changes or ["already current; nothing to change"]:
         print(f"migrate: {change}", file=sys.stderr)
+    return 0
+
+
+def _publish(args: argparse.Namespace, extra: list[str]) -> int:
+    """Publish a finished run again by itself: its saved recipe (overrides allowed) and summary."""
+    from persyn_hub.publish.finished import publish_again
+
+    summary = publish_again(args.output_dir, extra)
+    print(json.dumps({key: value for key, value in summary["hub"].items() if key != "stages"}, indent=2))
     return 0
 
 
@@ -210,8 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
-    validate = commands.add_parser("validate", help="parse a recipe (with overrides) and print it")
+    validate = commands.add_parser(
+        "validate",
+        help="check a pipeline, comparison or SFT recipe (with overrides) and print it",
+        description="Check a recipe with the parser of its kind, told from its keys: a pipeline recipe "
+        "(persyn run), a comparison recipe (persyn compare: `pipeline:`; its pipeline recipe and "
+        "pipeline_overrides are checked too) or an SFT config (persyn sft: `dataset_name:`, "
+        "`model_name_or_path:`; keys checked against SFTScriptArguments, TRL SFTConfig and ModelConfig). "
+        "Nothing runs or trains; the first line printed names the kind. Override keys as for the command, "
+        "e.g. --labeling.alpha 0.2 or --max_steps 5.",
+    )
     validate.add_argument("recipe")
+    validate.add_argument(
+        "--kind",
+        choices=["pipeline", "comparison", "sft"],
+        default=None,
+        help="check the file as this kind instead of telling it from its keys",
+    )
     validate.set_defaults(handler=_validate)
 
     route = commands.add_parser(
@@ -235,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("recipe")
     migrate.add_argument("-o", "--output", default=None, help="write here instead of printing")
     migrate.set_defaults(handler=_migrate)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish a finished run again (its saved recipe.yaml and summary.json); nothing is computed",
+        description="Push a finished run's labels, router and data set to the repos its recipe names "
+        "(OUTPUT_DIR/recipe.yaml; override any output.hub key, e.g. --output.hub.dataset_repo ORG/NAME), "
+        "and record the commits in OUTPUT_DIR/summary.json. For a run whose final publish failed.",
+    )
+    publish.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output.dir of a finished run")
+    publish.set_defaults(handler=_publish)
 
     prepare = commands.add_parser("prepare", help="convert the bundled GGUF models to safetensors once")
     prepare.set_defaults(handler=_prepare)
@@ -293,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_errors(lambda: _delegate(delegated, arguments))
     args, extra = parser.parse_known_args(argv)
     _configure_logging(args.verbose)
-    if extra and args.command not in ("run", "validate", "route"):
+    if extra and args.command not in ("run", "validate", "route", "publish"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return report_errors(lambda: args.handler(args, extra))
 

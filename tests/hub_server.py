@@ -10,7 +10,9 @@ push through the real client here and load what was pushed through a real Hub mi
 It rejects what the Hub rejects: a write without the token, an LFS pointer whose object was never
 uploaded, an upload whose bytes do not hash to the announced sha256, a commit to a missing branch
 without `create_pr`, a stale `parentCommit`, binary or > 10 MiB files sent as regular files, invalid
-card YAML. `fail(...)` makes chosen requests fail, to test interrupted pushes.
+card YAML. `fail(...)` makes chosen requests fail, to test interrupted pushes; `limit_commits(n, seconds)`
+answers a commit past `n` in any `seconds` with 429 and `Retry-After`, as the Hub's commit rate limit does;
+`slow(...)` delays chosen requests. `commit_log` records every commit made (repo, paths, bytes, time).
 
 Start it with `LocalHub(root, token=...).start()`; run clients with `HF_HUB_DISABLE_XET=1` so large
 files take the LFS path (the Xet protocol is not implemented).
@@ -22,11 +24,13 @@ import base64
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,9 +86,17 @@ LFS_POINTER = re.compile(
 class HubError(Exception):
     """An HTTP error answered the way the Hub does (status, `X-Error-Code`, JSON `error`)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, extra: dict | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: dict | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.extra = status, message, code, extra or {}
+        self.headers = headers or {}
 
 
 @dataclass
@@ -108,6 +120,13 @@ class LocalHub:
         self.requests: list[tuple[str, str, int]] = []
         self.tokens_seen: set[str] = set()
         self._failures: list[FailureRule] = []
+        self._delays: list[tuple[str, str, float]] = []
+        self.commit_limit: tuple[int, float] | None = None
+        self.commit_log: list[dict[str, Any]] = []
+        """Every commit made: repo, paths, bytes of the files' contents, monotonic time."""
+        self.rate_limited = 0
+        """Commits answered 429 (past `limit_commits`)."""
+        self._admitted: list[float] = []
         self._locks: dict[Path, threading.Lock] = {}
         self._global_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -142,6 +161,34 @@ class LocalHub:
     def fail(self, method: str, path_contains: str, status: int = 500, times: int = 1) -> None:
         """Answer the next `times` requests matching (method, path substring) with `status`."""
         self._failures.append(FailureRule(method.upper(), path_contains, status, times))
+
+    def limit_commits(self, commits: int | None, per_seconds: float = 60.0) -> None:
+        """Answer a commit past `commits` in any `per_seconds` window with 429 and `Retry-After` (None: off)."""
+        with self._global_lock:
+            self.commit_limit = (commits, per_seconds) if commits else None
+            self._admitted = []
+
+    def slow(self, method: str, path_contains: str, seconds: float) -> None:
+        """Delay every request matching (method, path substring) by `seconds` (a slow Hub)."""
+        self._delays.append((method.upper(), path_contains, seconds))
+
+    def _admit_commit(self) -> None:
+        """Count a commit against `limit_commits`; past it, a 429 that says when to try again."""
+        with self._global_lock:
+            if self.commit_limit is None:
+                return
+            limit, window = self.commit_limit
+            now = time.monotonic()
+            self._admitted = [t for t in self._admitted if now - t < window]
+            if len(self._admitted) >= limit:
+                self.rate_limited += 1
+                wait = max(1, math.ceil(self._admitted[0] + window - now))
+                raise HubError(
+                    429,
+                    "You have exceeded our commit rate limit. Retry later.",
+                    headers={"Retry-After": str(wait)},
+                )
+            self._admitted.append(now)
 
     def repo_dir(self, repo_type: str, repo_id: str) -> Path:
         return self.root / f"{repo_type}s" / repo_id
@@ -395,6 +442,9 @@ class _Handler(BaseHTTPRequestHandler):
         if token:
             self.hub.tokens_seen.add(token)
         status = self.hub._take_failure(method, split.path)
+        for rule_method, contains, seconds in list(self.hub._delays):
+            if rule_method == method and contains in split.path:
+                time.sleep(seconds)
         try:
             if status is not None:
                 raise HubError(status, "Injected failure (test)")
@@ -402,7 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._route(method, raw_parts, query, body, token)
         except HubError as error:
             status = error.status
-            headers = {"X-Error-Message": error.message}
+            headers = {"X-Error-Message": error.message, **error.headers}
             if error.code:
                 headers["X-Error-Code"] = error.code
             self._send(error.status, {"error": error.message, **error.extra}, headers)
@@ -672,6 +722,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, "The first NDJSON line must be the commit header")
         header = lines[0]["value"]
         create_pr = bool(query.get("create_pr"))
+        self.hub._admit_commit()
         with self.hub._lock(repo.path):
             head = repo.branch_head(revision)
             if head is None:
@@ -741,6 +792,14 @@ class _Handler(BaseHTTPRequestHandler):
                 pr_url = f"{self.hub.url}/{prefix}{repo.id}/discussions/{number}"
             else:
                 sha = repo.commit(revision, operations, message, parent)
+            self.hub.commit_log.append(
+                {
+                    "repo": repo.id,
+                    "paths": [path for _, path, _ in operations],
+                    "bytes": sum(len(p) for kind, _, p in operations if kind == "file" and p),
+                    "time": time.monotonic(),
+                }
+            )
         prefix = "" if repo.type == "model" else "datasets/"
         self._send(
             200,

@@ -326,22 +326,11 @@ def test_a_strategy_the_pool_cannot_support_is_one_line(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_router(tmp_path_factory) -> Path:
-    """A real PersynRouter for the demo's teachers (tiny random encoder, MiniLM's tokenizer), saved."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
+    """A real router for the demo's teachers (tiny random encoder, MiniLM's tokenizer), saved."""
+    from conftest import save_tiny_router
 
-    from persyn_hub.bundled import resolve_model
-    from persyn_hub.router import PersynRouter, PersynRouterConfig, save_router
-
-    minilm = resolve_model("bundled:minilm-l6-v2")
-    encoder = AutoConfig.from_pretrained(minilm)
-    encoder.update(
-        {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    )
-    config = PersynRouterConfig(encoder_config=encoder.to_dict(), teachers=DEMO_TEACHERS, max_length=32)
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("router")
-    save_router(PersynRouter(config), AutoTokenizer.from_pretrained(minilm), folder, {})
+    save_tiny_router(folder, DEMO_TEACHERS, max_length=32)
     return folder
 
 
@@ -378,7 +367,10 @@ def test_a_router_for_other_teachers_is_one_line(capsys, tmp_path, tiny_router):
 
 def test_a_folder_that_is_not_a_router_is_one_line(capsys, tmp_path, minilm_path):
     line = main_error(capsys, *route(tmp_path, minilm_path))
-    assert "--router:" in line and "not a PerSyn router (model_type 'persyn_router')" in line
+    assert (
+        "--router:" in line
+        and "a 'bert' model whose config has no 'persyn' entry is not a PerSyn router" in line
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +397,7 @@ def test_router_data_error(capsys):
 
 
 def test_served_scoring_error(capsys):
-    from persyn_hub.scoring.learnability.served import vllm_token_logprobs
+    from persyn_hub.scoring.learnability.server_replies import vllm_token_logprobs
 
     body = {"choices": [{"prompt_logprobs": [None]}]}
     reported(capsys, lambda: vllm_token_logprobs(body, [1, 2]), "the server scored 1 prompt tokens")
@@ -460,7 +452,7 @@ def test_a_long_wrapped_message_keeps_its_start_and_its_fix():
         ("persyn_hub.router.labels", "RouterDataError", ValueError),
         ("persyn_hub.router.budgets", "BudgetError", ValueError),
         ("persyn_hub.compare.baselines", "BaselineError", ValueError),
-        ("persyn_hub.scoring.learnability.served", "ServedScoringError", RuntimeError),
+        ("persyn_hub.scoring.learnability.server_replies", "ServedScoringError", RuntimeError),
         ("persyn_hub.scoring.reward_model", "RewardModelError", ValueError),
         ("persyn_hub.publish.hub", "PublishError", RuntimeError),
         ("persyn_hub.router.storage", "RouterMismatchError", ValueError),

@@ -92,33 +92,23 @@ def _recipe(run_dir: Path, **hub):
     )
 
 
-def _save_tiny_router(folder: Path, minilm_path: str) -> None:
-    """A real PersynRouter (tiny random encoder, MiniLM's tokenizer) saved the way the pipeline saves it."""
-    from transformers import AutoConfig, AutoTokenizer
+def _save_tiny_router(folder: Path) -> None:
+    """A real router (tiny random encoder, MiniLM's tokenizer) saved the way the pipeline saves it."""
+    from conftest import save_tiny_router
 
-    from persyn_hub.router import PersynRouter, PersynRouterConfig, save_router
-
-    encoder = AutoConfig.from_pretrained(minilm_path)
-    encoder.update(
-        {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    )
-    config = PersynRouterConfig(
-        encoder_config=encoder.to_dict(),
-        encoder_name="bundled:minilm-l6-v2",
-        teachers=TEACHERS,
+    metrics = {"top1_agreement": 0.5, "reward_recovered": 0.75, "num_train_prompts": 4, "num_eval_prompts": 2}
+    save_tiny_router(
+        folder,
+        TEACHERS,
+        max_length=64,
         student="bundled:smollm2-135m-instruct",
         alpha=0.5,
-        max_length=64,
+        metrics=metrics,
+        seed=7,
     )
-    import torch
-
-    torch.manual_seed(0)
-    router = PersynRouter(config)
-    metrics = {"top1_agreement": 0.5, "reward_recovered": 0.75, "num_train_prompts": 4, "num_eval_prompts": 2}
-    save_router(router, AutoTokenizer.from_pretrained(minilm_path), folder, metrics, seed=7)
 
 
-def _build_run(run_dir: Path, prompts: Dataset, minilm_path: str, suffix: str = "") -> dict:
+def _build_run(run_dir: Path, prompts: Dataset, suffix: str = "") -> dict:
     """A finished run directory (contract layout) from real ASDiv prompts with simple generated columns."""
     prompts = prompts.select(range(16))
     labeled = prompts.select(range(6))
@@ -170,7 +160,7 @@ def _build_run(run_dir: Path, prompts: Dataset, minilm_path: str, suffix: str = 
     )
     for name, data in (("labels", labels), ("routing", routing), ("dataset", dataset)):
         data.save_to_disk(str(run_dir / "artifacts" / name))
-    _save_tiny_router(run_dir / "artifacts" / "router", minilm_path)
+    _save_tiny_router(run_dir / "artifacts" / "router")
     counts = {name: dataset["teacher"].count(name) for name in TEACHERS}
     from persyn_hub.pipeline.summary import package_versions
 
@@ -193,15 +183,15 @@ def _build_run(run_dir: Path, prompts: Dataset, minilm_path: str, suffix: str = 
 
 
 @pytest.fixture(scope="session")
-def run_v1(tmp_path_factory, asdiv_prompts, minilm_path):
+def run_v1(tmp_path_factory, asdiv_prompts):
     run_dir = tmp_path_factory.mktemp("run_v1")
-    return run_dir, _build_run(run_dir, asdiv_prompts, minilm_path)
+    return run_dir, _build_run(run_dir, asdiv_prompts)
 
 
 @pytest.fixture(scope="session")
-def run_v2(tmp_path_factory, asdiv_prompts, minilm_path):
+def run_v2(tmp_path_factory, asdiv_prompts):
     run_dir = tmp_path_factory.mktemp("run_v2")
-    return run_dir, _build_run(run_dir, asdiv_prompts, minilm_path, suffix=" (v2)")
+    return run_dir, _build_run(run_dir, asdiv_prompts, suffix=" (v2)")
 
 
 @pytest.fixture
@@ -272,12 +262,12 @@ LOAD_ROUTER = """
 import json, sys
 from datasets import load_dataset
 from trl.data_utils import is_conversational
-from persyn_hub.router import load_router, router_identity, score_texts
+from persyn_hub.router import load_router, router_identity, router_info, score_texts
 final = load_dataset(sys.argv[3], split="train")
 router, tokenizer = load_router(sys.argv[1], expected_teachers=["gemma", "smollm2"], revision=sys.argv[2])
 scores = score_texts(["Tom has 3 apples and buys 4 more. How many now?", "What is 12 / 4?"], router, tokenizer)
-print(json.dumps({"router_teachers": list(router.config.teachers), "scores_shape": list(scores.shape),
-                  "router_label_revision": router.config.label_revision, "conversational": is_conversational(final[0]),
+print(json.dumps({"router_teachers": router_info(router).teachers, "scores_shape": list(scores.shape),
+                  "router_label_revision": router_info(router).label_revision, "conversational": is_conversational(final[0]),
                   "final_rows_local_hub": len(final), "router_identity": router_identity(sys.argv[1], revision=sys.argv[2])}))
 """
 
@@ -588,3 +578,22 @@ def test_publish_run_names_a_missing_artifact(api, tmp_path):
     recipe = _recipe(tmp_path, dataset_repo=f"{ORG}/nothing")
     with pytest.raises(PublishError, match="artifacts/dataset"):
         publish_run(tmp_path, recipe, {}, api=api)
+
+
+def test_a_pushed_router_names_no_local_path_private_default(tmp_path, minilm_path):
+    """A backbone given as a local folder is in the saved router (config, metrics settings, card); what is
+    pushed holds none of the absolute path, and the card still renders from the scrubbed config."""
+    from conftest import save_tiny_router
+
+    from persyn_hub.publish.hub import _router_files
+
+    folder = tmp_path / "router"
+    save_tiny_router(folder, TEACHERS, backbone=minilm_path, metrics={"reward_recovered": 0.5})
+    assert minilm_path in (folder / "config.json").read_text()
+    files = _router_files(folder, {"repo_id": "org/labels", "revision": "abc123"}, "org/router")
+    for name in ("config.json", "README.md", "router_metrics.json"):
+        text = files[name].decode() if isinstance(files[name], bytes) else files[name].read_text()
+        assert minilm_path not in text and str(tmp_path) not in text, name
+    pushed = json.loads(files["config.json"])
+    assert pushed["persyn"]["label_revision"] == "abc123" and pushed["id2label"]["0"] == TEACHERS[0]
+    assert "org/router" in files["README.md"].decode()

@@ -206,6 +206,10 @@ def test_a_run_killed_mid_generation_continues_from_the_hub_on_an_empty_dir(runs
     # ...and every stage of it is on the Hub now, one commit per stage.
     assert set(summary["hub"]["stages"]["stages"]) >= set(BEFORE_ROUTED) | {ROUTED, "assemble"}
     assert summary["hub"]["stages"]["behind"] == []
+    # the run's Hub traffic: a commit per stage it pushed (row checkpoints too), each counted with its bytes
+    pushed = len(summary["hub"]["stages"]["stages"]) - len(BEFORE_ROUTED)
+    assert summary["hub"]["commits"] >= pushed and summary["hub"]["bytes_uploaded"] > 0
+    assert summary["hub"]["rate_limited"] == 0
     assert TOKEN not in (resumed / "run.log").read_text() + json.dumps(summary)
 
 
@@ -297,27 +301,34 @@ def _tiny_stages(alpha: float):
 
 def _mirrored_runner(hub: LocalHub, run_dir: Path, repo: str):
     import huggingface_hub.constants
-    from huggingface_hub import HfApi
 
     from persyn_hub.pipeline.cache import StageCache
     from persyn_hub.pipeline.runner import StageRunner
+    from persyn_hub.publish.client import HubClient
     from persyn_hub.publish.mirror.stage_mirror import StageMirror
 
     huggingface_hub.constants.HF_HUB_DISABLE_XET = True  # read at import time; the LFS path is what we test
-    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api = HubClient(endpoint=hub.url, token=TOKEN)  # the client a run uses (retries 429/5xx)
     mirror = StageMirror(api=api, repo_id=repo, run_dir=run_dir, checkpoint_every=10**9).start()
     return StageRunner(StageCache(run_dir), mirror=mirror), api
 
 
-def test_a_failed_stage_push_is_retried_at_the_next_stage_and_never_stops_the_run(hub, tmp_path, caplog):
+def test_a_failed_stage_push_is_retried_at_the_next_stage_and_never_stops_the_run(
+    hub, tmp_path, caplog, monkeypatch
+):
     import logging
 
+    from persyn_hub.publish import client
+
     caplog.set_level(logging.INFO, logger="persyn_hub")
+    monkeypatch.setattr(client, "BASE_WAIT", 0.01)  # the client's own retries, quickly
     repo = "persyn-org/tiny-stages"
     runner, api = _mirrored_runner(hub, tmp_path / "one", repo)
     first, second = _tiny_stages(0.4)
-    hub.fail("POST", f"/api/datasets/{repo}/commit/", status=500)
+    # a Hub down for longer than the client's retries (each 500 is retried MAX_ATTEMPTS times)
+    hub.fail("POST", f"/api/datasets/{repo}/commit/", status=500, times=client.MAX_ATTEMPTS)
     runner.run(first)  # its push fails: the run goes on
+    runner.mirror.wait()  # pushes run in the background
     assert "label-generate/t: the Hub copy" in caplog.text and "is behind" in caplog.text
     assert list(runner.mirror.behind) == ["label-generate/t"]
     runner.run(second)  # retries the first, then pushes the second: one commit per stage

@@ -285,6 +285,10 @@ IRRELEVANT = {
         ["--output.hub.stages_repo", "me/stages", "--output.hub.checkpoint_minutes", "3"],
     ),
     "output license": ([], ["--output.hub.license", "mit"]),
+    "output stages_private": (
+        [],
+        ["--output.hub.stages_repo", "me/stages", "--output.hub.stages_private", "false"],
+    ),
     "output revision": ([], ["--output.hub.revision", "dev"]),
     "recipe name": ([], ["--name", "renamed"]),
     "env": ([], ["--env", "{SOME_SETTING: x}"]),

@@ -82,9 +82,10 @@ class StageCache:
         `state.json` is left out: it holds the `datasets` fingerprint, which records HOW rows were
         computed; identical rows from a differently parameterized stage must chain as identical."""
         marker = json.loads((self.folder(name, key) / SUCCESS).read_text())
+        # a stage restored from the Hub's Parquet copy chains on the files it had where it ran
         files = {
             file: digest
-            for file, digest in (marker.get("files") or {}).items()
+            for file, digest in (marker.get("digest_files") or marker.get("files") or {}).items()
             if Path(file).name != "state.json"
         }
         return fingerprint(name, files or key)

@@ -11,7 +11,6 @@ row checkpoints. One writer per output directory; the run log, summary and card 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -138,7 +137,12 @@ def _run(
     runner = StageRunner(
         StageCache(run_dir), retry_failed=retry_failed, launch=launch, chunk_rows=recipe.launch.chunk_rows
     )
-    runner.mirror = stage_mirror(recipe, run_dir) if launch.main else None
+    api = hub_client(recipe) if launch.main else None
+    try:
+        runner.mirror = stage_mirror(recipe, run_dir, api) if launch.main else None
+    except PersynError as error:  # e.g. a --resume-from-hub repo that cannot be read: before any stage
+        launch.abort(str(error))
+        raise
     try:
         for stage in persyn_stages(recipe, runner):
             runner.run(stage)
@@ -159,24 +163,39 @@ def _run(
         versions=package_versions(),
     )
     write_local_card(runner.outputs[ASSEMBLE], recipe, summary, run_dir)
+    from persyn_hub.publish.finished import add_traffic, publish_finished_run, wants_publish, write_summary
+
     if hub_stages is not None:
         summary["hub"] = {"stages": hub_stages}
-    if any([recipe.output.hub.labels_repo, recipe.output.hub.dataset_repo, recipe.output.hub.router_repo]):
-        from persyn_hub.publish.hub import publish_run
-
-        summary["hub"] = {**summary.get("hub", {}), **publish_run(run_dir, recipe, summary)}
+    if hub_stages is not None or wants_publish(recipe):
+        add_traffic(summary, getattr(api, "traffic", None))
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    write_summary(run_dir, summary)  # before the final publish: a failed publish leaves a finished run
+    if wants_publish(recipe):
+        summary = publish_finished_run(run_dir, recipe, summary, api=api)
     logger.info("Finished in %.1f s: %d rows in %s", summary["wall_seconds"], summary["rows"], run_dir)
     return summary, runner
 
 
-def stage_mirror(recipe: PersynRecipe, run_dir: Path) -> Any:
+def hub_client(recipe: PersynRecipe) -> Any:
+    """The Hub client of a run's pushes (retries past rate limits, counts commits and bytes), or None when
+    the recipe pushes nothing."""
+    from persyn_hub.publish.finished import wants_publish
+
+    hub = recipe.output.hub
+    if not (wants_publish(recipe) or hub.stages or hub.stages_repo or hub.resume_from):
+        return None
+    from persyn_hub.publish.client import HubClient, HubTraffic
+
+    return HubClient(traffic=HubTraffic())
+
+
+def stage_mirror(recipe: PersynRecipe, run_dir: Path, api: Any = None) -> Any:
     """The Hub copy of the run's stages (`output.hub.stages`, `stages_repo`, `resume_from`), started; None
     when the recipe publishes no stages. See `persyn_hub/publish/mirror/stage_mirror.py`."""
     from persyn_hub.publish.mirror.stage_mirror import StageMirror
 
-    mirror = StageMirror.for_recipe(recipe, run_dir)
+    mirror = StageMirror.for_recipe(recipe, run_dir, api)
     return mirror.start() if mirror is not None else None
 
 
@@ -190,4 +209,4 @@ def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, An
     (run_dir / "artifacts" / "dataset" / "README.md").write_text(str(card), encoding="utf-8")
 
 
-__all__ = ["RunLockedError", "run_pipeline", "stage_mirror", "write_local_card"]
+__all__ = ["RunLockedError", "hub_client", "run_pipeline", "stage_mirror", "write_local_card"]

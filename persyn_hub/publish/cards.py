@@ -1,5 +1,5 @@
 """Every card persyn_hub writes (the data set cards of a run and the router's model card), rendered from the
-Jinja templates in `model_cards/` through `huggingface_hub`'s `DatasetCard` / `ModelCard`.
+Jinja templates in `persyn_hub/model_cards/` through `huggingface_hub`'s `DatasetCard` / `ModelCard`.
 
 Cards hold only what a re-run of the same recipe reproduces (counts, versions, seeds, router metrics, sample
 rows, the recipe) and never timings or local paths, so re-publishing a finished run changes nothing on the
@@ -17,7 +17,8 @@ from typing import Any
 from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from model_cards import hub_endpoint, template_path
+from persyn_hub.model_cards import hub_endpoint, template_path
+from persyn_hub.publish.scrub import scrub_recipe_yaml, scrub_url
 from persyn_hub.recipe.config import PersynRecipe
 
 CHART_FILE = "teacher_distribution.png"
@@ -190,7 +191,7 @@ def render_dataset_card(
         pretty_name=f"PerSyn {recipe.name}: {rows} rows for {recipe.student.model}",
         repo_id=repo_id,
         revision=revision if revision and revision != "main" else None,
-        hub_url=(hub_url or hub_endpoint()).rstrip("/"),
+        hub_url=scrub_url(hub_url or hub_endpoint()).rstrip("/"),
         student=recipe.student.model,
         teachers=teachers,
         alpha=recipe.labeling.alpha,
@@ -206,7 +207,7 @@ def render_dataset_card(
         chart_file=chart_file,
         has_answer=dataset is not None and "answer" in dataset.column_names,
         sample_rows=sample_rows(dataset) if dataset is not None else "[]",
-        recipe_yaml=recipe.to_yaml().strip(),
+        recipe_yaml=scrub_recipe_yaml(recipe.to_yaml()).strip(),  # no local path, credential, token
         comparison=comparison,
         **_summary_facts(summary, rows),
     )
@@ -305,7 +306,7 @@ def render_labels_card(
         pretty_name=f"PerSyn {recipe.name}: labeled pool and routing decisions",
         repo_id=repo_id or hub.labels_repo or "path/to/this/dataset",
         dataset_repo=hub.dataset_repo,
-        hub_url=(hub_url or hub_endpoint()).rstrip("/"),
+        hub_url=scrub_url(hub_url or hub_endpoint()).rstrip("/"),
         student=recipe.student.model,
         teachers=teachers,
         quality=_quality_text(recipe),
@@ -317,7 +318,7 @@ def render_labels_card(
         seed=recipe.seed,
         routed_counts={name: routed.get(name, 0) for name in teachers},
         versions=_versions(summary),
-        recipe_yaml=recipe.to_yaml().strip(),
+        recipe_yaml=scrub_recipe_yaml(recipe.to_yaml()).strip(),  # no local path, credential, token
     )
 
 

@@ -33,8 +33,10 @@ from persyn_hub.publish.cards import (
     render_labels_card,
     teacher_distribution_png,
 )
+from persyn_hub.publish.scrub import scrub_value
 from persyn_hub.recipe.config import PersynRecipe
 from persyn_hub.router.card import render_router_card
+from persyn_hub.router.info import CONFIG_KEY, METRICS_FILE, RouterInfo, read_router_record
 
 logger = logging.getLogger(__name__)
 
@@ -148,47 +150,44 @@ def publish_labels(
 def _router_files(
     folder: Path, labels: dict[str, str] | None, repo_id: str, stages: dict[str, Any] | None = None
 ) -> dict[str, bytes | Path]:
-    """The router folder's files; `config.json` and the card name the labels commit when it was pushed,
-    the card the exact stage commits it was trained on when stages were published (`output.hub.stages`)."""
+    """The router folder's files as pushed: `config.json`, `router_metrics.json` and the card without
+    absolute local paths or secrets (a backbone given as a local folder is one), naming the labels commit
+    when it was pushed and the exact stage commits it was trained on when stages were published."""
     files: dict[str, bytes | Path] = {
         path.relative_to(folder).as_posix(): path
         for path in sorted(folder.rglob("*"))
         if path.is_file() and not any(part in path.relative_to(folder).as_posix() for part in ROUTER_SKIP)
     }
     config_path = folder / "config.json"
-    if (labels or stages) and config_path.is_file():
-        config = json.loads(config_path.read_text())
-        if config.get("model_type") == "persyn_router":
-            if labels:
-                config.update(label_repo=labels["repo_id"], label_revision=labels["revision"])
-                files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-            card = _router_card(folder, config, repo_id, stages)
-            if card is not None:
-                files["README.md"] = card
+    if not config_path.is_file():
+        return files
+    config = scrub_value(json.loads(config_path.read_text()))
+    try:
+        RouterInfo.of(config)
+    except ValueError:
+        return files  # not a router this package saved: its files as they are
+    if labels:
+        # a legacy router (model_type persyn_router) keeps these at the top level
+        entry = config.get(CONFIG_KEY, config)
+        entry.update(label_repo=labels["repo_id"], label_revision=labels["revision"])
+    record = scrub_value(read_router_record(folder))
+    files["config.json"] = _json_bytes(config)
+    if record:
+        files[METRICS_FILE] = _json_bytes(record)
+    card = render_router_card(
+        RouterInfo.of(config),
+        record.get("metrics") or {},
+        repo_id=repo_id,
+        settings=record.get("settings"),
+        seed=record.get("seed"),
+        stages=stages,
+    )
+    files["README.md"] = str(card).encode()
     return files
 
 
-def _router_card(
-    folder: Path, config: dict[str, Any], repo_id: str, stages: dict[str, Any] | None = None
-) -> bytes | None:
-    """Re-render the router helper's card with the pushed labels revision (None: keep the saved README)."""
-    try:
-        from persyn_hub.router import PersynRouterConfig
-    except ImportError:
-        return None
-    from persyn_hub.router.storage import read_router_record
-
-    saved = read_router_record(folder)
-    router_config = PersynRouterConfig.from_dict(config)
-    card = render_router_card(
-        router_config,
-        saved.get("metrics") or {},
-        repo_id=repo_id,
-        settings=saved.get("settings"),
-        seed=saved.get("seed"),
-        stages=stages,
-    )
-    return str(card).encode()
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def publish_router(
@@ -258,17 +257,25 @@ def publish_dataset(
     )
 
 
+def _client() -> HfApi:
+    """`HfApi` whose commits are retried past 429/5xx, honouring `Retry-After` (`publish.client`)."""
+    from persyn_hub.publish.client import HubClient
+
+    return HubClient()
+
+
 def publish_run(
     run_dir: Path, recipe: PersynRecipe, summary: dict[str, Any], *, api: HfApi | None = None
 ) -> dict[str, dict[str, str]]:
     """Push every repo the recipe names; returns `{artifact: {repo_id, revision (commit sha), url}}`.
 
     Artifacts: `labels` and `routing` (the same commit of `hub.labels_repo`), `router`, `dataset`. `api` defaults
-    to `HfApi()` (endpoint from `HF_ENDPOINT`, token from `HF_TOKEN` / `hf auth login`).
+    to `publish.client.HubClient()` (an `HfApi` that retries 429/5xx; endpoint from `HF_ENDPOINT`, token from
+    `HF_TOKEN` / `hf auth login`).
     """
     run_dir = Path(run_dir)
     hub = recipe.output.hub
-    api = api or HfApi()
+    api = api or _client()
     published: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="persyn-publish-") as tmp:
         workdir = Path(tmp)

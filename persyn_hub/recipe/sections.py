@@ -286,10 +286,16 @@ class HubConfig:
     resume_from: Optional[str] = None
     """`REPO[@revision]`: the stages repo to resume from (`persyn run --resume-from-hub`); default `stages_repo`
     at `revision`. New stages are still published to `stages_repo`."""
-    checkpoint_every: int = 256
-    """Generation row checkpoints go to the stages repo every this many new rows..."""
+    stages_private: bool = True
+    """Create the stages repo private (it holds every prompt and teacher answer); `private` above sets the
+    final repos. Pushing stages to an existing public repo logs a warning; false silences it."""
     checkpoint_minutes: float = 10.0
-    """...or every this many minutes with any new row, so a lost machine costs at most that much work."""
+    """Generation row checkpoints go to the stages repo every this many minutes (with any new row), each
+    push a new file of the rows since the last one: a lost machine costs at most this much generation,
+    and a long run makes a few commits an hour, whatever its speed."""
+    checkpoint_every: Optional[int] = None
+    """Also push once this many new rows wait (None: the timer only). Each push is a commit, and the Hub
+    limits commits per hour: keep it large."""
 
 
 @dataclass

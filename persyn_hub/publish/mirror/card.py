@@ -54,7 +54,7 @@ def render_stages_card(index: dict[str, Any], repo_id: str, recipe_name: str, li
     """The stages repo's card: one config per published data set stage (its latest key), every key."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from model_cards import template_path
+    from persyn_hub.model_cards import template_path
 
     stages = index.get("stages", {})
     latest = index.get("latest", {})

@@ -1,17 +1,24 @@
 """The stages repo's names and layout, shared by the mirror that writes it, the rows it holds and its card.
 
-The repo (`output.hub.stages_repo`, default `<dataset_repo>-stages`) holds, per stage, the exact files of
-the stage folder under `<config>/<key>/` (config = the stage name with `/` as `--`: `learnability`,
-`label-generate--<teacher>`), so a restored stage has the same content digest and every later key matches:
+The repo (`output.hub.stages_repo`, default `<dataset_repo>-stages`, created private) holds, per stage,
+its files under `<config>/<key>/` (config = the stage name with `/` as `--`: `learnability`,
+`label-generate--<teacher>`):
 
-    <config>/<key>/_SUCCESS                  the marker, with every output file's sha256
-    <config>/<key>/data/data-*.arrow         the data set (`load_dataset(repo, "<config>")` reads it)
-    <config>/<key>/persyn-stage.json         key, identity (the recipe fields behind the key), inputs' keys
-    rows/rows--<teacher>-<key>/part-*.jsonl  generation row checkpoints, pushed while a stage runs
-    stages.json, README.md                   the index of published stages and the card (configs, keys)
+    <config>/<key>/_SUCCESS                      the marker, with every output file's sha256
+    <config>/<key>/data/train-*.parquet          the data set, as `push_to_hub` writes it
+                                                 (`load_dataset(repo, "<config>")` reads it)
+    <config>/<key>/persyn-stage.json             key, identity (the recipe fields behind the key), inputs' keys
+    <config>/<key>/...                           the stage's side files (stats.json, a router's folder, ...)
+    rows/rows--<teacher>-<key>/<part>.lines-<first>-<end>.jsonl
+                                                 generation rows pushed while a stage runs, each line once
+    stages.json, README.md                       the index of published stages and the card (configs, keys)
 
-`describe` is how a failed Hub call is named in the log (one line, the token redacted), `where` how a
-repo's branch is.
+A restore rebuilds the stage folder's `data/` from the Parquet shards; its marker keeps the digests of the
+files the stage wrote (`digest_files`), so every later key matches. An older version's push (`data/*.arrow`,
+whole row part files) is restored as well.
+
+`describe` is how a failed Hub call is named in the log (one line, the token and URL credentials masked),
+`where` how a repo's branch is.
 """
 
 from __future__ import annotations
@@ -62,9 +69,10 @@ def where(repo_id: str, revision: str | None) -> str:
 
 def describe(error: BaseException) -> str:
     from persyn_hub.generation.auth import redact
+    from persyn_hub.publish.scrub import scrub_text
 
     text = str(error).splitlines()[0][:300] if str(error) else ""
-    return redact(f"{type(error).__name__}: {text}")
+    return scrub_text(redact(f"{type(error).__name__}: {text}"))
 
 
 __all__ = [
