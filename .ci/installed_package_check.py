@@ -53,6 +53,10 @@ with tempfile.TemporaryDirectory() as folder:
     assert type(same).__name__ == "PersynRouter"
 print("router save / load: ok")
 
+from persyn_hub.model_cards import template_path  # noqa: E402
+
+for card in ("router_card.md", "dataset_card.md", "labels_card.md", "stages_card.md"):
+    assert template_path(card).is_file(), f"card template {card} not shipped in the wheel"
 from persyn_hub.router.metrics import routing_metrics_module_path  # noqa: E402
 
 assert (routing_metrics_module_path() / "routing_metrics.py").is_file()

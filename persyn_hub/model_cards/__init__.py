@@ -12,14 +12,14 @@ from pathlib import Path
 
 
 def template_path(name: str) -> Path:
-    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the installed `model_cards` package's `<name>` (the
-    top-level `model_cards/` folder, shipped in the wheel)."""
+    """`$PERSYN_CARD_TEMPLATES/<name>` if set, else the packaged `<name>` (`persyn_hub/model_cards/`,
+    shipped in the wheel as package data)."""
     folder = os.environ.get("PERSYN_CARD_TEMPLATES")
     if folder:
         return Path(folder) / name
     from importlib import resources
 
-    return Path(str(resources.files("model_cards") / name))
+    return Path(str(resources.files(__name__) / name))
 
 
 def hub_endpoint() -> str:
