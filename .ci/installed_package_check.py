@@ -31,26 +31,27 @@ result = subprocess.run(
 assert result.returncode == 0, result.stderr
 print("persyn validate: ok")
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from persyn_hub.bundled import resolve_model  # noqa: E402
-from persyn_hub.router import PersynRouter, PersynRouterConfig, load_router, save_router, score_texts  # noqa: E402
+from persyn_hub.router import RouterInfo, load_router, save_router, score_texts  # noqa: E402
 
 minilm = resolve_model("bundled:minilm-l6-v2")
-encoder = AutoConfig.from_pretrained(minilm)
-encoder.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
-router = PersynRouter(
-    PersynRouterConfig(encoder_config=encoder.to_dict(), teachers=["a", "b"], max_length=32)
-)
+config = AutoConfig.from_pretrained(
+    minilm, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2,
+    id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1},
+)  # fmt: skip
+config.persyn = RouterInfo(teachers=["a", "b"], max_length=32).config_entry()
+router = AutoModelForSequenceClassification.from_config(config)
 tokenizer = AutoTokenizer.from_pretrained(minilm)
 with tempfile.TemporaryDirectory() as folder:
     save_router(router, tokenizer, Path(folder), {})  # renders the model card from the packaged template
     assert "PerSyn router" in (Path(folder) / "README.md").read_text()
     loaded, loaded_tokenizer = load_router(folder, expected_teachers=["a", "b"])
-    same = AutoModel.from_pretrained(folder)  # Auto classes, no remote code
+    same = AutoModelForSequenceClassification.from_pretrained(folder)  # transformers alone, no remote code
     texts = ["What is 2 + 3?", "Spell cat backward."]
     assert (score_texts(texts, loaded, loaded_tokenizer) == score_texts(texts, router, tokenizer)).all()
-    assert type(same).__name__ == "PersynRouter"
+    assert type(same).__name__ == "BertForSequenceClassification"
 print("router save / load: ok")
 
 from persyn_hub.model_cards import template_path  # noqa: E402

@@ -212,53 +212,11 @@ def train_router(
         ...     output_dir="runs/router")
         >>> result.metrics["reward_recovered"], result.metrics["reward_recovered_random"]
     """
-    teachers, seed = task.teachers, task.seed
-    table = pivot_rewards(labels, teachers)  # checks columns and usable pairs before any model loads
-    splits = split_by_prompt(table, settings.validation_fraction, settings.test_fraction, seed)
-    logger.info(
-        "Router: %d prompts with >= 2 usable teachers (train %d, validation %d, test %d), teachers %s",
-        len(table),
-        len(splits.train),
-        len(splits.validation),
-        len(splits.test),
-        teachers,
-    )
-    if not _has_ordered_pair(splits.train.rewards, settings.tie_margin):
-        logger.warning(
-            "Router: every training pair is a tie (within %g); the router learns nothing", settings.tie_margin
-        )
-
+    table, splits = _split(labels, settings, task)
     output = Path(output_dir)
     checkpoints = output / "checkpoints"
     router, tokenizer, trainer = _fit(splits.train, splits.validation, settings, task, checkpoints)
-    router = trainer.model
-    validation_loss = trainer.evaluate()["eval_loss"]
-
-    # Every reported number comes from the test prompts: neither training nor early stopping saw them.
-    test_scores = score_texts(splits.test.prompts, router, tokenizer)
-    metrics = routing_metrics(
-        test_scores,
-        splits.test.rewards,
-        splits.train.rewards,
-        teachers,
-        settings.tie_margin,
-        seed=seed,
-    )
-    metrics.update(
-        split_sizes=splits.sizes(),
-        num_train_prompts=len(splits.train),
-        num_eval_prompts=len(splits.test),
-        oracle_share_test=metrics["oracle_share"],
-        oracle_share=oracle_share(table.rewards, teachers),
-        validation_loss=float(validation_loss),
-        epochs_trained=float(trainer.state.epoch or 0.0),
-        # "no" = float32: the recipe's precision, never a launch config's `mixed_precision` (single_process)
-        training_mixed_precision=str(trainer.accelerator.mixed_precision),
-        test_prompt_ids=list(splits.test.prompt_ids),
-        validation_prompt_ids=list(splits.validation.prompt_ids),
-        train_prompt_ids=list(splits.train.prompt_ids),
-        calibration=calibration_table(score_texts(table.prompts, router, tokenizer), teachers),
-    )
+    metrics = _held_out_metrics(router, tokenizer, trainer, table, splits, settings, task)
     if learning_curve:
         metrics["learning_curve"] = _learning_curve(
             splits, settings, learning_curve, metrics, task, checkpoints
@@ -272,13 +230,70 @@ def train_router(
         metrics["reward_recovered_random"],
     )
     if trainer.is_world_process_zero():
-        save_router(router, tokenizer, output, metrics, settings=dataclasses.asdict(settings), seed=seed)
+        save_router(router, tokenizer, output, metrics, settings=dataclasses.asdict(settings), seed=task.seed)
         if metrics.get("learning_curve"):
             png = learning_curve_png(metrics["learning_curve"], metrics["reward_recovered_random"])
             (output / CURVE_FILE).write_bytes(png)
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return RouterTrainingResult(router=router, tokenizer=tokenizer, metrics=metrics)
+
+
+def _split(labels: Dataset, settings: RouterSettings, task: RouterTask) -> tuple[RewardTable, RouterSplits]:
+    """One row per prompt with >= 2 usable teachers, split by prompt (seeded) into train/validation/test."""
+    table = pivot_rewards(labels, task.teachers)  # checks columns and usable pairs before any model loads
+    splits = split_by_prompt(table, settings.validation_fraction, settings.test_fraction, task.seed)
+    logger.info(
+        "Router: %d prompts with >= 2 usable teachers (train %d, validation %d, test %d), teachers %s",
+        len(table),
+        len(splits.train),
+        len(splits.validation),
+        len(splits.test),
+        task.teachers,
+    )
+    if not _has_ordered_pair(splits.train.rewards, settings.tie_margin):
+        logger.warning(
+            "Router: every training pair is a tie (within %g); the router learns nothing", settings.tie_margin
+        )
+    return table, splits
+
+
+def _held_out_metrics(
+    router: PreTrainedModel,
+    tokenizer: Any,
+    trainer: Trainer,
+    table: RewardTable,
+    splits: RouterSplits,
+    settings: RouterSettings,
+    task: RouterTask,
+) -> dict[str, Any]:
+    """Every reported number comes from the test prompts: neither training nor early stopping saw them
+    (the oracle share and the calibration table describe all labeled prompts, and say so)."""
+    validation_loss = trainer.evaluate()["eval_loss"]
+    metrics = routing_metrics(
+        score_texts(splits.test.prompts, router, tokenizer),
+        splits.test.rewards,
+        splits.train.rewards,
+        task.teachers,
+        settings.tie_margin,
+        seed=task.seed,
+    )
+    metrics.update(
+        split_sizes=splits.sizes(),
+        num_train_prompts=len(splits.train),
+        num_eval_prompts=len(splits.test),
+        oracle_share_test=metrics["oracle_share"],
+        oracle_share=oracle_share(table.rewards, task.teachers),
+        validation_loss=float(validation_loss),
+        epochs_trained=float(trainer.state.epoch or 0.0),
+        # "no" = float32: the recipe's precision, never a launch config's `mixed_precision` (single_process)
+        training_mixed_precision=str(trainer.accelerator.mixed_precision),
+        test_prompt_ids=list(splits.test.prompt_ids),
+        validation_prompt_ids=list(splits.validation.prompt_ids),
+        train_prompt_ids=list(splits.train.prompt_ids),
+        calibration=calibration_table(score_texts(table.prompts, router, tokenizer), task.teachers),
+    )
+    return metrics
 
 
 def _learning_curve(
