@@ -188,13 +188,7 @@ def _delegate(name: str, arguments: list[str]) -> int:
     return int(module.main(arguments) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="persyn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
         help="run a recipe end to end (label, score, train the router, route, generate, assemble)",
@@ -218,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
+
+def _add_validate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     validate = commands.add_parser(
         "validate",
         help="check a pipeline, comparison or SFT recipe (with overrides) and print it",
@@ -237,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(handler=_validate)
 
+
+def _add_route_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     route = commands.add_parser(
         "route", help="route a new prompt set with a trained router (local folder or Hub repo)"
     )
@@ -252,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--output", required=True, help="where to save the routed data set")
     route.set_defaults(handler=_route)
 
+
+def _add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     migrate = commands.add_parser(
         "migrate", help="rewrite a recipe of an older format (e.g. version 1 alpha) into the current one"
     )
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("-o", "--output", default=None, help="write here instead of printing")
     migrate.set_defaults(handler=_migrate)
 
+
+def _add_publish_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     publish = commands.add_parser(
         "publish",
         help="publish a finished run again (its saved recipe.yaml and summary.json); nothing is computed",
@@ -269,9 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output.dir of a finished run")
     publish.set_defaults(handler=_publish)
 
+
+def _add_prepare_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prepare = commands.add_parser("prepare", help="convert the bundled GGUF models to safetensors once")
     prepare.set_defaults(handler=_prepare)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persyn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run_parser(commands)
+    _add_validate_parser(commands)
+    _add_route_parser(commands)
+    _add_migrate_parser(commands)
+    _add_publish_parser(commands)
+    _add_prepare_parser(commands)
     for name, (_, text, _) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)  # listed in --help; main() hands it argv
     return parser

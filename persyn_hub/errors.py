@@ -21,6 +21,10 @@ class RecipeError(PersynError, ValueError):
     """A recipe value is missing or wrong; the message names the key and the fix."""
 
 
+class PromptDataError(PersynError, ValueError):
+    """The prompt source does not have the shape the recipe says; the message names row/column."""
+
+
 class ColumnError(PersynError, ValueError):
     """A data set lacks a column a step reads, or already holds one the step adds."""
 
@@ -52,4 +56,11 @@ def refuse_columns(
         raise error(f"{reader}: the data set already has column(s) {present}." + (f" {fix}" if fix else ""))
 
 
-__all__ = ["ColumnError", "PersynError", "RecipeError", "refuse_columns", "require_columns"]
+__all__ = [
+    "ColumnError",
+    "PersynError",
+    "PromptDataError",
+    "RecipeError",
+    "refuse_columns",
+    "require_columns",
+]

@@ -87,9 +87,9 @@ def test_a_name_that_is_no_backend_is_refused():
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_each_backends_entry_drives_its_stages(name, monkeypatch):
+    from persyn_hub.pipeline.generation_stages import generation_parallelism
     from persyn_hub.pipeline.identity import teacher_identity
     from persyn_hub.pipeline.preflight import TEACHER_CHECKS
-    from persyn_hub.pipeline.stages import generation_parallelism
 
     backend, teacher = BACKENDS[name], teacher_of(name)
     assert generation_parallelism(teacher) == ("main" if teacher.pool_column else backend.parallelism)

@@ -205,7 +205,8 @@ def test_validate_refuses_a_local_prompts_file_that_does_not_exist(capsys, tmp_p
 
 
 def test_local_paths_are_told_from_hub_ids(tmp_path):
-    from persyn_hub.recipe.config import RecipeError, check_prompts_source
+    from persyn_hub.recipe.config import RecipeError
+    from persyn_hub.recipe.name_checks import check_prompts_source
 
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "hi"}\n')

@@ -35,7 +35,7 @@ import pytest
 
 from persyn_hub.folders import SUCCESS, load_dataset_folder
 from persyn_hub.pipeline.cache import CorruptCacheError, StageCache
-from persyn_hub.pipeline.stages import read_stats
+from persyn_hub.pipeline.generation_stages import read_stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import FaultProxy, LlamaServer, free_port, llama_cpp_available  # noqa: E402

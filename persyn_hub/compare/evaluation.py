@@ -102,6 +102,21 @@ def check_tasks(tasks: list[str], limit: Optional[float] = None) -> None:
             )
 
 
+def _lm_eval_model(
+    model: Any, dtype: str, gguf_file: Optional[str]
+) -> tuple[Any, str, dict[str, Any] | None]:
+    """(lm-eval's `model`, the report's label, lm-eval's `model_args`): an `LM` instance goes as is (no
+    `model_args`); a name or path is checked and loaded by lm-eval's "hf" model."""
+    from lm_eval.api.model import LM
+
+    if isinstance(model, LM):
+        return model, type(model).__name__, None
+    model_args: dict[str, Any] = {"pretrained": check_model(str(model), gguf_file), "dtype": dtype}
+    if gguf_file:
+        model_args["gguf_file"] = gguf_file
+    return "hf", str(model), model_args
+
+
 def evaluate_model(
     model: Any,
     tasks: list[str],
@@ -128,25 +143,17 @@ def evaluate_model(
     """
     import torch
     from lm_eval import simple_evaluate
-    from lm_eval.api.model import LM
 
     if not tasks:
         raise EvaluationError("--tasks: empty; name at least one task, e.g. persyn_asdiv.")
     check_tasks(tasks, limit)  # before the model loads
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(model, LM):
-        lm, label = model, type(model).__name__
-    else:
-        label = str(model)
-        model_args: dict[str, Any] = {"pretrained": check_model(str(model), gguf_file), "dtype": dtype}
-        if gguf_file:
-            model_args["gguf_file"] = gguf_file
-        lm = "hf"
+    lm, label, model_args = _lm_eval_model(model, dtype, gguf_file)
     gen_kwargs = {"max_gen_toks": int(max_gen_toks)} if max_gen_toks else None
     try:
         output = simple_evaluate(
             model=lm,
-            model_args=None if isinstance(lm, LM) else model_args,
+            model_args=model_args,
             tasks=list(tasks),
             batch_size=batch_size,
             device=device,

@@ -73,8 +73,8 @@ class CompareRecipe:
         if self.bootstrap < 0:
             raise RecipeError("bootstrap: must be >= 0 (0 turns the intervals off).")
         _check_sft_keys(self.sft)
-        from persyn_hub.recipe.config import check_model_name
         from persyn_hub.recipe.dtypes import check_dtype
+        from persyn_hub.recipe.name_checks import check_model_name
 
         check_model_name(self.student, "student")
         self.evaluation.dtype = check_dtype(self.evaluation.dtype, "evaluation.dtype")

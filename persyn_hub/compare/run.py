@@ -61,9 +61,10 @@ def pipeline_recipe_of(recipe: CompareRecipe) -> Any:
 def run_and_label_routed_prompts(pipeline: Any) -> tuple[dict[str, Any], Any, Dataset]:
     """Run (or reuse) the pipeline, then have every teacher answer its routed prompts, as stages of the
     same run: (its summary, its stage runner, every teacher's scored answer on the routed prompts)."""
+    from persyn_hub.pipeline.generation_stages import labeling_stages
     from persyn_hub.pipeline.run import run_pipeline
     from persyn_hub.pipeline.runner import Stage
-    from persyn_hub.pipeline.stages import COMBINE, PROMPTS, ROUTE, labeling_stages
+    from persyn_hub.pipeline.stage_names import COMBINE, PROMPTS, ROUTE
     from persyn_hub.router.assignment import ROUTED
 
     def routed_prompts(context: Any) -> Dataset:
@@ -139,7 +140,7 @@ def run_comparison(
     """Run, build, train and evaluate every strategy; write the table and chart; return the comparison."""
     from persyn_hub.eval_tasks.items import is_eval_item
     from persyn_hub.pipeline.run import write_local_card
-    from persyn_hub.pipeline.stages import ASSEMBLE
+    from persyn_hub.pipeline.stage_names import ASSEMBLE
 
     if not isinstance(recipe, CompareRecipe):
         recipe = load_compare_recipe(recipe, overrides)

@@ -234,7 +234,7 @@ def check_sft_values(
 def check_sft_recipe(values: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """A whole SFT recipe: keys and types, then what `persyn sft` needs before it trains (data and student
     named, the student's name or path usable). `where` (the file) starts every message."""
-    from persyn_hub.recipe.config import check_model_name
+    from persyn_hub.recipe.name_checks import check_model_name
 
     try:
         grouped = check_sft_values(values)

@@ -62,7 +62,7 @@ def strategy_orders(
     run's outputs (labels, router metrics, routed prompts), and {strategy: {"defined_by": ...}}."""
     from persyn_hub.compare.baselines import strategy_rankings
     from persyn_hub.pipeline.fallback import router_teachers
-    from persyn_hub.pipeline.stages import COMBINE, ROUTE, ROUTER
+    from persyn_hub.pipeline.stage_names import COMBINE, ROUTE, ROUTER
     from persyn_hub.router.info import read_router_record
 
     teachers = pipeline.teacher_names()
@@ -139,7 +139,7 @@ def build_training_sets(
     """
     from persyn_hub.compare.protocol import answer_stats, strategy_cost
     from persyn_hub.generation.backends import backend_of
-    from persyn_hub.pipeline.stages import ASSEMBLE, COMBINE
+    from persyn_hub.pipeline.stage_names import ASSEMBLE, COMBINE
 
     teachers = pipeline.teacher_names()
     free = {t.name for t in pipeline.teachers if backend_of(t).template_answers}

@@ -14,8 +14,9 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.folders import load_dataset_folder
+from persyn_hub.pipeline.generation_stages import read_stats
 from persyn_hub.pipeline.runner import StageRunner
-from persyn_hub.pipeline.stages import (
+from persyn_hub.pipeline.stage_names import (
     ASSEMBLE,
     ASSEMBLY_FILE,
     COMBINE,
@@ -25,7 +26,6 @@ from persyn_hub.pipeline.stages import (
     ROUTE,
     ROUTER,
     label_generate,
-    read_stats,
     routed_generate,
 )
 from persyn_hub.recipe.config import PersynRecipe

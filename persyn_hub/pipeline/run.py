@@ -28,7 +28,8 @@ from persyn_hub.pipeline.cache import StageCache
 from persyn_hub.pipeline.launch import Launch, connect
 from persyn_hub.pipeline.outputs import run_outputs
 from persyn_hub.pipeline.runner import Stage, StageRunner
-from persyn_hub.pipeline.stages import ASSEMBLE, persyn_stages
+from persyn_hub.pipeline.stage_names import ASSEMBLE
+from persyn_hub.pipeline.stages import persyn_stages
 from persyn_hub.pipeline.summary import build_summary, package_versions
 from persyn_hub.recipe.config import PersynRecipe
 

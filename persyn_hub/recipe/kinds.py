@@ -87,7 +87,8 @@ def _check_local_prompts(recipe: Any) -> None:
     source = Path(recipe.prompts.source)
     if source.suffix not in LOCAL_BUILDERS and not source.is_dir():
         return
-    from persyn_hub.data import check_local_source, load_prompts
+    from persyn_hub.data import load_prompts
+    from persyn_hub.prompts.source import check_local_source
 
     check_local_source(recipe.prompts, [t.pool_column for t in recipe.teachers if t.pool_column])
     # every row normalized and its id checked; the evaluation-item filter (which generates the packaged
