@@ -163,7 +163,7 @@ def test_the_default_runs_router_loads_with_transformers_alone_and_ranks_as_pers
     from datasets import load_from_disk
 
     routed = load_from_disk(str(routed_dir))
-    alone = ranking_with_transformers_alone(router, routed["prompt"])
+    alone = ranking_with_transformers_alone(router, list(routed["prompt"]))
     assert not alone["persyn_imported"] and alone["type"] == "BertForSequenceClassification"
     from persyn_hub.recipe.config import load_recipe
 

@@ -18,6 +18,8 @@ import pytest
 from conftest import TASK_MIX_RECIPE, override_args
 from datasets import load_from_disk
 
+from persyn_hub.pipeline.fallback import router_teachers
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -59,7 +61,7 @@ def test_a_rejected_routed_answer_gets_the_routers_second_choice_and_is_counted(
     )
     assert "verified routing:" in result.stdout
 
-    order = json.loads((copy / "artifacts" / "router" / "config.json").read_text())["teachers"]
+    order = router_teachers(copy / "artifacts" / "router")  # the router's score order (id2label)
     final = load_from_disk(str(copy / "artifacts" / "dataset"))
     recovered = 0
     with_fallback = 0
