@@ -26,10 +26,8 @@ import torch
 from persyn_hub.folders import load_dataset_folder
 from persyn_hub.recipe.config import load_recipe
 from persyn_hub.router.labels import pivot_rewards, split_by_prompt
-from persyn_hub.router.metrics import routing_metrics
 from persyn_hub.router.modeling import new_router
-from persyn_hub.router.routing import score_texts
-from persyn_hub.router.training import RouterTask, _fit
+from persyn_hub.router.training import RouterTask, _fit, metrics_on_test_prompts
 
 
 def mean_pooling_router(info, tokenizer):
@@ -54,14 +52,7 @@ def measure(labels, recipe, seed: int) -> dict[str, dict]:
             router, tokenizer, _ = _fit(
                 splits.train, splits.validation, settings, task, Path(folder), build=build
             )
-        metrics = routing_metrics(
-            score_texts(splits.test.prompts, router, tokenizer),
-            splits.test.rewards,
-            splits.train.rewards,
-            task.teachers,
-            settings.tie_margin,
-            seed=seed,
-        )
+        metrics = metrics_on_test_prompts(router, tokenizer, splits.test, splits.train, settings, task)
         results[name] = {
             "reward_recovered": metrics["reward_recovered"],
             "interval": metrics["intervals"]["reward_recovered"],

@@ -258,6 +258,26 @@ def _split(labels: Dataset, settings: RouterSettings, task: RouterTask) -> tuple
     return table, splits
 
 
+def metrics_on_test_prompts(
+    router: PreTrainedModel,
+    tokenizer: Any,
+    test: RewardTable,
+    train: RewardTable,
+    settings: RouterSettings,
+    task: RouterTask,
+) -> dict[str, Any]:
+    """Routing metrics of `router` on the `test` prompts, its best single teacher chosen on `train`: the one
+    protocol for the run's router, each learning-curve router and `benchmarks/bench_router_head.py`."""
+    return routing_metrics(
+        score_texts(test.prompts, router, tokenizer),
+        test.rewards,
+        train.rewards,
+        task.teachers,
+        settings.tie_margin,
+        seed=task.seed,
+    )
+
+
 def _held_out_metrics(
     router: PreTrainedModel,
     tokenizer: Any,
@@ -270,14 +290,7 @@ def _held_out_metrics(
     """Every reported number comes from the test prompts: neither training nor early stopping saw them
     (the oracle share and the calibration table describe all labeled prompts, and say so)."""
     validation_loss = trainer.evaluate()["eval_loss"]
-    metrics = routing_metrics(
-        score_texts(splits.test.prompts, router, tokenizer),
-        splits.test.rewards,
-        splits.train.rewards,
-        task.teachers,
-        settings.tie_margin,
-        seed=task.seed,
-    )
+    metrics = metrics_on_test_prompts(router, tokenizer, splits.test, splits.train, settings, task)
     metrics.update(
         split_sizes=splits.sizes(),
         num_train_prompts=len(splits.train),
@@ -314,14 +327,7 @@ def _learning_curve(
             continue
         train = splits.train.subset(indices)
         router, tokenizer, trainer = _fit(train, splits.validation, settings, task, checkpoints)
-        metrics = routing_metrics(
-            score_texts(splits.test.prompts, router, tokenizer),
-            splits.test.rewards,
-            train.rewards,
-            task.teachers,
-            settings.tie_margin,
-            seed=task.seed,
-        )
+        metrics = metrics_on_test_prompts(router, tokenizer, splits.test, train, settings, task)
         metrics["epochs_trained"] = float(trainer.state.epoch or 0.0)
         points.append(curve_point(fraction, len(indices), metrics))
         shutil.rmtree(checkpoints, ignore_errors=True)
