@@ -215,10 +215,11 @@ def naive_rows(model: Any, tokenizer: Any, pool: Dataset, max_length: int) -> di
             started = time.perf_counter()
             ids, starts = tokenize_for_student(tokenizer, [messages], [response])
             row_ids, start = ids[0][:max_length], starts[0]
-            input_ids = torch.tensor([row_ids])
+            input_ids = torch.tensor([row_ids], device=model.device)  # the model's device: CPU or a GPU
             logprobs = F.log_softmax(model(input_ids).logits[0].float(), dim=-1)
             targets = input_ids[0, start:]
-            scores.append(logprobs[torch.arange(start - 1, len(row_ids) - 1), targets].mean().item())
+            at = torch.arange(start - 1, len(row_ids) - 1, device=model.device)
+            scores.append(logprobs[at, targets].mean().item())
             seconds.append(time.perf_counter() - started)
             tokens.append(len(row_ids) - start)
             positions.append(len(row_ids))

@@ -27,7 +27,7 @@ from persyn_hub.folders import load_dataset_folder
 from persyn_hub.recipe.config import load_recipe
 from persyn_hub.router.labels import pivot_rewards, split_by_prompt
 from persyn_hub.router.modeling import new_router
-from persyn_hub.router.training import RouterTask, _fit, metrics_on_test_prompts
+from persyn_hub.router.training import RouterTask, fit_router, metrics_on_test_prompts
 
 
 def mean_pooling_router(info, tokenizer):
@@ -49,7 +49,7 @@ def measure(labels, recipe, seed: int) -> dict[str, dict]:
     for name, build in HEADS.items():
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
-            router, tokenizer, _ = _fit(
+            router, tokenizer, _ = fit_router(
                 splits.train, splits.validation, settings, task, Path(folder), build=build
             )
         metrics = metrics_on_test_prompts(router, tokenizer, splits.test, splits.train, settings, task)

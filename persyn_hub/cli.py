@@ -6,9 +6,19 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from persyn_hub.bundled import BUNDLED_MODELS, PREFIX, resolve_model
+from persyn_hub.errors import PersynError
+from persyn_hub.publish.finished import publish_again
+from persyn_hub.recipe.config import PromptsConfig, load_recipe
+from persyn_hub.recipe.kinds import validate_file
+from persyn_hub.recipe.migrate import migrate_file
+from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
+from persyn_hub.router.info import router_info
 
 DESCRIPTION = """\
 PerSyn: personalized distillation data via router-guided multi-teacher distillation.
@@ -21,6 +31,7 @@ PerSyn: personalized distillation data via router-guided multi-teacher distillat
   persyn sft --config recipes/demo/sft.yaml                  fine-tune the student (TRL SFTTrainer)
   persyn evaluate --model DIR --tasks persyn_asdiv --output DIR   lm-evaluation-harness
   persyn compare recipes/demo/compare-asdiv-smollm2.yaml      baselines vs PerSyn: table + chart
+  persyn plan-labeling RECIPE --designs 2,3,full              labeling designs at equal spend, no generation
   persyn publish runs/x                                       publish a finished run again
   persyn prepare                                              convert the bundled models once
 """
@@ -37,14 +48,16 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    # lazy: pipeline.run loads datasets and numpy, which this module otherwise does not
     from persyn_hub.pipeline.run import run_pipeline
+
+    # lazy: pipeline.summary loads datasets and numpy, which this module otherwise does not
     from persyn_hub.pipeline.summary import format_summary
-    from persyn_hub.recipe.config import load_recipe
 
     if getattr(args, "resume_from_hub", None):  # the same as --output.hub.resume_from REPO[@revision]
         extra = [*extra, "--output.hub.resume_from", args.resume_from_hub]
     recipe = load_recipe(args.recipe, extra)
-    summary = run_pipeline(recipe, retry_failed=args.retry_failed)
+    summary = run_pipeline(recipe, retry_failed=args.retry_failed, break_lock=args.break_lock)
     if "rows" in summary:  # the main process of a launch reports; the others only worked
         print(format_summary(summary))
     return 0
@@ -53,7 +66,6 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 def _validate(args: argparse.Namespace, extra: list[str]) -> int:
     """Pipeline, comparison and SFT recipes, each checked by its own parser (`recipe/kinds.py`); a local
     prompt file is opened too, so a column the recipe names and the file lacks fails now."""
-    from persyn_hub.recipe.kinds import validate_file
 
     print(validate_file(args.recipe, extra, kind=args.kind))
     return 0
@@ -61,11 +73,10 @@ def _validate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _route(args: argparse.Namespace, extra: list[str]) -> int:
     """Route a new prompt set with a trained router; no teacher generates anything."""
+    # lazy: these load datasets, torch and transformers, which `persyn --help` and `validate` do not need
     from persyn_hub.data import load_prompts
     from persyn_hub.pipeline.preflight import open_router
-    from persyn_hub.recipe.config import PromptsConfig
-    from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
-    from persyn_hub.router import route_prompts
+    from persyn_hub.router.routing import route_prompts
 
     values = {"source": args.prompts, "prompt_column": args.prompt_column, "split": args.split}
     values["num_prompts"] = args.num_prompts
@@ -76,8 +87,8 @@ def _route(args: argparse.Namespace, extra: list[str]) -> int:
     teachers = args.teachers.split(",") if args.teachers else None
     router, tokenizer = open_router(args.router, teachers, field="--router")  # before any prompt loads
     if budgets:
+        # lazy: router.budgets loads numpy and scipy, which this module otherwise does not
         from persyn_hub.router.budgets import check_budgets
-        from persyn_hub.router.info import router_info
 
         check_budgets(budgets, router_info(router).teachers)  # a wrong name fails before prompts load
     prompts = load_prompts(prompt_config, seed=args.seed)
@@ -97,6 +108,7 @@ def _parse_budgets(text: str | None) -> dict[str, float] | None:
     """`--budgets` JSON -> {teacher: max share}; a typo is one BudgetError naming the flag, not a traceback."""
     if not text:
         return None
+    # lazy: router.budgets loads numpy and scipy, which this module otherwise does not
     from persyn_hub.router.budgets import BudgetError
 
     try:
@@ -119,7 +131,6 @@ def _parse_budgets(text: str | None) -> dict[str, float] | None:
 
 def _migrate(args: argparse.Namespace, extra: list[str]) -> int:
     """Rewrite an older recipe into the current format, saying every change (comments are not kept)."""
-    from persyn_hub.recipe.migrate import migrate_file
 
     text, changes = migrate_file(args.recipe)
     if args.output:
@@ -135,7 +146,6 @@ def _migrate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _publish(args: argparse.Namespace, extra: list[str]) -> int:
     """Publish a finished run again by itself: its saved recipe (overrides allowed) and summary."""
-    from persyn_hub.publish.finished import publish_again
 
     summary = publish_again(args.output_dir, extra)
     print(json.dumps({key: value for key, value in summary["hub"].items() if key != "stages"}, indent=2))
@@ -143,7 +153,6 @@ def _publish(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _prepare(args: argparse.Namespace, extra: list[str]) -> int:
-    from persyn_hub.bundled import BUNDLED_MODELS, PREFIX, resolve_model
 
     for name in BUNDLED_MODELS:
         print(f"{PREFIX}{name}: {resolve_model(PREFIX + name)}")
@@ -158,6 +167,11 @@ DELEGATED: dict[str, tuple[str, str, bool]] = {
     ),
     "evaluate": ("persyn_hub.compare.evaluation", "evaluate a model with lm-evaluation-harness", True),
     "compare": ("persyn_hub.compare.run", "build baselines, train and evaluate a student on each", False),
+    "plan-labeling": (
+        "persyn_hub.labeling.plan_command",
+        "compare labeling designs (every teacher vs m per prompt) at equal spend on existing answers",
+        True,
+    ),
 }
 """Subcommands implemented by another module's `main(argv)`: name -> (module, help, has its own --help)."""
 
@@ -209,6 +223,12 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="continue from the stages a run published (output.hub.stages): every stage whose key matches is "
         "downloaded instead of computed, a partial generation asks only its missing rows; new stages are "
         "published to output.hub.stages_repo (default: this repo)",
+    )
+    run.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over output.dir's run lock from a run that is gone (a crashed node, a requeued job) without "
+        "waiting launch.timeout for its heartbeat to go stale; a live run on this host is still refused",
     )
     run.set_defaults(handler=_run)
 
@@ -318,7 +338,6 @@ def report_errors(call: Callable[[], Any]) -> int:
 
     Any other exception keeps its traceback: it is a bug, and the traceback is what fixes it.
     """
-    from persyn_hub.errors import PersynError
 
     try:
         return int(call() or 0)
@@ -331,6 +350,9 @@ def report_errors(call: Callable[[], Any]) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # `persyn validate ... | head`: the reader left; Python's own recipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

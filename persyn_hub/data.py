@@ -14,6 +14,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.errors import PromptDataError
+from persyn_hub.eval_tasks.items import drop_eval_items
 from persyn_hub.prompts.columns import apply_bundled_defaults, check_columns, check_prompt_column_has_text
 from persyn_hub.prompts.duplicates import check_unique_ids
 from persyn_hub.prompts.normalization import normalize_batch
@@ -57,8 +58,6 @@ def load_prompts(config: PromptsConfig, seed: int = 42, report: dict[str, Any] |
     dataset = check_unique_ids(dataset, config)
     report["duplicates_dropped"] = report["source_rows"] - len(dataset)
     if config.drop_eval_items:
-        from persyn_hub.eval_tasks.items import drop_eval_items
-
         before = len(dataset)
         dataset = drop_eval_items(dataset, "prompt")
         report["eval_items_dropped"] = before - len(dataset)

@@ -13,7 +13,50 @@ import torch
 # Tests must never reach the public Hub; model loads are all local paths.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+# pytest-xdist runs WORKERS test processes side by side (setup.cfg's addopts): each gets its share of the
+# cores, and so do the runs it starts (OpenMP threads spin; oversubscribed, they slow everything down).
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    # vLLM engines (real or stand-in) of two workers' launches must not probe the same ports: each worker's
+    # launches get a node base of their own (local rank r then takes base + 100 r, generation/placement.py)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    os.environ.setdefault("VLLM_PORT", str(20000 + 500 * worker))
+torch.set_num_threads(THREADS)
+
+SLOWEST_FIRST = (
+    "test_readme",
+    "test_faults",
+    "test_launch",
+    "test_compare",
+    "test_hub_stages",
+    "test_launch_attempts",
+    "test_pipeline_e2e",
+    "test_labeling_plan",
+    "test_launch_vllm",
+    "test_hub_resilience",
+    "test_launch_liveness",
+    "test_served_scoring",
+    "test_fail_once",
+    "test_labeling_design",
+    "test_verified_routing_run",
+)
+"""Modules with the longest runs, handed out first (`--dist loadfile` keeps a module on one worker, so its
+module-scoped fixtures run once), so no worker is left with a long one at the end."""
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most 8 (each holds a few small models in memory)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within and among the other modules is kept
 
 
 @pytest.fixture(scope="session")

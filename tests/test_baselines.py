@@ -15,8 +15,8 @@ from persyn_hub.compare.baselines import (
     strongest,
     weakest,
 )
+from persyn_hub.compare.intervals import interval_cells
 from persyn_hub.compare.picking import choose_training_answers, pool_trainable, pool_verified
-from persyn_hub.compare.report import bootstrap_cells
 
 TEACHERS = ["big", "mid", "small", "key"]
 
@@ -162,30 +162,22 @@ def test_mix_random_and_persyn():
     }  # fmt: skip
 
 
-def test_bootstrap_cells_give_intervals_and_paired_significance():
+def test_interval_cells_give_intervals_and_paired_significance():
     rng = np.random.default_rng(0)
     items = 300
-    good = (rng.random((2, items)) < 0.6).astype(float)
-    bad = (rng.random((2, items)) < 0.3).astype(float)
+    good = (rng.random((3, items)) < 0.6).astype(float)  # three seeds: the seed part has 2 degrees of freedom
+    bad = (rng.random((3, items)) < 0.3).astype(float)
     same = good.copy()
-    cells = bootstrap_cells(
-        {"persyn": good, "random": bad, "twin": same}, reference="persyn", resamples=500, seed=1
-    )
+    cells = interval_cells({"persyn": good, "random": bad, "twin": same}, reference="persyn")
     low, high = cells["persyn"]["interval"]
-    assert low < cells["persyn"]["mean"] < high and high - low < 0.15
+    assert low < cells["persyn"]["mean"] < high and high - low < 0.3
     assert (
         cells["random"]["minus_persyn"]["significant"] and cells["random"]["minus_persyn"]["interval"][1] < 0
     )
     assert not cells["twin"]["minus_persyn"]["significant"]  # identical scores: a zero difference
     assert cells["twin"]["minus_persyn"]["interval"] == [0.0, 0.0]
-    again = bootstrap_cells(
-        {"persyn": good, "random": bad, "twin": same}, reference="persyn", resamples=500, seed=1
-    )
-    assert again == cells
-    single_seed = bootstrap_cells(
-        {"base": good[:1], "persyn": good}, reference="persyn", resamples=200, seed=0
-    )
-    assert "interval" in single_seed["base"]
+    single_seed = interval_cells({"base": good[:1], "persyn": good}, reference="persyn")
+    assert "interval" in single_seed["base"] and "interval" in single_seed["base"]["minus_persyn"]
 
 
 # ---- Fair protocol: ties, fallbacks, a common set no strategy shapes, costs, what students learned from

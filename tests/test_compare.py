@@ -76,15 +76,26 @@ def test_compare_recipe_errors_name_the_key(tmp_path):
     bad.write_text("strategies: [strong]\n")
     with pytest.raises(RecipeError, match="pipeline"):
         load_compare_recipe(bad)
+    # the budget is whole epochs over every student's own set: a step cap would leave rows unseen
+    bad.write_text("pipeline: x.yaml\nsft: {max_steps: 20}\n")
+    with pytest.raises(RecipeError, match="sft.max_steps.*num_train_epochs"):
+        load_compare_recipe(bad)
+    bad.write_text("pipeline: x.yaml\nsft: {num_train_epochs: 0.5}\n")
+    with pytest.raises(RecipeError, match="num_train_epochs: must be >= 1"):
+        load_compare_recipe(bad)
+    bad.write_text("pipeline: x.yaml\nbootstrap: 1000\n")  # the old interval method's key names the new one
+    with pytest.raises(RecipeError, match="bootstrap: removed.*intervals: false"):
+        load_compare_recipe(bad)
 
 
-def cell(mean, low, high, diff=None):
-    out = {"mean": mean, "interval": [low, high], "per_seed": [mean]}
+def cell(mean, low, high, diff=None, per_seed=None):
+    out = {"mean": mean, "interval": [low, high], "per_seed": per_seed or [mean - 0.01, mean + 0.01]}
     if diff is not None:
         out["minus_persyn"] = {
             "mean": diff[0],
             "interval": list(diff[1:]),
             "significant": diff[1] > 0 or diff[2] < 0,
+            "per_seed": [diff[0] - 0.01, diff[0] + 0.01],
         }
     return out
 
@@ -95,17 +106,20 @@ def test_table_and_chart_from_a_comparison(tmp_path):
         "name": "t",
         "student": "s",
         "training_prompts": 6,
+        "command": "persyn compare recipes/demo/compare-task-mix-smollm2.yaml --seeds '[0, 1]'",
         "seeds": [0, 1],
-        "bootstrap": 100,
+        "intervals": True,
+        "budget": {"epochs": [1.0], "steps": [1], "rows": [6]},
         "evaluation": {"tasks": ["persyn_taskmix"], "max_gen_toks": 8},
         "scores": {key: {"items": 40}},
         "rows": [
-            {"strategy": "student (no SFT)", "scores": {key: cell(0.2, 0.1, 0.3, (-0.4, -0.5, -0.3))}},
+            {"strategy": "student (no SFT)", "scores": {key: cell(0.2, 0.1, 0.3, (-0.4, -0.5, -0.3), [0.2])}},
             {"strategy": "random", "rows": 6, "cost": {"generations": 6, "tokens": 60},
              "scores": {key: cell(0.4, 0.3, 0.5, (-0.2, -0.3, -0.1))}},
             {"strategy": "oracle", "rows": 6, "cost": {"generations": 12, "tokens": 120},
              "scores": {key: {**cell(0.62, 0.5, 0.7, (0.02, -0.05, 0.1)),
-                              "minus_random": {"mean": 0.22, "interval": [0.1, 0.3], "significant": True}}}},
+                              "minus_random": {"mean": 0.22, "interval": [0.1, 0.3], "significant": True,
+                                               "per_seed": [0.2, 0.24]}}}},
             {"strategy": "persyn", "rows": 6, "cost": {"generations": 10, "tokens": 90, "labeling_generations": 4,
                                                        "seconds": 12.5, "cached_stages": []},
              "teacher_counts": {"big": 2, "key": 4}, "fallbacks": 1, "extra_answers": 1,
@@ -123,7 +137,17 @@ def test_table_and_chart_from_a_comparison(tmp_path):
     assert "| random | 6 | 6 | 60 | 0.400 [0.300, 0.500] | -0.200 [-0.300, -0.100] * |" in table
     assert "| oracle | 6 | 12 | 120 | 0.620 [0.500, 0.700] | +0.020 [-0.050, +0.100] |" in table
     assert "| persyn | 6 | 10 | 90 | 0.600 [0.500, 0.700] |  |" in table
-    assert "Oracle - random on persyn_taskmix exact_match: +0.220 [+0.100, +0.300] *." in table
+    oracle = "Oracle - random on persyn_taskmix exact_match: +0.220 [+0.100, +0.300] *"
+    assert f"{oracle} (per seed: +0.200, +0.240)." in table
+    # self-contained: the command, the budget and how to read the intervals come with the tables
+    assert table.startswith(f"**`{comparison['command']}`**")
+    assert "1 epoch(s) over its 6 rows (1 optimizer steps), the same for every strategy and seed" in table
+    assert "t with seeds - 1 degrees of freedom" in table
+    # per seed: each student's mean and its paired difference to persyn on the same seed
+    assert "| strategy | seed 0 | seed 1 | minus persyn, seed 0 | minus persyn, seed 1 |" in table
+    assert "| random | 0.390 | 0.410 | -0.210 | -0.190 |" in table
+    assert "| student (no SFT) | 0.200 | 0.200 | -0.410 | -0.390 |" in table  # one model in every seed column
+    assert "| persyn | 0.590 | 0.610 |  |  |" in table
     # what each student learned from: teacher mix, fallbacks, extra answers, checker-accepted share, length,
     # log-prob, cost
     assert "| persyn | big 33%, key 67% | 1 | 1 | 0.750 | 0.800 | 12.2 | -1.500 | 4 | 12.5 |" in table
@@ -152,8 +176,8 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
         [
             sys.executable, "-m", "persyn_hub.cli", "compare", "recipes/demo/compare-task-mix-smollm2-full.yaml",
             "--pipeline_overrides", json.dumps(overrides),
-            "--seeds", "[0]", "--bootstrap", "50",
-            "--sft.max_steps", "1", "--sft.per_device_train_batch_size", "2",
+            "--seeds", "[0]", "--max_train_prompts", "2",
+            "--sft.num_train_epochs", "1", "--sft.per_device_train_batch_size", "2",
             "--evaluation.limit", "8", "--evaluation.max_gen_toks", "8", "--evaluation.batch_size", "8",
             "--output_dir", str(out),
         ],
@@ -175,7 +199,7 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     }
     sets = {name: load_from_disk(str(out / "data" / name)) for name in STRATEGIES}
     common = sets["persyn"]["prompt_id"]
-    assert len(common) == comparison["training_prompts"] > 0
+    assert len(common) == comparison["training_prompts"] == 2  # max_train_prompts: the first 2, for all
     for name, data in sets.items():
         assert data["prompt_id"] == common, f"{name} trained on other prompts"  # same prompts, same count
         assert rows[name]["rows"] == len(common)
@@ -190,6 +214,8 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     # every strategy reports its seeds, fallbacks and what its student learned from
     for name in STRATEGIES:
         assert rows[name]["seeds"] == [0] and rows[name]["fallbacks"] >= 0
+        # one full epoch over all of its own rows: 2 prompts, batch 2, one step (the same for every strategy)
+        assert [(run["epochs"], run["rows"], run["steps"]) for run in rows[name]["training"]] == [(1.0, 2, 1)]
         assert set(rows[name]["answers"]) == {
             "verified_correct_share", "mean_quality", "mean_response_tokens", "mean_student_logprob",
         }  # fmt: skip
@@ -222,9 +248,11 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     cells = rows["persyn"]["scores"]["persyn_taskmix exact_match"]
     assert 0.0 <= cells["interval"][0] <= cells["mean"] <= cells["interval"][1] <= 1.0
     assert "minus_persyn" in rows["random"]["scores"]["persyn_taskmix exact_match"]
-    assert (
-        "| persyn |" in (out / "comparison.md").read_text() and (out / "comparison.png").stat().st_size > 1000
-    )
+    report = (out / "comparison.md").read_text()
+    assert "| persyn |" in report and (out / "comparison.png").stat().st_size > 1000
+    assert report.startswith("**`persyn compare recipes/demo/compare-task-mix-smollm2-full.yaml")
+    assert "| strategy | seed 0 | minus persyn, seed 0 |" in report
+    assert comparison["budget"] == {"epochs": [1.0], "steps": [1], "rows": [2]}
     assert (run_dir / "comparison.md").is_file()
     card = (run_dir / "artifacts" / "dataset" / "README.md").read_text()
     assert "## Student comparison" in card

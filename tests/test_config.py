@@ -116,6 +116,10 @@ def test_recipe_round_trips_through_yaml(tmp_path):
             lambda v: v["router"].update(validation_fraction=0.5, test_fraction=0.45),
             r"router\.validation_fraction \+ router\.test_fraction = 0\.95 leaves under 10%",
         ),
+        (
+            lambda v: v.setdefault("launch", {}).update(stall_timeout=0),
+            r"launch\.stall_timeout: 0\.0 must be a positive number of seconds \(longer than the slowest model load",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key_and_the_fix(tmp_path, mutate, message):

@@ -359,7 +359,7 @@ def test_tokens_are_never_printed_or_written(killed_everywhere, reference):
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.skipif(
-    not llama_cpp_available(), reason="needs llama-cpp-python[server] (requirements-server.txt)"
+    not llama_cpp_available(), reason="needs llama-cpp-python[server]: `bash scripts/install-llama-server.sh`"
 )
 def test_endpoint_faults_through_the_pipeline_leave_the_data_unchanged(reference, tmp_path):
     from persyn_hub.bundled import bundled_gguf_path

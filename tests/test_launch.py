@@ -1,6 +1,7 @@
 """The whole run under a launch, in bf16: N processes give the 1-process data set, labels, routing and router,
-row for row, and a launch killed mid-stage resumes with another process count without losing, repeating or
-changing a row.
+row for row; a launch SIGKILLed whole mid-stage resumes with another process count without losing, repeating or
+changing a row; and a launch that torchrun restarts after a rank died (a second attempt on the same store)
+finishes to the same run.
 
 Every run here is bf16 (student and both LLM teachers): bf16 greedy decoding and scoring follow batch
 shapes, so equality holds only because the sharded stages are computed in chunks that do not depend on the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -43,14 +45,24 @@ LAUNCH = {
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
+    import psutil
     from persyn_hub.generation import checkpoint
 
     write = checkpoint.GenerationCheckpoint.write
+    once = os.environ.get("PERSYN_TEST_KILL_ONCE")  # a marker file: kill in the first attempt only
 
     def write_then_die(self, records):  # rank 1 dies mid-chunk, its first answers checkpointed
         write(self, records)
-        if os.environ.get("RANK") == "1":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("RANK") != "1" or (once and os.path.exists(once)):
+            return
+        if once:
+            open(once, "w").close()
+        if os.environ.get("PERSYN_TEST_KILL_LAUNCH"):  # the whole launch at once: its launcher, every rank
+            launcher = psutil.Process().parent()
+            for process in [launcher, *launcher.children(recursive=True)]:
+                if process.pid != os.getpid():
+                    process.kill()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoint.GenerationCheckpoint.write = write_then_die
     from persyn_hub.cli import main
@@ -79,7 +91,7 @@ def environment() -> dict[str, str]:
 
 
 def persyn_run(
-    output_dir: Path, *, processes: int, script: Path | None = None
+    output_dir: Path, *, processes: int, script: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess:
     arguments = ["run", TASK_MIX_RECIPE, *override_args({**LAUNCH, "output.dir": str(output_dir)})]
     if processes == 1:
@@ -90,7 +102,9 @@ def persyn_run(
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_GPU_CONFIG),
             "--num_processes", str(processes), "--main_process_port", str(free_port()), *target, *arguments,
         ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=1500)
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env={**environment(), **env}, timeout=1500
+    )
 
 
 def rows(run_dir: Path, artifact: str) -> list[dict]:
@@ -143,8 +157,9 @@ def test_a_four_process_launch_killed_mid_stage_resumes_with_two_and_with_one_pr
     killed_dir = tmp_path / "killed"
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    killed = persyn_run(killed_dir, processes=4, script=script)
-    assert killed.returncode != 0  # rank 1 died; the launcher stopped the launch
+    killed = persyn_run(killed_dir, processes=4, script=script, PERSYN_TEST_KILL_LAUNCH="1")
+    assert killed.returncode == -signal.SIGKILL  # the whole launch, launcher and ranks, SIGKILLed at once
+    assert (killed_dir / ".persyn.lock.owner").is_file()  # the dead run's lock: no file is removed by hand
     checkpointed = checkpointed_rows(killed_dir)
     assert checkpointed, "rank 1 died before checkpointing a row"
     finished_chunks = list(killed_dir.glob("stages/*/chunks/*.done"))
@@ -155,6 +170,8 @@ def test_a_four_process_launch_killed_mid_stage_resumes_with_two_and_with_one_pr
         shutil.copytree(killed_dir, run_dir)
         resumed = persyn_run(run_dir, processes=processes)
         assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+        assert "taking over the run lock of persyn run (pid" in resumed.stderr
+        assert "its process is gone" in resumed.stderr
         assert_same_run(run_dir, one_process)
         summary = json.loads((run_dir / "summary.json").read_text())
         for teacher in ("smollm2-135m-instruct", "gemma-3-270m"):
@@ -168,6 +185,33 @@ def test_a_four_process_launch_killed_mid_stage_resumes_with_two_and_with_one_pr
         assert generated_now, "the resume had rows left to generate"
         asked_again = checkpointed & generated_now
         assert not asked_again, f"rows answered before the kill were generated again: {asked_again}"
+
+
+@pytest.mark.slow
+def test_a_torchrun_restart_attempt_resumes_to_the_one_process_run(one_process, tmp_path):
+    """`torchrun --max-restarts 1`: rank 1 is SIGKILLed once, mid label generation, and torchrun restarts
+    both ranks on the same store. The second attempt reads none of the first one's chunk claims, abort or
+    signals, takes over its run lock, and finishes from what output.dir holds, as a restart by hand does."""
+    run_dir = tmp_path / "restarted"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    marker = tmp_path / "killed-once"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
+        "--monitor-interval", "0.5", "--master_port", str(free_port()), str(script), "run", TASK_MIX_RECIPE,
+        *override_args({**LAUNCH, "output.dir": str(run_dir)}),
+    ]  # fmt: skip
+    environment_once = {**environment(), "PERSYN_TEST_KILL_ONCE": str(marker)}
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env=environment_once, timeout=1500
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert marker.exists()  # rank 1 was killed in the first attempt
+    assert "attempt 2 on this rendezvous store" in output
+    assert "taking over the run lock" in output and "attempt 1 of this same launch" in output
+    assert_same_run(run_dir, one_process)
+    assert not (run_dir / ".persyn.lock.owner").exists()
 
 
 def parts(run_dir: Path) -> set[str]:

@@ -1,5 +1,6 @@
-"""Liveness of a launch: a rank that dies, hangs or fails ends the others within `launch.timeout`, with one
-line naming the stage and the rank; a long main-process stage does not.
+"""Liveness of a launch: a rank that dies, is frozen or fails ends the others within `launch.timeout`, and a
+rank whose main thread blocks while it lives ends them within `launch.stall_timeout`, with one line naming
+the stage and the rank; a long main-process stage that makes progress does not.
 
 Each test starts the ranks of a launch itself, as `srun` starts one task per node: every process gets
 `RANK`, `WORLD_SIZE`, `LOCAL_RANK` and the rendezvous address, and no launcher agent watches them, so
@@ -13,6 +14,7 @@ the store.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from datasets import load_from_disk
 from servers import free_port
 
 TIMEOUT = 6.0
+STALL = 5.0
 DRIVER = textwrap.dedent(
     """
     import logging, os, signal, sys, time
@@ -34,10 +37,15 @@ DRIVER = textwrap.dedent(
     from persyn_hub.pipeline.launch import connect
     from persyn_hub.pipeline.cache import StageCache
     from persyn_hub.pipeline.runner import Stage, StageRunner
+    from persyn_hub.progress import progress_bar
 
     logging.basicConfig(level=logging.INFO)
     scenario, root = sys.argv[1], sys.argv[2]
     victim = int(os.environ["RANK"]) == int(os.environ.get("PERSYN_TEST_VICTIM", "1"))
+
+    def read_a_hung_mount():
+        hung, _ = os.pipe()  # nothing is ever written: the read blocks in the kernel with the GIL released
+        os.read(hung, 1)
 
     def rows(context):
         return Dataset.from_dict({"prompt_id": [f"p{i:03d}" for i in range(24)], "x": list(range(24))})
@@ -46,7 +54,13 @@ DRIVER = textwrap.dedent(
         if scenario == "die-main" and victim:
             time.sleep(2)  # the others are waiting for this stage by now
             os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(float(os.environ.get("PERSYN_TEST_SLOW", "0")))
+        if scenario == "stall" and victim:
+            read_a_hung_mount()
+        steps = int(float(os.environ.get("PERSYN_TEST_SLOW", "0")) / 0.5)
+        with progress_bar(steps, "slow", "step") as bar:  # a long main-process stage that makes progress
+            for _ in range(steps):
+                time.sleep(0.5)
+                bar.update(1)
         return Dataset.from_dict({"z": [1]})
 
     def square(context):
@@ -57,6 +71,8 @@ DRIVER = textwrap.dedent(
             if scenario == "stop":
                 os.kill(os.getpid(), signal.SIGSTOP)
             raise ValueError(f"row {context.rows['prompt_id'][0]} is malformed")
+        if victim and scenario == "stall":
+            read_a_hung_mount()
         time.sleep(0.2)
         return context.rows.map(lambda row: {"y": row["x"] ** 2})
 
@@ -65,7 +81,8 @@ DRIVER = textwrap.dedent(
         Stage("square", square, inputs=("slow",), identity=1, parallel="chunks", rows=rows),
     ]
     try:
-        launch = connect(float(os.environ["PERSYN_TEST_TIMEOUT"]))
+        timeout, stall = os.environ["PERSYN_TEST_TIMEOUT"], os.environ.get("PERSYN_TEST_STALL", "1800")
+        launch = connect(float(timeout), float(stall))
         runner = StageRunner(StageCache(root), launch=launch, chunk_rows=3)
         for stage in stages:
             runner.run(stage)
@@ -163,17 +180,45 @@ def test_the_main_process_dying_ends_the_others_within_the_timeout(tmp_path):
     assert seconds < TIMEOUT + 30
 
 
-def test_a_main_process_stage_longer_than_the_timeout_does_not_stop_the_waiting_ranks(tmp_path):
-    processes = start_ranks(tmp_path, "slow", PERSYN_TEST_SLOW=str(2.5 * TIMEOUT))
+def test_a_main_process_stage_with_progress_outlasts_the_timeout_and_stall_timeout(tmp_path):
+    """The main process works 15 s, 3 x `launch.stall_timeout`, advancing a progress bar; the other waits."""
+    slow = str(2.5 * TIMEOUT)
+    processes = start_ranks(tmp_path, "slow", PERSYN_TEST_SLOW=slow, PERSYN_TEST_STALL=str(STALL))
     try:
         results = [finish(process, 120) for process in processes]
     finally:
         kill_all(processes)
     for code, output, _ in results:
         assert code == 0, output
-    assert "waits for rank(s) [0]" in results[1][1]  # it did wait, longer than the timeout, and went on
+    # it did wait, longer than both timeouts, seeing rank 0's progress through the store, and went on
+    assert re.search(r"waits for rank\(s\) \[0\] \(rank 0 in stage slow \(\d+ done\)\)", results[1][1])
     data = load_from_disk(str(next((tmp_path / "run" / "stages").glob("square-*")) / "data"))
     assert data["y"] == [x**2 for x in range(24)]
+
+
+@pytest.mark.parametrize(("victim", "stage"), [("1", "square"), ("0", "slow")])
+def test_a_stalled_rank_ends_the_launch_naming_its_stage_and_frame(tmp_path, victim, stage):
+    """The victim's main thread blocks in a read that never returns (the GIL released, as in a stuck CUDA
+    sync or a hung mount): its heartbeat beats on, yet within `stall_timeout` every rank exits 2 with one
+    line naming it, its stage and the frame, and the victim's log shows the blocked stack. Rank 1 stalls
+    in a chunk while rank 0 waits for it; rank 0 (which hosts the store) stalls in a main-process stage."""
+    started = time.monotonic()
+    processes = start_ranks(tmp_path, "stall", PERSYN_TEST_VICTIM=victim, PERSYN_TEST_STALL=str(STALL))
+    try:
+        results = [finish(process, STALL + 60) for process in processes]
+        seconds = time.monotonic() - started  # both ranks have exited (start-up included)
+    finally:
+        kill_all(processes)
+    for code, output, _ in results:
+        assert code == 2, output
+        (line,) = error_lines(output)
+        assert f"stage {stage}: rank {victim} made no progress for" in line, line
+        assert "launch.stall_timeout 5 s" in line and "read_a_hung_mount (driver.py:" in line, line
+        assert "`os.read(hung, 1)`" in line and "run the same command again" in line, line
+        assert "Traceback" not in output
+    assert seconds < STALL + 60, seconds
+    stalled = results[int(victim)][1]
+    assert "The main thread of rank" in stalled and "os.read(hung, 1)" in stalled.split("blocked here")[1]
 
 
 def test_four_ranks_share_the_chunks_and_give_the_one_process_result(tmp_path):

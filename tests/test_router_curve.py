@@ -78,10 +78,14 @@ def test_learning_curve_lists_each_share_with_intervals_in_metrics_card_and_plot
     assert [point["fraction"] for point in curve] == [0.25, 0.5, 1.0]
     sizes = [point["train_prompts"] for point in curve]
     assert sizes == [round(0.25 * sizes[-1]), round(0.5 * sizes[-1]), metrics["num_train_prompts"]]
+    validation = metrics["split_sizes"]["validation"]
     for point in curve:
         low, high = point["interval"]
         assert low <= point["reward_recovered"] <= high
         assert point["best_single_teacher"] in TEACHERS
+        # the curve in generations spent: every teacher answered each train and validation prompt
+        assert point["labeled_answers"] == len(TEACHERS) * (point["train_prompts"] + validation)
+    assert metrics["labeling"]["design"] == "full" and "evaluated_among" not in metrics
     # the full share is the router this call returns, measured once on the same test prompts
     assert curve[-1]["reward_recovered"] == metrics["reward_recovered"]
     assert curve[-1]["interval"] == metrics["intervals"]["reward_recovered"]

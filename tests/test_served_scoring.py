@@ -5,7 +5,7 @@ float32, so the only differences are llama.cpp's quantized arithmetic. Requests 
 proxy that makes one prompt's first requests fail (503, malformed JSON, dropped connection), so the
 numbers below are also the numbers after retries.
 
-Run: `pytest -m server tests/test_served_scoring.py` (needs `pip install -r requirements-server.txt`).
+Run: `pytest -m server tests/test_served_scoring.py` (needs `bash scripts/install-llama-server.sh`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ pytestmark = [
     pytest.mark.server,
     pytest.mark.skipif(
         not llama_cpp_available(),
-        reason="llama_cpp is not importable: `pip install -r requirements-server.txt` to run the real-server tests",
+        reason="llama_cpp is not importable: `bash scripts/install-llama-server.sh` to run the real-server tests",
     ),
 ]
 

@@ -178,6 +178,12 @@ RELEVANT = {
     "labeling alpha": ([], ["--labeling.alpha", "0.2"], {"combine", "router"}),
     "labeling normalization": ([], ["--labeling.normalization", "minmax"], {"combine"}),
     "labeling num_prompts": ([], ["--labeling.num_prompts", "100"], LABEL_GENERATE | {"route"}),
+    # the design (m, the seed already in) decides who answers which labeled prompt; the router's card names it
+    "labeling teachers_per_prompt (partial_labeling)": (
+        [],
+        ["--labeling.teachers_per_prompt", "2"],
+        LABEL_GENERATE | {"router"},
+    ),
     # router training
     "router learning_rate": ([], ["--router.learning_rate", "0.001"], {"router"}),
     "router num_train_epochs": ([], ["--router.num_train_epochs", "5"], {"router"}),
@@ -290,11 +296,16 @@ IRRELEVANT = {
         ["--output.hub.stages_repo", "me/stages", "--output.hub.stages_private", "false"],
     ),
     "output revision": ([], ["--output.hub.revision", "dev"]),
+    "labeling teachers_per_prompt = every teacher (partial_labeling off)": (
+        [],
+        ["--labeling.teachers_per_prompt", "4"],
+    ),
     "recipe name": ([], ["--name", "renamed"]),
     "env": ([], ["--env", "{SOME_SETTING: x}"]),
     # how a launch shares the work: chunks and waits change no output (chunks do not depend on the
     # process count; a changed chunk size is like a changed batch size)
     "launch timeout": ([], ["--launch.timeout", "60"]),
+    "launch stall_timeout": ([], ["--launch.stall_timeout", "60"]),
     "launch chunk_rows": ([], ["--launch.chunk_rows", "16"]),
     # endpoint teachers: URLs, concurrency, timeouts, retries, and the dtype (the server decides it)
     "endpoint URL": (ENDPOINT, ["--teachers.0.endpoints", '["http://127.0.0.1:10/"]']),

@@ -121,7 +121,7 @@ SFT = "recipes/demo/sft.yaml"
     [
         (PIPELINE, {"router/num_epochs": 3}, ["router.num_epochs: unknown key", "'num_train_epochs'"]),
         (PIPELINE, {"labeling/num_prompts": "many"}, ["labeling.num_prompts: expected int, got 'many'"]),
-        (COMPARISON, {"bootstrapp": 10}, ["bootstrapp: unknown key", "'bootstrap'"]),
+        (COMPARISON, {"intervalz": True}, ["intervalz: unknown key", "'intervals'"]),
         (COMPARISON, {"seeds": "zero"}, ["seeds: expected a list"]),
         (COMPARISON, {"sft/max_stepz": 3}, ["sft.max_stepz: unknown key", "'max_steps'"]),
         (COMPARISON, {"sft/max_steps": "ten"}, ["sft.max_steps: expected int, got 'ten'"]),

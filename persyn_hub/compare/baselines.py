@@ -44,6 +44,7 @@ import numpy as np
 from datasets import Dataset
 
 from persyn_hub.errors import PersynError
+from persyn_hub.scoring.answers import is_usable_answer
 
 STRATEGIES = (
     "strong",
@@ -121,7 +122,10 @@ def weakest(labels: Dataset, teachers: list[str]) -> str:
 
 def car_means(labels: Dataset, teachers: list[str], train_ids: list[str]) -> dict[str, float]:
     """Mean effective combined reward per teacher on the router's train prompts (what CAR ranks by)."""
+    # lazy: router.labels loads pyarrow, which this module otherwise does not
     from persyn_hub.router.labels import pivot_rewards
+
+    # lazy: router.metrics loads evaluate, which this module otherwise does not
     from persyn_hub.router.metrics import effective_rewards
 
     table = pivot_rewards(labels, teachers)
@@ -183,7 +187,6 @@ def score_rankings(pool: Dataset, by: str, teachers: list[str]) -> dict[str, lis
     """prompt_id -> every teacher, best `by` score first, with `select_best`'s keys and ties (usable answers
     before unusable ones; for `reward`, an excluded or unscored answer ranks by `quality` after the scored
     ones; ties: the earlier teacher). The first element is `select_best`'s pick whenever it has one."""
-    from persyn_hub.scoring.answers import is_usable_answer
 
     rank = {name: i for i, name in enumerate(teachers)}
     primary = [np.nan if v is None else float(v) for v in column(pool, by)]

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from persyn_hub.bundled import resolve_model
 from persyn_hub.errors import PersynError
 from persyn_hub.eval_tasks import TASK_NAMES, TASKS_DIR
 
@@ -47,8 +48,6 @@ def check_model(model: str, gguf_file: Optional[str] = None) -> str:
     lm-eval would otherwise fail deep inside `simple_evaluate` with a traceback (e.g. "Repo id must use
     alphanumeric chars" for a local path that does not exist)."""
     from transformers import AutoConfig
-
-    from persyn_hub.bundled import resolve_model
 
     try:
         resolved = resolve_model(str(model))
@@ -139,7 +138,7 @@ def evaluate_model(
     `device` defaults to "cuda" when available, else "cpu" (lm-eval needs it said on CPU).
     With `gguf_file`, `model` is the folder holding it and no tokenizer is passed (lm-eval's rule).
     Writes `results.json` and `results.md` into `output_dir` when given. `per_item` adds `items`:
-    {task: {metric: [value per eval item, in doc order]}}, what `persyn compare` bootstraps over.
+    {task: {metric: [value per eval item, in doc order]}}, what `persyn compare`'s intervals are computed from.
     """
     import torch
     from lm_eval import simple_evaluate

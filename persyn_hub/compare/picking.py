@@ -16,7 +16,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.compare.baselines import VERIFIED, column
-from persyn_hub.scoring.answers import is_trainable_answer
+from persyn_hub.scoring.answers import FULL_MARKS, is_trainable_answer
 
 ANSWER_COLUMNS = (
     "prompt_id",
@@ -56,7 +56,6 @@ def pool_trainable(pool: Dataset) -> Callable[[str, str], bool]:
 
 def pool_verified(pool: Dataset) -> Callable[[str, str], bool]:
     """The checker's verdict as the pool holds it: quality at full marks."""
-    from persyn_hub.scoring.answers import FULL_MARKS
 
     full = {
         (p, t)

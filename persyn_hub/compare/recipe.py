@@ -10,7 +10,11 @@ from typing import Any, Optional
 import yaml
 
 from persyn_hub.compare.baselines import STRATEGIES
-from persyn_hub.recipe.config import RecipeError
+from persyn_hub.compare.sft_config import TRAINING, check_sft_values
+from persyn_hub.data_files import read_text
+from persyn_hub.recipe.config import RecipeError, load_recipe
+from persyn_hub.recipe.dtypes import check_dtype
+from persyn_hub.recipe.name_checks import check_model_name
 from persyn_hub.recipe.parsing import apply_override, build_dataclass, parse_overrides
 
 
@@ -49,12 +53,19 @@ class CompareRecipe:
     """`persyn_verified`: at most this many extra answers per prompt when the checker rejects the routed
     one (the run's `routing.fallback_on_incorrect`, simulated on the pool every teacher answered)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """SFT seeds (data order, dropout): every strategy is trained once per seed; the intervals resample
-    seeds and items together, so one seed hides the training-run noise."""
-    bootstrap: int = 1000
+    """SFT seeds (data order, dropout): every strategy is trained once per seed; the intervals count the
+    spread between seeds (t with seeds - 1 degrees of freedom), so one seed hides the training-run noise
+    and 3 give wide intervals; 5 narrow them a lot (docs/comparison.md)."""
+    intervals: bool = True
+    """95% intervals over seeds and items for every cell and paired difference (`compare.intervals`)."""
     include_base_student: bool = True
+    max_train_prompts: Optional[int] = None
+    """None: every routed prompt; N: only the first N routed prompts (by prompt id) for every strategy, a
+    quick check. Every student still trains whole epochs over all its rows."""
     sft: dict[str, Any] = field(default_factory=dict)
-    """TRL SFTConfig keys used for every student (output_dir and seed are set per run)."""
+    """TRL SFTConfig keys used for every student (output_dir and seed are set per run). The budget is whole
+    epochs (`num_train_epochs`, >= 1; TRL's default is 3) over each student's own set, the same for every
+    strategy, so every student sees every row; `max_steps` is refused, since it would cut sets short."""
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     output_dir: str = "runs/compare"
 
@@ -70,11 +81,9 @@ class CompareRecipe:
             raise RecipeError("seeds: empty; give at least one SFT seed, e.g. [0, 1].")
         if self.fallback_on_incorrect < 1:
             raise RecipeError("fallback_on_incorrect: must be >= 1 (extra answers persyn_verified may ask).")
-        if self.bootstrap < 0:
-            raise RecipeError("bootstrap: must be >= 0 (0 turns the intervals off).")
+        if self.max_train_prompts is not None and self.max_train_prompts < 1:
+            raise RecipeError("max_train_prompts: must be >= 1, or null for every training prompt.")
         _check_sft_keys(self.sft)
-        from persyn_hub.recipe.dtypes import check_dtype
-        from persyn_hub.recipe.name_checks import check_model_name
 
         check_model_name(self.student, "student")
         self.evaluation.dtype = check_dtype(self.evaluation.dtype, "evaluation.dtype")
@@ -83,17 +92,23 @@ class CompareRecipe:
 def _check_sft_keys(sft: dict[str, Any]) -> None:
     """Misspelled training keys and wrong types fail when the recipe is read, not after the pipeline ran
     (checked against TRL's SFTConfig fields, cached per TRL version: `compare.sft_config`)."""
-    from persyn_hub.compare.sft_config import TRAINING, check_sft_values
 
     for key in sft:
         if key in ("output_dir", "seed"):
             raise RecipeError(f"sft.{key}: set per student by the comparison (seeds: ...); remove it.")
     check_sft_values(sft, owners=(TRAINING,), prefix="sft.")
+    if float(sft.get("max_steps", -1)) > 0:
+        raise RecipeError(
+            "sft.max_steps: the comparison trains every student whole epochs over its own training set, the "
+            "same number for every strategy, so no student skips rows; remove max_steps and set "
+            "sft.num_train_epochs (>= 1)."
+        )
+    if float(sft.get("num_train_epochs", 1)) < 1:
+        raise RecipeError("sft.num_train_epochs: must be >= 1, so every student sees all its training rows.")
 
 
 def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> CompareRecipe:
     """Read a comparison recipe YAML; `--key value` overrides as for `persyn run`."""
-    from persyn_hub.data_files import read_text
 
     path = Path(path)
     if not path.is_file():
@@ -106,6 +121,11 @@ def load_compare_recipe(path: str | Path, overrides: Optional[list[str]] = None)
         raise RecipeError(f"{path}: a comparison recipe is a YAML mapping of keys such as `pipeline:`.")
     for key, value in parse_overrides(overrides or []):
         apply_override(values, key, value)
+    if "bootstrap" in values:
+        raise RecipeError(
+            f"{path}: bootstrap: removed; intervals no longer resample (they combine the spread between seeds "
+            "and between items, docs/comparison.md). Delete the key, or set `intervals: false` to turn them off."
+        )
     try:
         return build_dataclass(CompareRecipe, values, "")
     except RecipeError as error:
@@ -125,7 +145,6 @@ def pipeline_override_flags(recipe: CompareRecipe) -> list[str]:
 def load_pipeline_of(recipe: CompareRecipe, where: str = "") -> Any:
     """The comparison's pipeline recipe with its `pipeline_overrides`, checked as `persyn run` checks it;
     a missing file or a bad key names the comparison's `pipeline` field (`where`: the comparison's file)."""
-    from persyn_hub.recipe.config import load_recipe
 
     prefix = f"{where}: " if where else ""
     if not Path(recipe.pipeline).is_file():

@@ -1,8 +1,10 @@
-"""The comparison's numbers and how they are shown: means with bootstrap intervals, the table, the chart.
+"""The comparison's numbers and how they are shown: means with intervals, per-seed values, the chart.
 
 Every cell is the mean over seeds and evaluation items of one strategy's per-item scores, with a 95%
-percentile interval from resampling items and seeds with replacement (the same draws for every
-strategy, so differences are paired). A difference is called significant when its interval excludes 0.
+interval that counts both what a new training run and what new evaluation items would change
+(`compare.intervals`); differences are paired, seed with seed and item with item, and called
+significant when their interval excludes 0. `comparison.md` is self-contained: the command that made
+it, the budget, the tables and how to read them, so it can be pasted into a README unedited.
 """
 
 from __future__ import annotations
@@ -14,52 +16,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from persyn_hub.compare.intervals import interval_cells
+
 BASE_ROW = "student (no SFT)"
 
 
 def score_matrix(reports: list[dict[str, Any]], task: str, metric: str) -> np.ndarray:
     """(seeds x items) per-item scores of one task metric."""
     return np.array([report["items"][task][metric] for report in reports], dtype=np.float64)
-
-
-def bootstrap_cells(
-    matrices: dict[str, np.ndarray], *, reference: Optional[str], resamples: int, seed: int
-) -> dict[str, dict[str, Any]]:
-    """Mean and 95% interval per strategy; paired difference to `reference` (same draws for all).
-
-    Items and seeds are resampled with replacement; a strategy with fewer seeds (the untrained
-    student: one) is resampled over its own seeds.
-    """
-    rng = np.random.default_rng(seed)
-    items = next(iter(matrices.values())).shape[1]
-    item_draws = rng.integers(0, items, size=(resamples, items)) if resamples else None
-    seed_draws = {}
-    cells: dict[str, dict[str, Any]] = {}
-    boots: dict[str, np.ndarray] = {}
-    for name, matrix in matrices.items():
-        mean = float(matrix.mean())
-        cell: dict[str, Any] = {"mean": mean, "per_seed": [float(m) for m in matrix.mean(axis=1)]}
-        if resamples:
-            n_seeds = matrix.shape[0]
-            if n_seeds not in seed_draws:
-                seed_draws[n_seeds] = rng.integers(0, n_seeds, size=(resamples, n_seeds))
-            per_item = matrix[seed_draws[n_seeds]]  # resamples x seeds x items
-            draws = np.take_along_axis(per_item, item_draws[:, None, :], axis=2).mean(axis=(1, 2))
-            boots[name] = draws
-            cell["interval"] = [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))]
-        cells[name] = cell
-    if resamples and reference in boots:
-        for name, draws in boots.items():
-            if name == reference:
-                continue
-            diff = draws - boots[reference]
-            low, high = float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))
-            cells[name]["minus_" + reference] = {
-                "mean": cells[name]["mean"] - cells[reference]["mean"],
-                "interval": [low, high],
-                "significant": bool(low > 0 or high < 0),
-            }
-    return cells
 
 
 def summarize_comparison(
@@ -70,8 +34,10 @@ def summarize_comparison(
     training: dict[str, list[dict[str, Any]]],
     reports: dict[str, list[dict[str, Any]]],
     common: list[str],
+    command: Optional[str] = None,
 ) -> dict[str, Any]:
-    """The comparison as data: one row per strategy with cost, training and scores with intervals."""
+    """The comparison as data: one row per strategy with cost, training and scores with intervals;
+    `command` (the `persyn compare` line that made it) heads the markdown."""
     first = next(iter(reports.values()))[0]
     metrics = [
         (row["task"], row["metric"])
@@ -82,13 +48,12 @@ def summarize_comparison(
     for task, metric in metrics:
         matrices = {name: score_matrix(runs, task, metric) for name, runs in reports.items()}
         reference = "persyn" if "persyn" in matrices else None
-        cells = bootstrap_cells(matrices, reference=reference, resamples=recipe.bootstrap, seed=recipe.seed)
+        cells = interval_cells(matrices, reference=reference, intervals=recipe.intervals)
         if "oracle" in matrices and "random" in matrices:
-            pair = bootstrap_cells(
+            pair = interval_cells(
                 {"oracle": matrices["oracle"], "random": matrices["random"]},
                 reference="random",
-                resamples=recipe.bootstrap,
-                seed=recipe.seed,
+                intervals=recipe.intervals,
             )
             cells["oracle"]["minus_random"] = pair["oracle"].get("minus_random")
         scores[f"{task} {metric}"] = {"items": int(matrices[next(iter(matrices))].shape[1]), "cells": cells}
@@ -102,12 +67,14 @@ def summarize_comparison(
         rows.append(row)
     return {
         "name": recipe.name,
+        "command": command,
         "student": recipe.student or pipeline.student.model,
         "pipeline": recipe.pipeline,
         "training_prompts": len(common),
         "seeds": recipe.seeds,
-        "bootstrap": recipe.bootstrap,
+        "intervals": recipe.intervals,
         "sft": recipe.sft,
+        "budget": training_budget(training),
         "evaluation": asdict(recipe.evaluation),
         "scores": {key: {"items": value["items"]} for key, value in scores.items()},
         "rows": rows,
@@ -115,6 +82,16 @@ def summarize_comparison(
             k: summary.get(k)
             for k in ("rows", "labeled_prompts", "routed_prompts", "teacher_counts", "output_dir")
         },
+    }
+
+
+def training_budget(training: dict[str, list[dict[str, Any]]]) -> dict[str, list[Any]]:
+    """What every student actually trained: the distinct epochs completed, optimizer steps and rows over
+    all strategies and seeds (one value each when the budget is the same for all)."""
+    runs = [run for seeds in training.values() for run in seeds]
+    return {
+        key: sorted({run[key] for run in runs if run.get(key) is not None})
+        for key in ("epochs", "steps", "rows")
     }
 
 
@@ -128,6 +105,8 @@ def _cell_text(cell: Optional[dict[str, Any]]) -> str:
 def _difference_text(cell: Optional[dict[str, Any]]) -> str:
     if not cell:
         return ""
+    if "interval" not in cell:
+        return f"{cell['mean']:+.3f}"
     low, high = cell["interval"]
     return f"{cell['mean']:+.3f} [{low:+.3f}, {high:+.3f}]" + (" *" if cell["significant"] else "")
 
@@ -192,7 +171,73 @@ def training_data_markdown(comparison: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + note + ("\n" + "\n".join(ties) + "\n" if ties else "")
 
 
-def comparison_markdown(comparison: dict[str, Any]) -> str:
+def _budget_text(budget: dict[str, list[Any]]) -> str:
+    epochs, steps, rows = (budget.get(key) or [] for key in ("epochs", "steps", "rows"))
+    if len(epochs) == len(steps) == len(rows) == 1:
+        return (
+            f"{epochs[0]:g} epoch(s) over its {rows[0]} rows ({steps[0]} optimizer steps), the same for every "
+            "strategy and seed"
+        )
+    return f"epochs {epochs}, optimizer steps {steps}, rows {rows}" if epochs else "TRL's settings"
+
+
+def _heading(comparison: dict[str, Any]) -> str:
+    """What was compared and how, so the markdown reads on its own (a README, a data set card)."""
+    ev = comparison["evaluation"]
+    items = ", ".join(f"{v['items']} items" for v in comparison["scores"].values())
+    command = f"**`{comparison['command']}`**\n\n" if comparison.get("command") else ""
+    intervals = (
+        "Cells: mean over seeds and items [95% interval]; minus persyn: the paired difference (same seed, same "
+        "item), * = its interval excludes 0. An interval counts what a new training run and what new evaluation "
+        "items would change: SE^2 = var(seed means)/seeds + the items' variance beyond noise / items, times a "
+        "multiplier that moves from the normal's to the t with seeds - 1 degrees of freedom as seeds dominate "
+        "(about 4.3 with 3 seeds): few seeds give wide intervals, honestly (persyn_hub docs/comparison.md)."
+        if comparison.get("intervals", True)
+        else "Cells: mean over seeds and items (intervals off: `intervals: false`)."
+    )
+    return (
+        f"{command}Student `{comparison['student']}` fine-tuned on the same {comparison['training_prompts']} "
+        "training prompts (the prompts `persyn run` routed, outside the labeled subset and every evaluation set) "
+        f"with each strategy's answers, once per SFT seed {comparison['seeds']}: "
+        f"{_budget_text(comparison.get('budget') or {})}; evaluated greedily on {ev['tasks']} ({items}, "
+        f"max {ev['max_gen_toks']} new tokens). {intervals}\n"
+    )
+
+
+def per_seed_markdown(comparison: dict[str, Any]) -> str:
+    """Per score: each student's mean per seed and its paired difference to persyn on the same seed."""
+    seeds = comparison["seeds"]
+    blocks = []
+    for key in comparison["scores"]:
+        paired = any("minus_persyn" in (row["scores"].get(key) or {}) for row in comparison["rows"])
+        header = ["strategy"] + [f"seed {seed}" for seed in seeds]
+        header += [f"minus persyn, seed {seed}" for seed in seeds] if paired else []
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for row in comparison["rows"]:
+            cell = row["scores"].get(key) or {}
+            means = cell.get("per_seed") or []
+            means = means * len(seeds) if len(means) == 1 else means  # one model: the same in every column
+            cells = [row["strategy"]] + [f"{m:.3f}" for m in means] + [""] * (len(seeds) - len(means))
+            if paired:
+                differences = (cell.get("minus_persyn") or {}).get("per_seed") or []
+                cells += [f"{d:+.3f}" for d in differences] + [""] * (len(seeds) - len(differences))
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append(
+            f"Per seed, {key}: each student's mean per SFT seed"
+            + (
+                " and its paired difference to persyn on the same seed (the untuned student is one model: its "
+                "score in every seed column, minus each persyn seed)"
+                if paired
+                else ""
+            )
+            + ".\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+    return "\n".join(blocks)
+
+
+def _score_table(comparison: dict[str, Any]) -> str:
     """strategy x rows x cost x score (mean [95% interval]) x difference to PerSyn (* = significant)."""
     keys = list(comparison["scores"])
     header = ["strategy", "training rows", "teacher generations", "teacher tokens"]
@@ -211,6 +256,11 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
             cell = row["scores"].get(key)
             cells += [_cell_text(cell), _difference_text((cell or {}).get("minus_persyn"))]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    """The whole report: what ran, the score table, Oracle - random, per-seed values, training data."""
     notes = []
     for key in comparison["scores"]:
         oracle = next(
@@ -218,25 +268,24 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
             None,
         )
         if oracle:
-            notes.append(f"Oracle - random on {key}: {_difference_text(oracle)}.")
-    ev = comparison["evaluation"]
-    note = (
-        f"\nStudent `{comparison['student']}` fine-tuned on the same {comparison['training_prompts']} training prompts "
-        f"(the prompts `persyn run` routed, outside the labeled subset and every evaluation set) with each strategy's "
-        f"answers, once per seed {comparison['seeds']}; evaluated greedily on {ev['tasks']} "
-        f"({', '.join(str(v['items']) + ' items' for v in comparison['scores'].values())}, max {ev['max_gen_toks']} new tokens). "
-        f"Cells: mean over seeds and items [95% bootstrap interval, {comparison['bootstrap']} resamples of items and seeds]; "
-        "differences are paired bootstraps, * = the interval excludes 0. Teacher generations count model answers "
-        "each strategy needed (reference answers are free): every strategy that read the labeled prompts (strong, mix, "
-        "family_strong, car, persyn, persyn_verified) includes labeling every teacher on them; a fallback pays for the "
-        "unusable first choice too, and persyn_verified for every answer the checker rejected; Oracle and Generate-then-Select pay every teacher on every prompt.\n"
+            per_seed = ", ".join(f"{d:+.3f}" for d in oracle.get("per_seed") or [])
+            notes.append(f"Oracle - random on {key}: {_difference_text(oracle)} (per seed: {per_seed}).")
+    costs = (
+        "Teacher generations count model answers each strategy needed (reference answers are free): every strategy "
+        "that read the labeled prompts (strong, mix, family_strong, car, persyn, persyn_verified) includes labeling "
+        "every teacher on them; a fallback pays for the unusable first choice too, and persyn_verified for every "
+        "answer the checker rejected; Oracle and Generate-then-Select pay every teacher on every prompt.\n"
     )
     data = training_data_markdown(comparison)
     return (
-        "\n".join(lines)
+        _heading(comparison)
         + "\n"
-        + note
+        + _score_table(comparison)
+        + "\n"
+        + costs
         + ("\n" + "\n".join(notes) + "\n" if notes else "")
+        + "\n"
+        + per_seed_markdown(comparison)
         + ("\n" + data if data else "")
     )
 
@@ -265,7 +314,9 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
         ax.bar(x, means, color=colors)
         ax.errorbar(x, means, yerr=[means - low, high - means], fmt="none", ecolor="black", capsize=3)
         ax.set_ylabel(key)
-    axes[0].set_title(f"{comparison['name']}: student {comparison['student']} (95% bootstrap intervals)")
+    axes[0].set_title(
+        f"{comparison['name']}: student {comparison['student']} (95% intervals over seeds and items)"
+    )
     axes[-1].bar(
         x, [(row.get("cost") or {}).get("generations", 0) for row in comparison["rows"]], color="grey"
     )
@@ -289,11 +340,12 @@ def write_comparison(comparison: dict[str, Any], out: Path, run_dir: Path) -> No
 
 __all__ = [
     "BASE_ROW",
-    "bootstrap_cells",
     "comparison_markdown",
+    "per_seed_markdown",
     "plot_comparison",
     "score_matrix",
     "summarize_comparison",
+    "training_budget",
     "training_data_markdown",
     "write_comparison",
 ]

@@ -18,12 +18,15 @@ Protocol (the same for every strategy):
    single-teacher choice follow a stated rule and are reported (`baselines.quality_ranking`); costs
    charge the labeling to every strategy that read the labeled prompts, with stage seconds
    (`compare.protocol`), and each row reports what its student learned from.
-4. The student is fine-tuned on each set with the same TRL settings, once per seed, and evaluated with
-   lm-evaluation-harness on the same items (greedy), together with the untrained student.
-5. Each cell is the mean over seeds and items with a 95% bootstrap interval (items and seeds
-   resampled, the same draw for every strategy); differences to PerSyn and Oracle - random are paired
-   bootstraps, significant when their interval excludes 0. `comparison.md`, `.json` and `.png` land in
-   `output_dir`, and the table goes into the run's data set card.
+4. The student is fine-tuned on each set with the same TRL settings, once per seed, for the same whole
+   number of epochs over its own set (`sft.num_train_epochs`; `max_steps` is refused), so every student
+   sees every row; all sets hold the same prompts, so the step counts are equal too. Each student is
+   evaluated with lm-evaluation-harness on the same items (greedy), together with the untrained student.
+5. Each cell is the mean over seeds and items with a 95% interval that counts the spread between seeds
+   and between items (`compare.intervals`); differences to PerSyn and Oracle - random are paired (seed
+   with seed, item with item), significant when their interval excludes 0. `comparison.md` (self-contained:
+   the command, the budget, the tables, per-seed values), `.json` and `.png` land in `output_dir`, and the
+   markdown goes into the run's data set card.
 
 The recipe is read by `compare.recipe`; step 3 is `compare.training_sets`; this module runs the rest.
 """
@@ -31,6 +34,7 @@ The recipe is read by `compare.recipe`; step 3 is `compare.training_sets`; this 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -39,10 +43,16 @@ from typing import Any, Optional
 import yaml
 from datasets import Dataset
 
+from persyn_hub.compare.evaluation import evaluate_model
 from persyn_hub.compare.recipe import CompareRecipe, EvaluationSettings, load_compare_recipe, load_pipeline_of
 from persyn_hub.compare.report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
+from persyn_hub.compare.sft import SFTScriptArguments, train
 from persyn_hub.compare.training_sets import build_training_sets
+from persyn_hub.eval_tasks.items import is_eval_item
+from persyn_hub.pipeline.runner import Stage
+from persyn_hub.pipeline.stage_names import ASSEMBLE, COMBINE, PROMPTS, ROUTE
 from persyn_hub.recipe.config import RecipeError
+from persyn_hub.router.assignment import ROUTED
 
 logger = logging.getLogger("persyn_hub")
 
@@ -61,11 +71,11 @@ def pipeline_recipe_of(recipe: CompareRecipe) -> Any:
 def run_and_label_routed_prompts(pipeline: Any) -> tuple[dict[str, Any], Any, Dataset]:
     """Run (or reuse) the pipeline, then have every teacher answer its routed prompts, as stages of the
     same run: (its summary, its stage runner, every teacher's scored answer on the routed prompts)."""
+    # lazy: pipeline.generation_stages loads pyarrow, which this module otherwise does not
     from persyn_hub.pipeline.generation_stages import labeling_stages
+
+    # lazy: pipeline.run loads pyarrow, which this module otherwise does not
     from persyn_hub.pipeline.run import run_pipeline
-    from persyn_hub.pipeline.runner import Stage
-    from persyn_hub.pipeline.stage_names import COMBINE, PROMPTS, ROUTE
-    from persyn_hub.router.assignment import ROUTED
 
     def routed_prompts(context: Any) -> Dataset:
         ids = {p for p, s in zip(context[ROUTE]["prompt_id"], context[ROUTE]["selected_by"]) if s == ROUTED}
@@ -94,8 +104,6 @@ def _train(
 ) -> dict[str, Any]:
     from trl import ModelConfig, SFTConfig
 
-    from persyn_hub.compare.sft import SFTScriptArguments, train
-
     settings = {
         "report_to": "none",
         "save_strategy": "no",
@@ -113,7 +121,6 @@ def _train(
 def _evaluate(
     model: str, settings: EvaluationSettings, system: Optional[str], output_dir: Path, seed: int
 ) -> dict:
-    from persyn_hub.compare.evaluation import evaluate_model
 
     return evaluate_model(
         model,
@@ -138,11 +145,12 @@ def run_comparison(
     recipe: CompareRecipe | str | Path, overrides: Optional[list[str]] = None
 ) -> dict[str, Any]:
     """Run, build, train and evaluate every strategy; write the table and chart; return the comparison."""
-    from persyn_hub.eval_tasks.items import is_eval_item
+    # lazy: pipeline.run loads pyarrow, which this module otherwise does not
     from persyn_hub.pipeline.run import write_local_card
-    from persyn_hub.pipeline.stage_names import ASSEMBLE
 
+    command = None
     if not isinstance(recipe, CompareRecipe):
+        command = shlex.join(["persyn", "compare", str(recipe), *(overrides or [])])
         recipe = load_compare_recipe(recipe, overrides)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,13 +196,21 @@ def run_comparison(
                 info[strategy]["teacher_counts"],
             )
             metrics = _train(data_dir, student_dir, student, recipe.sft, seed)
-            training.setdefault(strategy, []).append({"seed": seed, "train_loss": metrics.get("train_loss")})
+            training.setdefault(strategy, []).append(
+                {
+                    "seed": seed,
+                    "train_loss": metrics.get("train_loss"),
+                    "epochs": metrics.get("epoch"),
+                    "steps": metrics.get("global_step"),
+                    "rows": metrics.get("train_rows"),
+                }
+            )
             reports.setdefault(strategy, []).append(
                 _evaluate(
                     str(student_dir), settings, system, out / "eval" / f"{strategy}-seed{seed}", recipe.seed
                 )
             )
-    comparison = summarize_comparison(recipe, pipeline, summary, info, training, reports, common)
+    comparison = summarize_comparison(recipe, pipeline, summary, info, training, reports, common, command)
     write_comparison(comparison, out, Path(pipeline.output.dir))
     write_local_card(
         runner.outputs[ASSEMBLE], pipeline, summary, Path(pipeline.output.dir)

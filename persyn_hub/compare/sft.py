@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from persyn_hub.bundled import resolve_model
 from persyn_hub.compare.sft_config import SFTScriptArguments, check_sft_values
 from persyn_hub.data_files import LOCAL_BUILDERS, load_local_file, read_text, row_lines
 from persyn_hub.errors import PersynError, RecipeError
@@ -131,8 +132,6 @@ def train(script_args: SFTScriptArguments, training_args, model_args) -> dict[st
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from persyn_hub.bundled import resolve_model
-
     if not model_args.model_name_or_path:
         raise RecipeError("model_name_or_path: not set; give a Hub id, a local folder or bundled:NAME.")
     dataset = load_sft_dataset(script_args)  # bad data fails before the student loads
@@ -177,7 +176,13 @@ def train(script_args: SFTScriptArguments, training_args, model_args) -> dict[st
                 commit_message=f"SFT on {script_args.dataset_name}",
                 ignore_patterns=["checkpoint-*", "*.pt", "runs/*"],
             )
-    metrics = {**result.metrics, "train_rows": len(dataset), "output_dir": training_args.output_dir}
+    metrics = {
+        **result.metrics,
+        "global_step": result.global_step,  # with the epochs done: the budget `persyn compare` reports
+        "epoch": trainer.state.epoch,
+        "train_rows": len(dataset),
+        "output_dir": training_args.output_dir,
+    }
     trainer.accelerator.wait_for_everyone()
     return metrics
 

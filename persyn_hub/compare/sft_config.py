@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from persyn_hub.bundled import cache_root
 from persyn_hub.errors import RecipeError
+from persyn_hub.recipe.name_checks import check_model_name
 
 
 @dataclass
@@ -119,7 +121,6 @@ def _versions() -> str:
 @functools.lru_cache(maxsize=1)
 def trl_fields() -> dict[str, dict[str, Spec]]:
     """{"SFTConfig": {field: spec}, "ModelConfig": {...}}, from the cache or (once per version) from TRL."""
-    from persyn_hub.bundled import cache_root
 
     cache = cache_root() / "schemas" / f"sft-fields-{_versions()}.json"
     try:
@@ -234,7 +235,6 @@ def check_sft_values(
 def check_sft_recipe(values: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """A whole SFT recipe: keys and types, then what `persyn sft` needs before it trains (data and student
     named, the student's name or path usable). `where` (the file) starts every message."""
-    from persyn_hub.recipe.name_checks import check_model_name
 
     try:
         grouped = check_sft_values(values)

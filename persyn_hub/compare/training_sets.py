@@ -7,8 +7,15 @@ from typing import Any
 
 from datasets import Dataset
 
+from persyn_hub.bundled import resolve_model
+from persyn_hub.compare.baselines import strategy_rankings
 from persyn_hub.compare.picking import answer_rows, choose_training_answers, pool_verified, trainable_in
+from persyn_hub.compare.protocol import answer_stats, strategy_cost
 from persyn_hub.compare.recipe import CompareRecipe
+from persyn_hub.generation.backends import backend_of
+from persyn_hub.pipeline.stage_names import ASSEMBLE, COMBINE, ROUTE, ROUTER
+from persyn_hub.router.assignment import ROUTED
+from persyn_hub.router.info import read_router_record
 
 
 def student_family(pipeline: Any) -> str:
@@ -16,17 +23,12 @@ def student_family(pipeline: Any) -> str:
         return pipeline.student.family
     from transformers import AutoConfig
 
-    from persyn_hub.bundled import resolve_model
-
     return AutoConfig.from_pretrained(resolve_model(pipeline.student.model)).model_type
 
 
 def teacher_families(pipeline: Any) -> dict[str, str | None]:
     """A teacher's `family`, else its local model's model_type; None for endpoint and reference teachers."""
     from transformers import AutoConfig
-
-    from persyn_hub.bundled import resolve_model
-    from persyn_hub.generation.backends import backend_of
 
     families: dict[str, str | None] = {}
     for teacher in pipeline.teachers:
@@ -39,7 +41,6 @@ def teacher_families(pipeline: Any) -> dict[str, str | None]:
 
 def routed_choices(assigned: Dataset, order: list[str]) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
     """(prompt_id -> routed teacher, prompt_id -> {teacher: router score}) for the ROUTED prompts."""
-    from persyn_hub.router.assignment import ROUTED
 
     columns = [
         c for c in ("prompt_id", "teacher", "selected_by", "router_scores") if c in assigned.column_names
@@ -60,10 +61,8 @@ def strategy_orders(
 ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, Any]]]:
     """Every strategy's ranking of the teachers per prompt ({strategy: {prompt: teachers}}), read from the
     run's outputs (labels, router metrics, routed prompts), and {strategy: {"defined_by": ...}}."""
-    from persyn_hub.compare.baselines import strategy_rankings
+    # lazy: pipeline.fallback loads pyarrow, which this module otherwise does not
     from persyn_hub.pipeline.fallback import router_teachers
-    from persyn_hub.pipeline.stage_names import COMBINE, ROUTE, ROUTER
-    from persyn_hub.router.info import read_router_record
 
     teachers = pipeline.teacher_names()
     metrics = read_router_record(runner.outputs[ROUTER])["metrics"]
@@ -98,7 +97,6 @@ def strategy_orders(
 
 def published_routed(final: Dataset) -> dict[str, dict[str, Any]]:
     """prompt_id -> the row `persyn run` published for a ROUTED prompt (teacher, messages)."""
-    from persyn_hub.router.assignment import ROUTED
 
     return {
         row["prompt_id"]: row
@@ -137,14 +135,11 @@ def build_training_sets(
     error, not truncated): an unusable first choice falls back to the strategy's OWN next choice
     (`baselines.strategy_rankings`) and is counted, so no strategy's failures shape the others' prompts.
     """
-    from persyn_hub.compare.protocol import answer_stats, strategy_cost
-    from persyn_hub.generation.backends import backend_of
-    from persyn_hub.pipeline.stage_names import ASSEMBLE, COMBINE
 
     teachers = pipeline.teacher_names()
     free = {t.name for t in pipeline.teachers if backend_of(t).template_answers}
     labels = runner.outputs[COMBINE]
-    prompt_ids = sorted(set(pool["prompt_id"]))
+    prompt_ids = sorted(set(pool["prompt_id"]))[: recipe.max_train_prompts]  # None: every routed prompt
     rows = answer_rows(pool)
     published = published_routed(runner.outputs[ASSEMBLE])
     rankings, info = strategy_orders(recipe, pipeline, runner, pool, prompt_ids)

@@ -13,6 +13,10 @@ import hashlib
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from persyn_hub.bundled import bundled_data_file
+from persyn_hub.verifiers.instructions import check_instructions
+from persyn_hub.verifiers.math_answer import gold_number
+
 HELDOUT_MODULUS = 10
 
 
@@ -27,8 +31,6 @@ def is_heldout(text: str) -> bool:
 
 def asdiv_heldout() -> Dataset:
     """Held-out ASDiv rows with a numeric gold answer (the verifier can check them), in file order."""
-    from persyn_hub.bundled import bundled_data_file
-    from persyn_hub.verifiers.math_answer import gold_number
 
     data = load_dataset("json", data_files=str(bundled_data_file("bundled:asdiv")), split="train")
     data = data.map(lambda row: {"prompt": f"{row['passage']} {row['question']}"})
@@ -37,8 +39,6 @@ def asdiv_heldout() -> Dataset:
 
 def ifbench_heldout() -> Dataset:
     """Held-out IFBench rows whose instructions can all be checked on this machine, in file order."""
-    from persyn_hub.bundled import bundled_data_file
-    from persyn_hub.verifiers.instructions import check_instructions
 
     data = load_dataset("json", data_files=str(bundled_data_file("bundled:ifbench")), split="train")
 

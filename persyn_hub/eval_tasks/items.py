@@ -13,13 +13,13 @@ from datasets import Dataset
 
 from persyn_hub.errors import require_columns
 from persyn_hub.eval_tasks.heldout import asdiv_heldout, ifbench_heldout, normalize
+from persyn_hub.eval_tasks.task_mix import task_mix_heldout
 
 
 @functools.lru_cache(maxsize=1)
 def eval_item_texts() -> frozenset[str]:
     """The normalized prompt texts of every packaged evaluation task's items (persyn_asdiv,
     persyn_ifbench, persyn_taskmix): what `persyn run` leaves out of its prompts by default."""
-    from persyn_hub.eval_tasks.task_mix import task_mix_heldout
 
     texts = (
         set(asdiv_heldout()["prompt"])

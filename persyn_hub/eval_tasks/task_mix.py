@@ -12,6 +12,8 @@ import functools
 
 from datasets import Dataset
 
+from persyn_hub.eval_tasks.heldout import is_heldout
+from persyn_hub.procedural import generate_tasks
 from persyn_hub.recipe.config import ProceduralTask
 
 TASK_MIX = [
@@ -54,8 +56,6 @@ def task_mix_heldout(
     """`question`, `answer`, `metadata`, `task`: `items_per_task` held-out items of each task type,
     interleaved (task 1, task 2, ..., task 1, ...) so lm-eval's `limit` keeps every type; generated in
     growing batches until each task has enough held-out texts."""
-    from persyn_hub.eval_tasks.heldout import is_heldout
-    from persyn_hub.procedural import generate_tasks
 
     parts: dict[str, list] = {"question": [], "answer": [], "metadata": [], "task": []}
     for index, task in enumerate(tasks or TASK_MIX):

@@ -10,6 +10,9 @@ from typing import Any
 
 from persyn_hub.eval_tasks.heldout import as_test_split, asdiv_heldout, ifbench_heldout
 from persyn_hub.eval_tasks.task_mix import task_mix_heldout
+from persyn_hub.procedural import score_procedural
+from persyn_hub.verifiers.instructions import check_instructions
+from persyn_hub.verifiers.math_answer import check_math_answer
 
 
 def load_asdiv(**kwargs: Any):
@@ -25,21 +28,18 @@ def load_taskmix(**kwargs: Any):
 
 
 def process_taskmix(doc: dict, results: list[str]) -> dict[str, float]:
-    from persyn_hub.procedural import score_procedural
 
     score, _ = score_procedural(results[0], doc["question"], doc["answer"], doc["metadata"])
     return {"exact_match": 1.0 if score is not None and score >= 1.0 else 0.0}
 
 
 def process_asdiv(doc: dict, results: list[str]) -> dict[str, float]:
-    from persyn_hub.verifiers.math_answer import check_math_answer
 
     verdict = check_math_answer(results[0], doc["answer"])
     return {"exact_match": 1.0 if verdict.correct else 0.0}
 
 
 def process_ifbench(doc: dict, results: list[str]) -> dict[str, Any]:
-    from persyn_hub.verifiers.instructions import check_instructions
 
     verdict = check_instructions(results[0], doc["instruction_id_list"], doc["kwargs"], doc["prompt"])
     checked = [True] * len(verdict.passed) + [False] * len(verdict.failed)

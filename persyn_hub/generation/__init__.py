@@ -9,6 +9,7 @@ from datasets import Dataset, Value
 
 from persyn_hub.generation.backends import Backend, backend_for, backend_of
 from persyn_hub.generation.checkpoint import RECORD_FEATURES, GenerationCheckpoint
+from persyn_hub.generation.pool import pool_answers
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.recipe.sections import PoolConfig, TeacherConfig
 
@@ -81,8 +82,6 @@ def _from_pool(
 ) -> tuple[Dataset, GenerationStats]:
     """Pool answers first; a teacher with a model or endpoints generates the rows the pool lacks."""
     import dataclasses
-
-    from persyn_hub.generation.pool import pool_answers
 
     started = time.perf_counter()
     answered = with_generation_columns(pool_answers(dataset, teacher, pool))

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Optional
 
+from persyn_hub.generation.placement import check_engine_group, leads_engine_group, warn_if_gpus_are_shared
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -78,6 +80,7 @@ def _generate_locally(
     stats: GenerationStats,
     seed: int,
 ) -> Dataset:
+    # lazy: generation.local loads datasets and torch, which this module otherwise does not
     from persyn_hub.generation.local import generate_locally
 
     return generate_locally(dataset, teacher, checkpoint=checkpoint, stats=stats, seed=seed)
@@ -91,6 +94,7 @@ def _generate_with_vllm(
     stats: GenerationStats,
     seed: int,
 ) -> Dataset:
+    # lazy: generation.vllm_backend loads datasets, which this module otherwise does not
     from persyn_hub.generation.vllm_backend import generate_with_vllm
 
     return generate_with_vllm(dataset, teacher, checkpoint=checkpoint, stats=stats, seed=seed)
@@ -104,6 +108,7 @@ def _generate_with_endpoints(
     stats: GenerationStats,
     seed: int,
 ) -> Dataset:
+    # lazy: generation.endpoint.generate loads datasets and huggingface_hub, which this module otherwise does not
     from persyn_hub.generation.endpoint.generate import generate_with_endpoints
 
     return generate_with_endpoints(dataset, teacher, checkpoint=checkpoint, stats=stats)
@@ -112,6 +117,7 @@ def _generate_with_endpoints(
 def _write_references(
     dataset: Dataset, teacher: TeacherConfig, *, checkpoint: None, stats: GenerationStats, seed: int
 ) -> Dataset:
+    # lazy: generation.reference loads datasets, which this module otherwise does not
     from persyn_hub.generation.reference import write_references
 
     return write_references(dataset, teacher, stats)
@@ -243,7 +249,6 @@ def generates_here(teacher: TeacherConfig, index: int | None = None) -> bool:
     backend = backend_of(teacher)
     if not backend.uses_local_gpus:
         return True
-    from persyn_hub.generation.placement import leads_engine_group, warn_if_gpus_are_shared
 
     if not backend.engine_groups:
         warn_if_gpus_are_shared(teacher)
@@ -254,7 +259,6 @@ def generates_here(teacher: TeacherConfig, index: int | None = None) -> bool:
 def check_placements(teachers: list[TeacherConfig]) -> None:
     """Every engine-group (vLLM) teacher fits this node's GPUs, checked before any work so a misfit
     fails in seconds. Raises `PlacementError` naming `teachers[i].tensor_parallel_size` and the fix."""
-    from persyn_hub.generation.placement import check_engine_group
 
     for index, teacher in enumerate(teachers):
         if backend_of(teacher).engine_groups:

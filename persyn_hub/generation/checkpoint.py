@@ -1,24 +1,21 @@
 """Row-level checkpoints for generation, so a killed run never pays for a finished request twice.
 
-Each run of a generation stage appends finished rows to its own JSONL part file inside the stage's
-checkpoint directory (one writer per file, flushed and fsynced per batch). On resume every part is
-read back; a torn last line from a crash is ignored. Rows whose last record has an `error` are
-generated again; rows with a response are reused as they are.
+Each process of a generation stage appends finished rows to its own JSONL part file inside the
+teacher's checkpoint directory (one writer per file, flushed and fsynced per batch). Every part is read
+back once per process and stage (`checkpoint_index.py`); a torn last line from a crash is ignored. Rows
+whose last record has an `error` are generated again; rows with a response are reused as they are.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from datasets import Value
 
-logger = logging.getLogger(__name__)
+from persyn_hub.generation.checkpoint_index import open_index
+from persyn_hub.progress import advance
 
 RECORD_FEATURES = {
     "teacher": Value("string"),
@@ -34,60 +31,36 @@ RECORD_FIELDS = tuple(name for name in RECORD_FEATURES if name != "teacher")
 
 
 class GenerationCheckpoint:
+    """One generation call's view of a teacher's row checkpoint: the rows finished so far and the
+    writer for new ones. Within a stage's chunks (`held_checkpoints`) every view shares one index, so
+    the folder is read once per process and stage; outside, each view reads it whole."""
+
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.records: dict[str, dict[str, Any]] = {}
-        self.corrupt_lines = 0
-        """Lines of earlier parts that could not be read (reported, and their rows generated again)."""
-        for part in sorted(self.directory.glob("part-*.jsonl")):
-            self._read_part(part)
-        self._part = self.directory / f"part-{time.time_ns()}-{os.getpid()}.jsonl"
-        self._handle = None
+        self.index, self.corrupt_lines, self._held = open_index(self.directory)
+        """`corrupt_lines`: lines that could not be read by this open (reported, rows generated again)."""
 
-    def _read_part(self, part: Path) -> None:
-        corrupt = 0
-        with part.open("r", encoding="utf-8") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break  # torn write from a crash: the row is simply generated again
-                try:
-                    record = json.loads(line)
-                    self.records[record["prompt_id"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    corrupt += 1
-        if corrupt:
-            self.corrupt_lines += corrupt
-            logger.warning(
-                "checkpoint %s: %d corrupt line(s) ignored; their rows are generated again", part, corrupt
-            )
+    @property
+    def records(self) -> dict[str, dict[str, Any]]:
+        return self.index.records
 
     def done(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished record of a row, or None when it must be (re)generated."""
-        record = self.records.get(prompt_id)
+        record = self.index.records.get(prompt_id)
         if record is None or record.get("error"):
             return None
         return record
 
     def failed_ids(self) -> list[str]:
-        return [key for key, record in self.records.items() if record.get("error")]
+        return [key for key, record in self.index.records.items() if record.get("error")]
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        records = list(records)
-        if not records:
-            return
-        if self._handle is None:
-            self._handle = self._part.open("a", encoding="utf-8")
-        for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.records[record["prompt_id"]] = record
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        advance()  # finished rows, whatever the backend: a launch's liveness counts them as progress
+        self.index.append(records)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if not self._held:  # a held index stays open for the stage's next chunk
+            self.index.close()
 
     def __enter__(self) -> GenerationCheckpoint:
         return self
@@ -113,6 +86,7 @@ class CheckpointedGenerator:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        advance()  # a batch started: its rows may all come from the checkpoint
         records: dict[str, dict[str, Any]] = {}
         todo = []
         for row in rows:

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from persyn_hub.progress import advance
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -27,7 +29,9 @@ def held_engine(key: Hashable, load: Callable[[], T], release: Callable[[T], Non
     if key in _held:
         return _held[key][0]
     release_engines()
+    advance()  # a model load is one long step of progress: it counts when it starts and when it ends
     engine = load()
+    advance()
     _held[key] = (engine, release)
     return engine
 

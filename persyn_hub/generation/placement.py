@@ -40,6 +40,15 @@ LAUNCH_VARIABLES = (
 """What launchers set to tell a process it is one of several (hidden from an engine's own processes and
 from the router's single-process training)."""
 
+ENGINE_PORT_BASE = 30000
+"""Local rank 0's first engine port when `VLLM_PORT` is unset: below Linux's ephemeral range (32768-60999),
+so no outgoing connection of the node holds it by chance."""
+ENGINE_PORT_STRIDE = 100
+"""Ports between the engines of two local ranks. From `VLLM_PORT` up, vLLM probes for the first free
+port (a port is probed free, released, then bound later by its distributed store) and takes a few more
+(5 for a data-parallel master list, a 10-port reserved range): 100 leaves room for all of them, and for
+ports still held by the previous stage's engine, without reaching the next rank's."""
+
 _logged: set[tuple[str, ...]] = set()
 
 
@@ -102,6 +111,27 @@ def engine_group(
     if offset or group >= len(devices) // size:
         return None
     return tuple(devices[group * size : (group + 1) * size])
+
+
+def engine_port() -> int:
+    """The first port this process's vLLM engine may take (its `VLLM_PORT`): the node's base plus
+    `LOCAL_RANK x ENGINE_PORT_STRIDE`, so the engines that a launch starts at the same moment on one node
+    never probe the same free port (the race behind EADDRINUSE). The base is `VLLM_PORT` when it is set:
+    every process of a launch inherits the same value, so it cannot be one engine's own port; without a
+    launch (local rank 0) it is used as it is.
+    """
+    local_rank, _ = local_process()
+    listed = os.environ.get("VLLM_PORT", "").strip()
+    if listed and not listed.isdigit():
+        raise PlacementError(f"VLLM_PORT={listed!r} is not a port number; unset it or set a number.")
+    port = (int(listed) if listed else ENGINE_PORT_BASE) + local_rank * ENGINE_PORT_STRIDE
+    if not 0 < port <= 65535 - ENGINE_PORT_STRIDE:
+        raise PlacementError(
+            f"VLLM_PORT: local rank {local_rank}'s engine would start at port {port}, beyond the last port "
+            f"(65535, less {ENGINE_PORT_STRIDE} for its own ports); set a lower VLLM_PORT."
+        )
+    _log_once(("port", str(port)), f"local rank {local_rank}'s vLLM engine takes ports from {port}")
+    return port
 
 
 def _field(teacher: TeacherConfig, index: int | None) -> str:
@@ -187,9 +217,12 @@ def _log_once(key: tuple[str, ...], message: str, level: int = logging.INFO) -> 
 __all__ = [
     "LAUNCH_VARIABLES",
     "PlacementError",
+    "ENGINE_PORT_BASE",
+    "ENGINE_PORT_STRIDE",
     "check_engine_group",
     "engine_devices",
     "engine_group",
+    "engine_port",
     "leads_engine_group",
     "local_process",
     "node_devices",

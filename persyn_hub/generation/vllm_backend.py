@@ -7,8 +7,9 @@ a clear error says how to install it.
 
 Under a launch each engine sees only its own group of GPUs (`placement.py` says which): vLLM starts its
 engine core and workers as subprocesses that take the GPUs in `CUDA_VISIBLE_DEVICES`, so that variable
-is set, together with a spawn start method and without the launcher's rank variables, only while the
-engine starts (`engine_environment`). The engine stays loaded from one chunk of a stage to the next
+is set, together with a spawn start method, a `VLLM_PORT` of its own (by local rank, so the engines a
+launch starts at once on a node never race for a port) and without the launcher's rank variables, only
+while the engine starts (`engine_environment`). The engine stays loaded from one chunk of a stage to the next
 (`persyn_hub.generation.engines.held_engine`) and is shut down when the stage ends.
 """
 
@@ -30,7 +31,7 @@ from persyn_hub.generation.checkpoint import (
 )
 from persyn_hub.generation.endpoint.records import check_messages, failed_record
 from persyn_hub.generation.engines import held_engine
-from persyn_hub.generation.placement import LAUNCH_VARIABLES, engine_devices
+from persyn_hub.generation.placement import LAUNCH_VARIABLES, engine_devices, engine_port
 from persyn_hub.generation.prompting import completion_text, default_stop, template_turns
 from persyn_hub.generation.stats import GenerationStats
 from persyn_hub.recipe.dtypes import dtype_name, local_device, resolve_dtype
@@ -63,18 +64,21 @@ def on_cpu() -> bool:
 @contextlib.contextmanager
 def engine_environment(devices: list[str] | None) -> Iterator[None]:
     """The environment a vLLM engine starts in: only `devices` visible (None: unchanged), its processes
-    spawned (a forked child cannot use CUDA once this process has), none of the launcher's rank
-    variables; this process's own environment is restored as soon as the engine has started.
+    spawned (a forked child cannot use CUDA once this process has), its own ports (`VLLM_PORT` from
+    `placement.engine_port`, by local rank), none of the launcher's rank variables; this process's own
+    environment is restored as soon as the engine has started.
 
     `VLLM_ENABLE_V1_MULTIPROCESSING=1` keeps vLLM's engine core in a process of its own: one created
     in this process would not see the restriction once this process has initialized CUDA.
     """
     saved = dict(os.environ)
     hidden = [name for name in os.environ if name in LAUNCH_VARIABLES or name.startswith("TORCHELASTIC_")]
+    port = engine_port()  # from LOCAL_RANK, before it is hidden
     try:
         for name in hidden:
             del os.environ[name]
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+        os.environ["VLLM_PORT"] = str(port)
         if devices is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"

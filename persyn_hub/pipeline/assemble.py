@@ -16,6 +16,7 @@ from datasets import Dataset
 from persyn_hub.errors import require_columns
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.scoring.answers import FULL_MARKS, is_usable_answer
+from persyn_hub.scoring.quality import score_quality
 
 RESPONSE_COLUMNS = ["prompt_id", "teacher", "response", "finish_reason", "num_tokens", "error", "pool_scores"]
 ASSIGNED_COLUMNS = ("prompt_id", "messages", "teacher")
@@ -104,8 +105,6 @@ def assemble_dataset(
     failed = joined.select([i for i, ok in enumerate(usable) if not ok])
     final = joined.select(keep).flatten_indices()
     if quality is not None and quality.kind != "reward_model" and len(final):
-        from persyn_hub.scoring.quality import score_quality
-
         final = score_quality(
             final.remove_columns([c for c in ("quality", "quality_detail") if c in final.column_names]),
             quality,

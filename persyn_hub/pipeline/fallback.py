@@ -29,6 +29,7 @@ from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.router.assignment import ROUTED
 from persyn_hub.router.info import RouterInfo
 from persyn_hub.scoring.answers import FULL_MARKS, is_usable_answer
+from persyn_hub.scoring.quality import score_quality
 
 TRIED = "fallback_teachers"
 """Teachers asked for a prompt, in order: the router's choice, then each fallback."""
@@ -65,7 +66,6 @@ def verify_answers(
     usable = [is_usable_answer(r, e) for r, e in zip(response, error)]
     if not any(usable):
         return [False] * len(rows)
-    from persyn_hub.scoring.quality import score_quality
 
     drop = [
         c for c in ("teacher", "response", "error", "quality", "quality_detail") if c in rows.column_names

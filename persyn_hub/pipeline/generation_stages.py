@@ -9,6 +9,10 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
+from persyn_hub.generation import generate_responses
+from persyn_hub.generation.backends import backend_of, generates_here
+from persyn_hub.generation.pool import pool_answer_columns
+from persyn_hub.labeling.design import effective_per_prompt, make_design, prompts_of
 from persyn_hub.pipeline.identity import quality_identity, student_identity, teacher_identity
 from persyn_hub.pipeline.runner import Stage, StageContext, StageRunner
 from persyn_hub.pipeline.stage_names import (
@@ -20,9 +24,9 @@ from persyn_hub.pipeline.stage_names import (
     label_generate,
 )
 from persyn_hub.recipe.config import PersynRecipe, TeacherConfig
-from persyn_hub.scoring.combine import COMBINE_COLUMNS, COMBINE_READS
+from persyn_hub.scoring.combine import COMBINE_COLUMNS, COMBINE_READS, combine_rewards
 from persyn_hub.scoring.learnability.tokens import LEARNABILITY_COLUMNS, LEARNABILITY_READS
-from persyn_hub.scoring.quality import QUALITY_FEATURES
+from persyn_hub.scoring.quality import QUALITY_FEATURES, score_quality
 
 
 def generate(
@@ -33,8 +37,6 @@ def generate(
     Both phases of a teacher (labeling, routed) share one checkpoint, keyed by the teacher and the
     prompts: a row a teacher already answered is never requested again, whatever the routing.
     """
-    from persyn_hub.generation import generate_responses
-    from persyn_hub.generation.pool import pool_answer_columns
 
     checkpoint = context.cache.folder(f"rows/{teacher.name}", rows_key)
     result, stats = generate_responses(
@@ -68,7 +70,6 @@ def generation_parallelism(teacher: TeacherConfig) -> str:
     teachers are driven from the main process alone (one async client already keeps every replica
     busy, and splitting it would multiply connections and per-endpoint health without adding
     throughput), and reference and pool answers cost nothing to write."""
-    from persyn_hub.generation.backends import backend_of
 
     return "main" if teacher.pool_column else backend_of(teacher).parallelism
 
@@ -88,8 +89,6 @@ def generation_stage(
     def compute(context: StageContext) -> Dataset:
         prompts = context.rows if parallel == "chunks" else rows(context)
         return generate(context, prompts, teacher, recipe, rows_key())
-
-    from persyn_hub.generation.backends import generates_here
 
     return Stage(
         name,
@@ -111,6 +110,34 @@ def _concat(context: StageContext, names: list[str]) -> Dataset:
     return concatenate_datasets([context[name] for name in names])
 
 
+def design_identity(select_identity: Any, recipe: PersynRecipe, teachers_per_prompt: int | None) -> Any:
+    """The labeled prompts' identity with the design in it (m and the teachers; the seed is in the stage's
+    identity already), so a cached full labeling is never taken for a partial one; unchanged under full
+    labeling, whose keys stay as they were."""
+    per_prompt = effective_per_prompt(teachers_per_prompt, len(recipe.teachers))
+    if per_prompt is None:
+        return select_identity
+    design = {"teachers_per_prompt": per_prompt, "teachers": recipe.teacher_names()}
+    return {"select": select_identity, "design": design}
+
+
+def designed_prompts(
+    picked: Dataset, teacher: TeacherConfig, recipe: PersynRecipe, teachers_per_prompt: int | None
+) -> Dataset:
+    """The labeled prompts `teacher` answers: all of `picked` under full labeling, else those the balanced
+    design (`labeling/design.py`, seeded by the run's seed) gives it."""
+    per_prompt = effective_per_prompt(teachers_per_prompt, len(recipe.teachers))
+    if per_prompt is None:
+        return picked
+    design = make_design(list(picked["prompt_id"]), recipe.teacher_names(), per_prompt, recipe.seed)
+    mine = prompts_of(design, teacher.name)
+    return picked.filter(
+        lambda batch: [p in mine for p in batch["prompt_id"]],
+        batched=True,
+        desc=f"Selecting {teacher.name}'s labeled prompts ({per_prompt} teachers per prompt)",
+    )
+
+
 def labeling_stages(
     recipe: PersynRecipe,
     runner: StageRunner,
@@ -120,24 +147,28 @@ def labeling_stages(
     prefix: str = "",
     select_identity: Any = None,
     rows_from: str = PROMPTS,
+    teachers_per_prompt: int | None = None,
 ) -> list[Stage]:
     """Every teacher answers the prompts `select(prompts)` picks; learnability, quality, combined reward.
 
     Stage names get `prefix` (e.g. `compare/`) so another prompt subset caches apart; answers go to and
     come from the teachers' row checkpoints of the run's prompts (`rows_from`), so no prompt a teacher
-    answered for the run is asked again.
+    answered for the run is asked again. `teachers_per_prompt` (partial labeling): each teacher answers
+    only the picked prompts the design gives it (`designed_prompts`), the design in the stages' keys.
     """
-    from persyn_hub.scoring.combine import combine_rewards
+    # lazy: scoring.learnability.scorer loads torch, which this module otherwise does not
     from persyn_hub.scoring.learnability.scorer import score_learnability
-    from persyn_hub.scoring.quality import score_quality
 
+    select_identity = design_identity(select_identity, recipe, teachers_per_prompt)
     generated = [prefix + label_generate(t.name) for t in recipe.teachers]
     stages = [
         generation_stage(
             name,
             teacher,
             recipe,
-            lambda context: select(context[prompts_stage]),
+            lambda context, teacher=teacher: designed_prompts(
+                select(context[prompts_stage]), teacher, recipe, teachers_per_prompt
+            ),
             lambda teacher=teacher: rows_key(runner, teacher, recipe, rows_from),
             inputs=tuple(dict.fromkeys((prompts_stage, rows_from))),
             identity={"teacher": teacher_identity(teacher), "seed": recipe.seed, "select": select_identity},

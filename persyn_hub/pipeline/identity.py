@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from persyn_hub.bundled import BUNDLED_MODELS, PREFIX, is_bundled, package_version
+from persyn_hub.generation.backends import backend_of
 from persyn_hub.recipe.config import QualityConfig, RouterSettings, StudentConfig, TeacherConfig
+from persyn_hub.recipe.dtypes import dtype_name, local_device, resolve_dtype
+from persyn_hub.verifiers.math_answer import RULES_VERSION as MATH_RULES
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +98,12 @@ def model_identity(name: str | None, revision: str | None = None) -> dict[str, A
 
 def _resolved_dtype(name: str) -> str:
     """`auto` as this process's device resolves it: every stage loads its models there."""
-    from persyn_hub.recipe.dtypes import dtype_name, local_device, resolve_dtype
 
     return dtype_name(resolve_dtype(name, local_device()))
 
 
 def teacher_identity(teacher: TeacherConfig) -> dict[str, Any]:
     """What changes a teacher's answers; concurrency, timeouts, retries and endpoint URLs do not."""
-    from persyn_hub.generation.backends import backend_of
 
     backend = backend_of(teacher)
     parts = backend.identity  # what makes this backend's answers (`Backend.identity`)
@@ -156,8 +157,8 @@ def student_identity(student: StudentConfig) -> dict[str, Any]:
 
 def quality_identity(quality: QualityConfig) -> dict[str, Any]:
     """What changes quality scores: the checker (and its package version) or the reward model."""
+    # lazy: procedural loads datasets, which this module otherwise does not
     from persyn_hub.procedural import RULES_VERSION as ANSWER_EXTRACTION
-    from persyn_hub.verifiers.math_answer import RULES_VERSION as MATH_RULES
 
     packages = sorted(
         {p for kind, names in VERIFIER_PACKAGES.items() for p in names if quality.kind in (kind, "auto")}

@@ -4,15 +4,19 @@ Under `accelerate launch`, `torchrun` or `srun` every process of a run knows its
 and where the launcher's rendezvous store is (`MASTER_ADDR:MASTER_PORT`: the TCPStore that torchrun's
 agent, or rank 0, hosts). This module connects to that store through torch's own `env://` rendezvous
 and uses nothing else: keyed signals ("stage X finished", "rank 2 finished its chunks"), one atomic
-counter per sharded stage from which the processes claim chunks, and a heartbeat counter per process,
-bumped by a background thread. Data never goes through the store; it goes through the stage cache on
-the shared filesystem.
+counter per sharded stage from which the processes claim chunks, and a heartbeat counter and a
+progress record per process, kept by a background thread (`pipeline/liveness.py`). Data never goes
+through the store; it goes through the stage cache on the shared filesystem.
 
 Every wait is a liveness wait: it lasts as long as the processes it waits for show signs of life, so a
-main-process stage may run for a day, while a process that dies (SIGKILL, OOM, a lost node) or hangs
-(SIGSTOP, a stuck CUDA call or NFS mount: its heartbeat thread stops too) ends every other process
-within `launch.timeout` seconds with one line naming the stage and the rank. A process that fails with
-an error says so through the store first, so the others stop at once with its message.
+main-process stage may run for a day. A process that dies (SIGKILL, OOM, a lost node) or is frozen whole
+(SIGSTOP, or a call that holds the GIL: its heartbeat thread stops too) ends every other process within
+`launch.timeout` seconds with one line naming the stage and the rank. A heartbeat cannot see a hang
+inside the main thread (a stuck CUDA sync or engine call, a read on a hung NFS mount: the GIL is
+released and the heartbeat thread beats on), so the heartbeat thread also watches the process's work
+progress: when it has not moved for `launch.stall_timeout` seconds outside a wait, that process names its
+stage and the frame it is blocked in and ends the launch (exit 2 on every process). A process that fails
+with an error says so through the store first, so the others stop at once with its message.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,11 +34,18 @@ from typing import Any
 
 from persyn_hub.errors import PersynError
 from persyn_hub.generation.placement import LAUNCH_VARIABLES
+from persyn_hub.pipeline.attempt import agree_on_attempt
+from persyn_hub.pipeline.liveness import DEFAULT_STALL_TIMEOUT, Watchdog, describe_progress, left_key
+from persyn_hub.progress import waiting
 
 logger = logging.getLogger("persyn_hub")
 
 ABORT = "abort"
 POLL_SECONDS = 0.2
+ANNOUNCE_SECONDS = 300.0
+"""How often a long wait logs what the awaited ranks are doing."""
+LEAVE_SECONDS = 5.0
+"""The longest an exiting process tries to say it left (a frozen store host must not hold its exit)."""
 STORE_TIMEOUT_LIMIT = 30.0
 """The longest a single store call may block (seconds), whatever `launch.timeout` is."""
 ACCELERATE_PREFIX = "ACCELERATE_"
@@ -56,11 +66,17 @@ class Launch:
     index: int = 0
     count: int = 1
     id: str = ""
+    """The launch's id, shared by its attempts (a launcher's restarts) on one rendezvous store."""
+    attempt: int = 1
+    """Which start of the launch this is (`pipeline/attempt.py`): every store key belongs to it alone."""
     timeout: float = 600.0
     """Liveness timeout in seconds (`launch.timeout`): how long a silent process is waited for."""
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    """Seconds a living process may go without progress outside a wait (`launch.stall_timeout`)."""
     store: Any = None
     _halt: threading.Event = field(default_factory=threading.Event, repr=False)
     _heartbeat: threading.Thread | None = field(default=None, repr=False)
+    _leaving: bool = field(default=False, repr=False)
 
     @property
     def main(self) -> bool:
@@ -86,9 +102,38 @@ class Launch:
             return
         with contextlib.suppress(Exception):  # the store may be gone already; the exit says the rest
             self.store.compare_set(ABORT, "", message)
+        self.leave_at_exit()
+
+    def leave_at_exit(self) -> None:
+        """Say "rank i left" once this process exits after an abort (after its error line is printed): a
+        stalled process that hosts the store stays until then, so every rank can read its abort."""
+        if self.store is None or self._leaving:
+            return
+        self._leaving = True
+
+        def leave() -> None:
+            with contextlib.suppress(Exception):  # the store's host has left already, or is frozen
+                self.store.set_timeout(timedelta(seconds=LEAVE_SECONDS))
+                self.store.set(left_key(self.index), "1")
+
+        atexit.register(leave)
+        atexit.unregister(self.stop_heartbeat)  # handlers run last-in first-out: leave after it
+        atexit.register(self.stop_heartbeat)
 
     def wait_for(self, key: str, *, stage: str, ranks: Sequence[int]) -> str:
         """The value of `key` once some process set it, while every rank in `ranks` shows signs of life.
+
+        While it waits this process is not stalled (its own progress does not move; theirs counts).
+        """
+        with waiting():
+            try:
+                return self._wait(key, stage=stage, ranks=ranks)
+            except LaunchError:
+                self.leave_at_exit()
+                raise
+
+    def _wait(self, key: str, *, stage: str, ranks: Sequence[int]) -> str:
+        """`wait_for` itself.
 
         Raises `LaunchError` when any process aborted the launch, when a rank of `ranks` has not beaten
         for `timeout` seconds, or when the store itself (hosted by rank 0 or the launcher) has not
@@ -98,8 +143,7 @@ class Launch:
             return ""
         seen: dict[int, tuple[int, float]] = {}
         unanswered_since: float | None = None
-        announced = False
-        started = time.monotonic()
+        announce_at = time.monotonic() + 10
         while True:
             now = time.monotonic()
             try:
@@ -136,9 +180,13 @@ class Launch:
                 )
                 self.abort(message)
                 raise LaunchError(message)
-            if not announced and now - started > 10:
-                logger.info("stage %s: rank %d waits for rank(s) %s", stage, self.index, list(ranks))
-                announced = True
+            if now > announce_at:  # then every few minutes, with what the awaited ranks are doing
+                where = describe_progress(self.store, ranks)
+                logger.info(
+                    "stage %s: rank %d waits for rank(s) %s%s",
+                    stage, self.index, list(ranks), f" ({where})" if where else "",
+                )  # fmt: skip
+                announce_at = now + ANNOUNCE_SECONDS
             time.sleep(POLL_SECONDS)
 
     def others(self) -> list[int]:
@@ -147,7 +195,8 @@ class Launch:
     # -- life ----------------------------------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
-        """Bump this process's beat counter from a daemon thread (it stops when the process is stopped).
+        """Beat, publish progress and watch for a stall from a daemon thread (`liveness.Watchdog`); call it
+        from the thread that does the process's work, whose stack a stall names.
 
         The thread is stopped and joined at interpreter exit: a daemon thread still inside a store call
         when the interpreter finalizes is unwound through torch's C++ code, which aborts the process
@@ -155,15 +204,18 @@ class Launch:
         """
         if self.store is None or self._heartbeat is not None:
             return
-        store = self.store.clone()  # its own connection: a slow store never delays the main thread's waits
-
-        def beat() -> None:
-            while not self._halt.is_set():
-                with contextlib.suppress(Exception):  # a store that does not answer is the waiters' concern
-                    store.add(beat_key(self.index), 1)
-                self._halt.wait(self.beat_seconds)
-
-        self._heartbeat = threading.Thread(target=beat, name="persyn-heartbeat", daemon=True)
+        watchdog = Watchdog(
+            store=self.store.clone(),  # its own connection: a slow store never delays the main thread's waits
+            rank=self.index,
+            others=self.others(),
+            beat_key=beat_key(self.index),
+            abort_key=ABORT,
+            every=self.beat_seconds,
+            stall_timeout=self.stall_timeout,
+            timeout=self.timeout,
+            halt=self._halt,
+        )
+        self._heartbeat = threading.Thread(target=watchdog.run, name="persyn-heartbeat", daemon=True)
         self._heartbeat.start()
         atexit.register(self.stop_heartbeat)
 
@@ -189,15 +241,16 @@ def beat_key(rank: int) -> str:
     return f"beat/{rank}"
 
 
-def connect(timeout: float) -> Launch:
+def connect(timeout: float, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> Launch:
     """This process's launch from the launcher's environment (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
 
     One process (no launcher) gets `Launch()` and touches no network. Under a launcher the store is the
-    rendezvous store of torch's `env://` method, so no port is opened beyond the launcher's own.
+    rendezvous store of torch's `env://` method, so no port is opened beyond the launcher's own. Call it
+    from the thread that does the run's work: a stall names that thread's stack.
     """
     index, count = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if count == 1:
-        return Launch(timeout=timeout)
+        return Launch(timeout=timeout, stall_timeout=stall_timeout)
     import torch.distributed as dist
 
     try:
@@ -209,12 +262,14 @@ def connect(timeout: float) -> Launch:
             f"({timeout:.0f} s): {type(error).__name__}: {str(error).splitlines()[0][:200]}"
         ) from error
     store.set_timeout(timedelta(seconds=max(1.0, min(STORE_TIMEOUT_LIMIT, timeout / 4))))
-    prefixed = dist.PrefixStore("persyn/", store)
-    launch = Launch(index, count, timeout=timeout, store=prefixed)
-    if launch.main:
-        prefixed.set("launch-id", uuid.uuid4().hex[:12])
+    base = dist.PrefixStore("persyn/", store)
+    attempt = agree_on_attempt(base, index, count, timeout)  # a restarted launch's keys are its own
+    prefixed = dist.PrefixStore(f"{attempt.id}/", base)
+    launch = Launch(
+        index, count, id=attempt.launch, attempt=attempt.number, timeout=timeout,
+        stall_timeout=stall_timeout, store=prefixed,
+    )  # fmt: skip
     launch.start_heartbeat()
-    launch.id = launch.wait_for("launch-id", stage="start", ranks=[0])
     return launch
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.folders import load_dataset_folder
+from persyn_hub.pipeline.fallback import fallback_generate, fallback_route
 from persyn_hub.pipeline.generation_stages import read_stats
 from persyn_hub.pipeline.runner import StageRunner
 from persyn_hub.pipeline.stage_names import (
@@ -29,6 +30,7 @@ from persyn_hub.pipeline.stage_names import (
     routed_generate,
 )
 from persyn_hub.recipe.config import PersynRecipe
+from persyn_hub.router.info import read_router_record
 
 
 @dataclass
@@ -58,7 +60,6 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
             stats = read_stats(runner.cache.folder(name, runner.keys[name]))
             stats["requests_this_run"] = 0 if runner.cached[name] else stats.get("requests", 0)
             generation.setdefault(teacher.name, []).append({"phase": phase, **stats})
-    from persyn_hub.pipeline.fallback import fallback_generate, fallback_route
 
     rounds, extra_generations = [], 0
     for round_ in range(1, recipe.routing.fallback_on_incorrect + 1):
@@ -85,7 +86,6 @@ def run_outputs(recipe: PersynRecipe, runner: StageRunner) -> RunOutputs:
             "drop_incorrect": recipe.output.drop_incorrect,
             "dropped_incorrect": assembly.get("dropped_incorrect", 0),
         }
-    from persyn_hub.router.info import read_router_record
 
     router_record = {} if recipe.routing.reuse_router else read_router_record(runner.outputs[ROUTER])
     return RunOutputs(

@@ -16,8 +16,11 @@ from typing import Any
 
 from datasets import Dataset
 
-from persyn_hub.bundled import is_bundled, package_version, resolve_model
+from persyn_hub.bundled import bundled_data, is_bundled, package_version, resolve_model
 from persyn_hub.errors import PersynError
+from persyn_hub.generation.backends import backend_of, check_placements
+from persyn_hub.generation.prompting import folds, system_turn_refusal
+from persyn_hub.generation.reference import template_columns
 from persyn_hub.recipe.config import REASONING_GYM, PersynRecipe, PromptsConfig, RecipeError, TeacherConfig
 
 IFBENCH_COLUMNS = ("instruction_id_list", "kwargs")
@@ -33,8 +36,6 @@ def source_identity(config: PromptsConfig) -> dict[str, Any]:
     if config.source == REASONING_GYM:
         return {"generator": "reasoning-gym", "version": package_version("reasoning-gym")}
     if is_bundled(config.source):
-        from persyn_hub.bundled import bundled_data
-
         return {
             "bundled": config.source,
             "version": package_version(bundled_data(config.source).distribution),
@@ -69,8 +70,8 @@ def _check_local_model(field: str, name: str, *, trust_remote_code: bool, need_c
 
 def _render_first_prompt(field: str, teacher: TeacherConfig, tokenizer: Any, messages: list[dict]) -> None:
     """Render the first prompt as generation will (`render_prompt`, folding included), or stop the run."""
+    # lazy: generation.local loads torch and transformers, which this module otherwise does not
     from persyn_hub.generation.local import render_prompt
-    from persyn_hub.generation.prompting import folds, system_turn_refusal
 
     try:
         render_prompt(teacher, tokenizer, messages)
@@ -92,7 +93,10 @@ def _render_first_prompt(field: str, teacher: TeacherConfig, tokenizer: Any, mes
 
 def _probe_endpoint(field: str, teacher: TeacherConfig, messages: list[dict]) -> None:
     """One real request with the first prompt; a refusal no retry changes stops the run here."""
+    # lazy: generation.endpoint.checks loads huggingface_hub, which this module otherwise does not
     from persyn_hub.generation.endpoint.checks import ProbeRefused
+
+    # lazy: generation.endpoint.generator loads huggingface_hub, which this module otherwise does not
     from persyn_hub.generation.endpoint.generator import probe_first_prompt
 
     try:
@@ -105,7 +109,6 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str], first:
     """The teacher can answer: its model loads or its endpoints answer, and `first` (the first prompt's
     messages; None without prompts) renders or is accepted as generation will send it."""
     field = f"teachers[{index}] ({teacher.name!r})"
-    from persyn_hub.generation.backends import backend_of
 
     backend = backend_of(teacher)
     if teacher.pool_column and not backend.template_answers:  # the pool answers first
@@ -117,7 +120,6 @@ def _check_teacher(index: int, teacher: TeacherConfig, columns: set[str], first:
 
 
 def _check_response_template(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
-    from persyn_hub.generation.reference import template_columns
 
     missing = [c for c in template_columns(teacher.response_template or "") if c not in columns]
     if missing:
@@ -155,6 +157,7 @@ def _check_vllm_prompt(field: str, teacher: TeacherConfig, columns: set[str], fi
 
 
 def _check_endpoints(field: str, teacher: TeacherConfig, columns: set[str], first: Any) -> None:
+    # lazy: generation.endpoint.checks loads huggingface_hub, which this module otherwise does not
     from persyn_hub.generation.endpoint.checks import check_endpoints
 
     try:
@@ -208,7 +211,6 @@ def check_before_work(recipe: PersynRecipe, prompts: Dataset) -> None:
             f"routing.budgets: shares sum to {sum(budgets.values()):.2f} < 1, so some prompts could go to no "
             "teacher. Raise a share or leave one teacher unbudgeted."
         )
-    from persyn_hub.generation.backends import check_placements
 
     check_placements(recipe.teachers)  # a vLLM group that does not fit the node fails now, not at its stage
     first = prompts[0]["messages"] if len(prompts) and "messages" in columns else None
@@ -234,7 +236,8 @@ def _check_router(recipe: PersynRecipe) -> None:
 
 def open_router(name: str, expected_teachers: list[str] | None, field: str) -> tuple[Any, Any]:
     """Load a router, or raise one PreflightError naming `field` and the fix (a wrong pool, no files)."""
-    from persyn_hub.router import RouterMismatchError, load_router
+    # lazy: router.storage loads torch and transformers, which this module otherwise does not
+    from persyn_hub.router.storage import RouterMismatchError, load_router
 
     try:
         return load_router(name, expected_teachers=expected_teachers)

@@ -11,6 +11,16 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.folders import save_dataset_folder
+from persyn_hub.labeling.design import effective_per_prompt
+from persyn_hub.pipeline.assemble import assemble_dataset, collect_responses
+from persyn_hub.pipeline.fallback import (
+    choose_verified,
+    fallback_generate,
+    fallback_route,
+    next_round,
+    own_fallback_ids,
+    router_teachers,
+)
 from persyn_hub.pipeline.generation_stages import generation_stage, rows_key
 from persyn_hub.pipeline.identity import quality_identity, router_training_identity, teacher_identity
 from persyn_hub.pipeline.launch import single_process
@@ -25,11 +35,14 @@ from persyn_hub.pipeline.stage_names import (
     routed_generate,
 )
 from persyn_hub.recipe.config import PersynRecipe, TeacherConfig
+from persyn_hub.router.assignment import ROUTED, assign_teachers
 from persyn_hub.router.labels import LABEL_COLUMNS
+from persyn_hub.router.selection import select_best
 
 
 def _train_router(recipe: PersynRecipe) -> Any:
     def compute(context: StageContext) -> None:
+        # lazy: router.training loads evaluate and huggingface_hub, which this module otherwise does not
         from persyn_hub.router.training import RouterTask, train_router
 
         with single_process():  # trained on the main process alone: an N-process run equals a 1-process one
@@ -56,24 +69,29 @@ def _copy_router(source: str) -> Any:
 
 def router_stage(recipe: PersynRecipe) -> Stage:
     """Train the router on the labeled pool, or take the one `routing.reuse_router` names."""
-    if recipe.routing.reuse_router:
-        from persyn_hub.router import router_identity
+    # lazy: router.storage loads torch and transformers, which this module otherwise does not
+    from persyn_hub.router.storage import router_identity
 
+    if recipe.routing.reuse_router:
         source = recipe.routing.reuse_router
         return Stage(ROUTER, _copy_router(source), identity={"reuse": router_identity(source)}, folder=True)
+    identity: dict[str, Any] = {
+        "settings": router_training_identity(recipe.router),
+        "seed": recipe.seed,
+        "teachers": recipe.teacher_names(),
+        "student": recipe.student.model,
+        "alpha": recipe.labeling.alpha,
+        "label_repo": recipe.output.hub.labels_repo,
+    }
+    per_prompt = effective_per_prompt(recipe.labeling.teachers_per_prompt, len(recipe.teachers))
+    if per_prompt is not None:  # the card names the design; unset, the full labeling's keys stay as they were
+        identity["teachers_per_prompt"] = per_prompt
     return Stage(
         ROUTER,
         _train_router(recipe),
         inputs=(COMBINE,),
         reads={COMBINE: LABEL_COLUMNS},
-        identity={
-            "settings": router_training_identity(recipe.router),
-            "seed": recipe.seed,
-            "teachers": recipe.teacher_names(),
-            "student": recipe.student.model,
-            "alpha": recipe.labeling.alpha,
-            "label_repo": recipe.output.hub.labels_repo,
-        },
+        identity=identity,
         folder=True,
         export="router",
     )
@@ -81,9 +99,8 @@ def router_stage(recipe: PersynRecipe) -> Stage:
 
 def route_computation(recipe: PersynRecipe) -> Any:
     def compute(context: StageContext) -> Dataset:
-        from persyn_hub.router import load_router
-        from persyn_hub.router.assignment import assign_teachers
-        from persyn_hub.router.selection import select_best
+        # lazy: router.storage loads torch and transformers, which this module otherwise does not
+        from persyn_hub.router.storage import load_router
 
         prompts = context[PROMPTS]
         labeled_ids = set(prompts.select(range(num_labeled(recipe, prompts)))["prompt_id"])
@@ -99,7 +116,6 @@ def num_labeled(recipe: PersynRecipe, prompts: Dataset) -> int:
 
 
 def own_routed_prompts(context: StageContext, teacher: TeacherConfig) -> Dataset:
-    from persyn_hub.router.assignment import ROUTED
 
     prompts, assigned = context[PROMPTS], context[ROUTE]
     mine = {
@@ -116,13 +132,10 @@ def own_routed_prompts(context: StageContext, teacher: TeacherConfig) -> Dataset
 
 def assemble_computation(recipe: PersynRecipe, parts: list[str], assignment: str = ROUTE) -> Any:
     def compute(context: StageContext) -> Dataset:
-        from persyn_hub.pipeline.assemble import assemble_dataset, collect_responses
 
         responses = collect_responses(*(context[name] for name in parts))
         assigned, fallback = context[assignment], None
         if assignment != ROUTE:  # verified routing: the first verified answer among the teachers asked
-            from persyn_hub.pipeline.fallback import choose_verified
-
             assigned, fallback = choose_verified(assigned, responses, recipe.quality)
         assembly = assemble_dataset(
             assigned,
@@ -145,8 +158,6 @@ def assemble_computation(recipe: PersynRecipe, parts: list[str], assignment: str
 
 def _fallback_route(recipe: PersynRecipe, round_: int, previous: str, answered: list[str]) -> Any:
     def compute(context: StageContext) -> Dataset:
-        from persyn_hub.pipeline.assemble import collect_responses
-        from persyn_hub.pipeline.fallback import next_round, router_teachers
 
         assigned, counts = next_round(
             context[previous],
@@ -163,7 +174,6 @@ def _fallback_route(recipe: PersynRecipe, round_: int, previous: str, answered: 
 
 
 def _own_fallback_prompts(context: StageContext, teacher: TeacherConfig, round_: int) -> Dataset:
-    from persyn_hub.pipeline.fallback import fallback_route, own_fallback_ids
 
     mine = own_fallback_ids(context[fallback_route(round_)], teacher.name, round_)
     return context[PROMPTS].filter(
@@ -176,7 +186,6 @@ def _own_fallback_prompts(context: StageContext, teacher: TeacherConfig, round_:
 def fallback_stages(recipe: PersynRecipe, runner: StageRunner) -> tuple[list[Stage], list[str], str]:
     """`routing.fallback_on_incorrect` rounds of verify-then-ask-the-next-teacher (see
     `pipeline/fallback.py`): (stages, their generation stages, the last assignment stage); no stages when 0."""
-    from persyn_hub.pipeline.fallback import fallback_generate, fallback_route
 
     stages: list[Stage] = []
     answered = [routed_generate(t.name) for t in recipe.teachers]

@@ -21,61 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from filelock import FileLock, Timeout
 
 from persyn_hub.errors import PersynError
 from persyn_hub.pipeline.cache import StageCache
-from persyn_hub.pipeline.launch import Launch, connect
+from persyn_hub.pipeline.launch import Launch, LaunchError, connect
 from persyn_hub.pipeline.outputs import run_outputs
+from persyn_hub.pipeline.run_lock import HOST, RunLockedError, run_lock
 from persyn_hub.pipeline.runner import Stage, StageRunner
+from persyn_hub.pipeline.shared_dir import check_shared_dir
 from persyn_hub.pipeline.stage_names import ASSEMBLE
 from persyn_hub.pipeline.stages import persyn_stages
 from persyn_hub.pipeline.summary import build_summary, package_versions
+from persyn_hub.progress import enter_stage
+from persyn_hub.publish.finished import add_traffic, publish_finished_run, wants_publish, write_summary
+from persyn_hub.publish.mirror.stage_mirror import StageMirror
 from persyn_hub.recipe.config import PersynRecipe
 
 logger = logging.getLogger("persyn_hub")
-
-
-class RunLockedError(PersynError, RuntimeError):
-    """Another `persyn run` is writing the same output directory."""
-
-
-@contextmanager
-def run_lock(run_dir: Path, launch: Launch | None = None) -> Iterator[None]:
-    """One writer per output directory: a second run (or launch) refuses at once instead of corrupting it.
-
-    Under a launch the lock belongs to the launch: the main process takes it and tells the others
-    through the launch's store whether it got it.
-    """
-    launch = launch or Launch()
-    if not launch.main:
-        refusal = launch.wait_for("run-lock", stage="start", ranks=[0])
-        if refusal:
-            raise RunLockedError(refusal)
-        yield
-        return
-    lock = FileLock(str(run_dir / ".persyn.lock"))
-    owner = run_dir / ".persyn.lock.owner"
-    me = f"persyn run (pid {os.getpid()}" + (
-        f", launch {launch.id}, {launch.count} processes)" if launch.count > 1 else ")"
-    )
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        who = owner.read_text().strip() if owner.is_file() else "another process"
-        refusal = (
-            f"output.dir {str(run_dir)!r} is in use by {who}. Wait for that run to finish, or set "
-            "--output.dir to another directory."
-        )
-        launch.signal("run-lock", refusal)
-        raise RunLockedError(refusal) from None
-    try:
-        owner.write_text(me)
-        launch.signal("run-lock", "")
-        yield
-    finally:
-        owner.unlink(missing_ok=True)
-        lock.release()
 
 
 @contextmanager
@@ -100,27 +62,47 @@ def run_pipeline(
     *,
     retry_failed: bool = False,
     then: Callable[[StageRunner], list[Stage]] | None = None,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Run a recipe end to end and return (and write) its summary.
 
     `retry_failed`: ask the rows whose generation failed in an earlier run again (otherwise a finished
     stage, failed rows included, is reused as it is). `then(runner)`: stages to run after the run's own,
-    on its runner and under its lock and log (`persyn compare` labels the routed prompts so)."""
+    on its runner and under its lock and log (`persyn compare` labels the routed prompts so).
+    `break_lock`: take the run lock over from a holder that is not a live process of this host
+    (`pipeline/run_lock.py`). Under a launch, any failure of this process, wherever it happens, is written
+    to the launch's abort key, so the other processes stop at once with its line."""
     started = time.perf_counter()
     run_dir = Path(recipe.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     for key, value in recipe.env.items():
         os.environ[key] = str(value)
-    launch = connect(recipe.launch.timeout)
+    launch = connect(recipe.launch.timeout, recipe.launch.stall_timeout)
     try:
-        with run_lock(run_dir, launch), run_log(run_dir, launch):
-            summary, runner = _run(recipe, run_dir, started, retry_failed, launch)
-            for stage in then(runner) if then else ():
-                runner.run(stage)
-            launch.finish()
-            return summary
+        if launch.main:  # the others must find rank 0's folder, not make one of their own
+            run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir, launch, break_lock=break_lock):
+            check_shared_dir(run_dir, launch)
+            with run_log(run_dir, launch):
+                summary, runner = _run(recipe, run_dir, started, retry_failed, launch)
+                for stage in then(runner) if then else ():
+                    runner.run(stage)
+                launch.finish()
+                return summary
+    except BaseException as error:
+        launch.abort(failure_line(launch, error))  # the first line written stays: the root cause
+        raise
     finally:
         launch.stop_heartbeat()
+
+
+def failure_line(launch: Launch, error: BaseException) -> str:
+    """One line for the launch's abort key: which rank, on which host, failed how."""
+    if isinstance(error, LaunchError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return f"rank {launch.index} on host {HOST} was interrupted. Run the same command again to resume."
+    text = str(error).splitlines()[0][:300] if str(error).strip() else ""
+    return f"rank {launch.index} on host {HOST} failed: {type(error).__name__}: {text}"
 
 
 def _run(
@@ -152,6 +134,7 @@ def _run(
         runner.mirror = None
     if not launch.main:  # summary, cards and publishing happen once, on the main process
         return {"rank": launch.index, "output_dir": str(run_dir)}, runner
+    enter_stage("summary and publishing")  # what a stall of the main process names from here on
     if recipe.routing.reuse_router:
         shutil.rmtree(run_dir / "artifacts" / "router", ignore_errors=True)  # not this run's router
 
@@ -164,7 +147,6 @@ def _run(
         versions=package_versions(),
     )
     write_local_card(runner.outputs[ASSEMBLE], recipe, summary, run_dir)
-    from persyn_hub.publish.finished import add_traffic, publish_finished_run, wants_publish, write_summary
 
     if hub_stages is not None:
         summary["hub"] = {"stages": hub_stages}
@@ -181,11 +163,11 @@ def _run(
 def hub_client(recipe: PersynRecipe) -> Any:
     """The Hub client of a run's pushes (retries past rate limits, counts commits and bytes), or None when
     the recipe pushes nothing."""
-    from persyn_hub.publish.finished import wants_publish
 
     hub = recipe.output.hub
     if not (wants_publish(recipe) or hub.stages or hub.stages_repo or hub.resume_from):
         return None
+    # lazy: publish.client loads huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.client import HubClient, HubTraffic
 
     return HubClient(traffic=HubTraffic())
@@ -194,7 +176,6 @@ def hub_client(recipe: PersynRecipe) -> Any:
 def stage_mirror(recipe: PersynRecipe, run_dir: Path, api: Any = None) -> Any:
     """The Hub copy of the run's stages (`output.hub.stages`, `stages_repo`, `resume_from`), started; None
     when the recipe publishes no stages. See `persyn_hub/publish/mirror/stage_mirror.py`."""
-    from persyn_hub.publish.mirror.stage_mirror import StageMirror
 
     mirror = StageMirror.for_recipe(recipe, run_dir, api)
     return mirror.start() if mirror is not None else None
@@ -202,6 +183,7 @@ def stage_mirror(recipe: PersynRecipe, run_dir: Path, api: Any = None) -> Any:
 
 def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, Any], run_dir: Path) -> None:
     """A local copy of the data set card, so an unpublished run documents itself too."""
+    # lazy: publish.cards loads huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.cards import comparison_card_section, render_dataset_card
 
     card = render_dataset_card(
@@ -210,4 +192,12 @@ def write_local_card(final: Dataset, recipe: PersynRecipe, summary: dict[str, An
     (run_dir / "artifacts" / "dataset" / "README.md").write_text(str(card), encoding="utf-8")
 
 
-__all__ = ["RunLockedError", "hub_client", "run_pipeline", "stage_mirror", "write_local_card"]
+__all__ = [
+    "RunLockedError",
+    "failure_line",
+    "hub_client",
+    "run_lock",
+    "run_pipeline",
+    "stage_mirror",
+    "write_local_card",
+]

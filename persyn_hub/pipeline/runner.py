@@ -34,6 +34,7 @@ from datasets import Dataset
 
 from persyn_hub.errors import require_columns
 from persyn_hub.folders import save_dataset_folder, write_folder_whole
+from persyn_hub.generation.checkpoint_index import held_checkpoints
 from persyn_hub.generation.engines import release_engines
 from persyn_hub.pipeline.cache import StageCache
 from persyn_hub.pipeline.chunks import (
@@ -46,6 +47,7 @@ from persyn_hub.pipeline.chunks import (
     plan_chunks,
 )
 from persyn_hub.pipeline.launch import Launch, LaunchError
+from persyn_hub.progress import advance, enter_stage
 
 logger = logging.getLogger("persyn_hub")
 
@@ -157,6 +159,7 @@ class StageRunner:
     def run(self, stage: Stage) -> Any:
         key = self.key(stage)
         self.steps += 1
+        enter_stage(stage.name)  # what a stall names (pipeline/liveness.py)
         step = f"{self.steps:03d}-{stage.name}"
         context = StageContext(
             {name: self.outputs[name] for name in stage.inputs},
@@ -188,6 +191,18 @@ class StageRunner:
             if stage.check is not None and self.launch.main:
                 stage.check(context)  # before the others go on: a failed check spends nothing more
             self._finish(step, stage.name)
+            if not self.launch.main:  # inside the guard: a rank that cannot load it stops the others
+                self.outputs[stage.name] = self.cache.load_finished(
+                    stage.name, key, folder_output=stage.folder
+                )
+            output = self.outputs[stage.name]
+            self.keys[stage.name] = key
+            self.digests[stage.name] = self.cache.output_digest(stage.name, key)
+            self.cached[stage.name] = decision.done
+            if self.mirror is not None and self.launch.main:
+                self.mirror.publish(stage, key, context.folder, self._inputs(stage))
+            if stage.export and self.launch.main:
+                export(output, self.cache.root / "artifacts" / stage.export)
         except LaunchError:
             raise
         except BaseException as error:
@@ -196,16 +211,6 @@ class StageRunner:
                 f"{str(error).splitlines()[0][:300] if str(error) else ''}"
             )
             raise
-        if not self.launch.main:
-            self.outputs[stage.name] = self.cache.load_finished(stage.name, key, folder_output=stage.folder)
-        output = self.outputs[stage.name]
-        self.keys[stage.name] = key
-        self.digests[stage.name] = self.cache.output_digest(stage.name, key)
-        self.cached[stage.name] = decision.done
-        if self.mirror is not None and self.launch.main:
-            self.mirror.publish(stage, key, context.folder, self._inputs(stage))
-        if stage.export and self.launch.main:
-            export(output, self.cache.root / "artifacts" / stage.export)
         return output
 
     def _inputs(self, stage: Stage) -> dict[str, dict[str, str]]:
@@ -266,10 +271,11 @@ class StageRunner:
             )
         try:
             if stage.works_here is None or stage.works_here():
-                for chunk in self._claimed(step, plan, stage.name):
-                    if chunk_is_done(folder, chunk):
-                        continue
-                    self._compute_chunk(stage, context, rows, chunk, folder)
+                with held_checkpoints():  # a teacher's row checkpoint: read once per stage, not per chunk
+                    for chunk in self._claimed(step, plan, stage.name):
+                        if chunk_is_done(folder, chunk):
+                            continue
+                        self._compute_chunk(stage, context, rows, chunk, folder)
         finally:
             release_engines()  # the next stage's model needs the memory
         self.launch.signal(f"{step}/chunks-done/{self.launch.index}")
@@ -312,7 +318,9 @@ class StageRunner:
             stage.name, self.launch.index, chunk.index + 1, chunk.count, len(chunk.indices),
         )  # fmt: skip
         chunk_context = dataclasses.replace(context, rows=rows.select(chunk.indices), chunk=chunk)
+        advance()
         result = stage.compute(chunk_context)
+        advance()
         if len(result) != len(chunk.indices):
             raise RuntimeError(
                 f"stage {stage.name}: chunk {chunk.name} gave {len(result)} rows for {len(chunk.indices)}"

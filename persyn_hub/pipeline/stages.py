@@ -20,8 +20,10 @@ from typing import Any
 
 from datasets import Dataset
 
+from persyn_hub.data import load_prompts
 from persyn_hub.pipeline.generation_stages import generation_stage, labeling_stages, rows_key
 from persyn_hub.pipeline.identity import quality_identity, teacher_identity
+from persyn_hub.pipeline.preflight import check_before_work, source_identity
 from persyn_hub.pipeline.routing_stages import (
     assemble_computation,
     fallback_stages,
@@ -48,7 +50,6 @@ logger = logging.getLogger("persyn_hub")
 
 def _load_prompts(recipe: PersynRecipe) -> Any:
     def compute(context: StageContext) -> Dataset:
-        from persyn_hub.data import load_prompts
 
         report: dict[str, Any] = {}
         prompts = load_prompts(recipe.prompts, recipe.seed, report)
@@ -61,7 +62,6 @@ def _load_prompts(recipe: PersynRecipe) -> Any:
 
 def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
     """The whole run, in order."""
-    from persyn_hub.pipeline.preflight import check_before_work, source_identity
 
     teachers = recipe.teachers
     stages = [
@@ -81,6 +81,7 @@ def persyn_stages(recipe: PersynRecipe, runner: StageRunner) -> list[Stage]:
             prompts_stage=PROMPTS,
             select=lambda prompts: prompts.select(range(num_labeled(recipe, prompts))),
             select_identity={"labeled_prompts": recipe.labeling.num_prompts},
+            teachers_per_prompt=recipe.labeling.teachers_per_prompt,
         ),
         router_stage(recipe),
         Stage(

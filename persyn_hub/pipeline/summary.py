@@ -10,8 +10,11 @@ from typing import Any
 from datasets import Dataset
 
 from persyn_hub.bundled import package_version
+from persyn_hub.generation.backends import backend_of
+from persyn_hub.labeling.design import describe_design
 from persyn_hub.pipeline.outputs import RunOutputs
 from persyn_hub.recipe.config import PersynRecipe
+from persyn_hub.recipe.dtypes import describe_cpu as cpu
 from persyn_hub.scoring.answers import FULL_MARKS
 
 TRACKED_PACKAGES = ("persyn_hub", "torch", "transformers", "datasets", "huggingface_hub", "trl", "accelerate")
@@ -19,7 +22,6 @@ TRACKED_PACKAGES = ("persyn_hub", "torch", "transformers", "datasets", "huggingf
 
 def describe_cpu() -> dict[str, Any]:
     """Which CPU/GPU produced the timings (bf16 runs 2-4x slower where it is only emulated)."""
-    from persyn_hub.recipe.dtypes import describe_cpu as cpu
 
     info = cpu()
     try:
@@ -112,6 +114,7 @@ def build_summary(
         "prompt_source": outputs.prompt_report,
         "labeled_prompts": num_labeled,
         "routed_prompts": len(assigned) - len(labeled_rows),
+        "labeling": labeling_summary(recipe, labels, generation),
         **generation_cost(recipe, generation, num_prompts),
         "stages": stages,
         "generation": generation,
@@ -144,7 +147,6 @@ def generation_cost(
 ) -> dict[str, Any]:
     """The generations this run made against Generate-then-Select's (every model teacher on every prompt;
     reference and pool teachers cost none), the share saved, and the requests sent this run."""
-    from persyn_hub.generation.backends import backend_of
 
     model_teachers = sum(1 for t in recipe.teachers if not backend_of(t).answers_from_data)
     made = generations_made(generation)
@@ -157,6 +159,22 @@ def generation_cost(
             s.get("requests_this_run", 0) for parts in generation.values() for s in parts
         ),
     }
+
+
+def labeling_summary(
+    recipe: PersynRecipe, labels: Dataset, generation: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The labeling design as carried out (read from the labeled answers, so a cached re-run says the same):
+    full or balanced pairs, m, the labeled answers against full labeling's, the pairs, and the model
+    generations the labeling cost (reference and pool answers cost none)."""
+    asked: dict[str, list[str]] = {}
+    for prompt_id, teacher in zip(labels["prompt_id"], labels["teacher"]):
+        asked.setdefault(prompt_id, []).append(teacher)
+    record = describe_design(asked, recipe.teacher_names(), recipe.labeling.teachers_per_prompt, recipe.seed)
+    record["labeling_generations"] = generations_made(
+        {t: [part for part in parts if part.get("phase") == "labeling"] for t, parts in generation.items()}
+    )
+    return record
 
 
 def category_counts(
@@ -220,7 +238,9 @@ def _router_lines(router: dict[str, Any]) -> list[str]:
         lines.append(f"    oracle teacher on the labeled prompts: {shares}")
     if router.get("learning_curve"):
         points = ", ".join(
-            f"{point['train_prompts']} -> {point['reward_recovered']:.2f}"
+            f"{point['train_prompts']}"
+            + (f" ({point['labeled_answers']} answers)" if point.get("labeled_answers") is not None else "")
+            + f" -> {point['reward_recovered']:.2f}"
             + (f" [{point['interval'][0]:.2f}, {point['interval'][1]:.2f}]" if point.get("interval") else "")
             for point in router["learning_curve"]
         )
@@ -228,6 +248,22 @@ def _router_lines(router: dict[str, Any]) -> list[str]:
             f"    learning curve (train prompts -> reward recovered on the same test prompts): {points}"
         )
     return lines
+
+
+def _labeling_lines(labeling: dict[str, Any] | None) -> list[str]:
+    """The labeling design and what it cost, in one line."""
+    if not labeling:
+        return []
+    design = (
+        "every teacher per prompt"
+        if labeling["design"] == "full"
+        else f"{labeling['teachers_per_prompt']} teachers per prompt, pairs balanced "
+        f"({labeling['pair_count_range'][0]}-{labeling['pair_count_range'][1]} prompts per pair)"
+    )
+    return [
+        f"  labeling: {design}: {labeling['labeled_answers']} labeled answers (full labeling: "
+        f"{labeling['full_labeling_answers']}), {labeling['labeling_generations']} model generations"
+    ]
 
 
 def _note_lines(summary: dict[str, Any]) -> list[str]:
@@ -269,6 +305,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"extra answers ({verified['extra_generations']} model generations), {verified['recovered']} "
             f"prompts recovered; {verified['dropped_incorrect']} incorrect rows dropped"
         )
+    lines += _labeling_lines(summary.get("labeling"))
     lines.append(
         f"  generations: {summary['generations_made']} made vs {summary['generations_generate_then_select']} "
         f"for Generate-then-Select ({summary['generation_savings']:.0%} saved); "

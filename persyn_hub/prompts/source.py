@@ -12,6 +12,7 @@ from datasets import Dataset, load_dataset, load_from_disk
 from persyn_hub.bundled import bundled_data_file, is_bundled
 from persyn_hub.data_files import LOCAL_BUILDERS, check_data_file, load_local_file, row_lines
 from persyn_hub.errors import PromptDataError
+from persyn_hub.procedural import generate_tasks
 from persyn_hub.prompts.columns import apply_bundled_defaults, check_columns
 from persyn_hub.recipe.config import REASONING_GYM, PromptsConfig
 
@@ -19,8 +20,6 @@ from persyn_hub.recipe.config import REASONING_GYM, PromptsConfig
 def read_source(config: PromptsConfig, seed: int) -> Dataset:
     source = config.source
     if source == REASONING_GYM:
-        from persyn_hub.procedural import generate_tasks
-
         return generate_tasks(config.tasks, seed)
     if is_bundled(source):
         return load_dataset("json", data_files=str(bundled_data_file(source)), split="train")

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+from persyn_hub.publish.mirror.layout import describe
+
 logger = logging.getLogger("persyn_hub")
 
 T = TypeVar("T")
@@ -100,7 +102,6 @@ def with_retries(
 ) -> T:
     """`call()`, tried again after a transient failure (see the module docstring). `deadline`: seconds after
     which no new try starts (the last error is raised), so a dead endpoint fails in bounded time."""
-    from persyn_hub.publish.mirror.layout import describe
 
     started = time.monotonic()
     wait = BASE_WAIT

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from persyn_hub.errors import PersynError
+from persyn_hub.publish.mirror.layout import describe
+from persyn_hub.recipe.config import load_recipe
 
 logger = logging.getLogger("persyn_hub")
 
@@ -56,9 +58,11 @@ def publish_finished_run(
 ) -> dict[str, Any]:
     """Publish the run's artifacts to the repos the recipe names, record them (and the traffic) in the
     summary and write it; `PublishFailedError` (one line, the fix) when a push fails."""
+    # lazy: publish.client loads huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.client import HubClient, HubTraffic
+
+    # lazy: publish.hub loads datasets and huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.hub import PublishError, publish_run
-    from persyn_hub.publish.mirror.layout import describe
 
     run_dir = Path(run_dir)
     api = api or HubClient(traffic=HubTraffic())
@@ -88,7 +92,6 @@ def publish_again(
     output_dir: str | Path, overrides: list[str] | None = None, api: Any = None
 ) -> dict[str, Any]:
     """`persyn publish OUTPUT_DIR`: the run's saved recipe (with `overrides`) and summary, published again."""
-    from persyn_hub.recipe.config import load_recipe
 
     run_dir = Path(output_dir)
     recipe_path, summary_path = run_dir / "recipe.yaml", run_dir / "summary.json"

@@ -33,6 +33,7 @@ from persyn_hub.publish.cards import (
     render_labels_card,
     teacher_distribution_png,
 )
+from persyn_hub.publish.client import HubClient
 from persyn_hub.publish.scrub import scrub_value
 from persyn_hub.recipe.config import PersynRecipe
 from persyn_hub.router.card import render_router_card
@@ -259,7 +260,6 @@ def publish_dataset(
 
 def _client() -> HfApi:
     """`HfApi` whose commits are retried past 429/5xx, honouring `Retry-After` (`publish.client`)."""
-    from persyn_hub.publish.client import HubClient
 
     return HubClient()
 

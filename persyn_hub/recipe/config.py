@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
+from persyn_hub.data_files import read_text
 from persyn_hub.errors import RecipeError
 from persyn_hub.recipe.name_checks import check_model_name, check_prompts_source, check_task_names
 from persyn_hub.recipe.parsing import RENAMED_KEYS, apply_override, build_dataclass, parse_overrides
@@ -114,6 +115,7 @@ def validate_recipe(recipe: PersynRecipe) -> None:
         raise RecipeError(f"labeling.alpha: {recipe.labeling.alpha} is outside [0, 1].")
     if recipe.labeling.num_prompts < 2:
         raise RecipeError("labeling.num_prompts: the router needs at least 2 labeled prompts.")
+    validate_labeling_design(recipe)
     if recipe.prompts.num_prompts is not None and recipe.prompts.num_prompts < recipe.labeling.num_prompts:
         raise RecipeError(
             f"prompts.num_prompts ({recipe.prompts.num_prompts}) is smaller than labeling.num_prompts "
@@ -138,6 +140,11 @@ def validate_recipe(recipe: PersynRecipe) -> None:
             )
     if recipe.launch.timeout <= 0:
         raise RecipeError(f"launch.timeout: {recipe.launch.timeout} must be a positive number of seconds.")
+    if recipe.launch.stall_timeout <= 0:
+        raise RecipeError(
+            f"launch.stall_timeout: {recipe.launch.stall_timeout} must be a positive number of seconds "
+            "(longer than the slowest model load or batch; default 1800)."
+        )
     if recipe.launch.chunk_rows < 1:
         raise RecipeError(f"launch.chunk_rows: {recipe.launch.chunk_rows} must be at least 1.")
     validate_splits(recipe.router)
@@ -180,6 +187,16 @@ def validate_verified_routing(recipe: PersynRecipe) -> None:
             raise RecipeError(
                 f"router.learning_curve: {value} is not a share of the train prompts in (0, 1]."
             )
+
+
+def validate_labeling_design(recipe: PersynRecipe) -> None:
+    """Partial labeling asks m teachers per labeled prompt: a pair needs two, and there are only K."""
+    per_prompt, count = recipe.labeling.teachers_per_prompt, len(recipe.teachers)
+    if per_prompt is not None and not 2 <= per_prompt <= count:
+        raise RecipeError(
+            f"labeling.teachers_per_prompt: {per_prompt} is not between 2 (a pair to compare) and {count} "
+            f"(the teachers); set 2 to {count}, or leave it unset for every teacher on every labeled prompt."
+        )
 
 
 def validate_splits(router: RouterSettings) -> None:
@@ -306,7 +323,6 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Pers
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found.")
-    from persyn_hub.data_files import read_text
 
     try:
         values = yaml.safe_load(read_text(path, str(path), RecipeError)) or {}

@@ -21,7 +21,11 @@ from typing import Any, Optional
 
 import yaml
 
+from persyn_hub.compare.sft_config import MODEL, SCRIPT, check_sft_recipe, dataset_note
+from persyn_hub.data_files import LOCAL_BUILDERS, check_data_file, read_text
 from persyn_hub.errors import RecipeError
+from persyn_hub.recipe.config import PersynRecipe, load_recipe
+from persyn_hub.recipe.parsing import parse_overrides
 
 KINDS = {
     "pipeline": "pipeline recipe",
@@ -37,7 +41,6 @@ COMPARISON_KEY = "pipeline"
 
 def kind_of(values: Any) -> str:
     """The kind of a parsed YAML file: accelerate, comparison, SFT or (by default) pipeline."""
-    from persyn_hub.recipe.config import PersynRecipe
 
     if not isinstance(values, dict):
         return "pipeline"  # its parser says what a recipe must be
@@ -63,7 +66,6 @@ def file_kind(path: str | Path) -> str:
 
 
 def _read_mapping(path: Path, what: str) -> dict[str, Any]:
-    from persyn_hub.data_files import read_text
 
     if not path.is_file():
         raise RecipeError(f"{path}: {what} not found.")
@@ -82,12 +84,14 @@ def _check_local_prompts(recipe: Any) -> None:
     """A local prompt file (or saved data set) is read as `persyn run` reads it, so a column it lacks, a pool
     teacher without answers, an empty file, a bad row or two rows contradicting each other fail now, before
     any model loads (`persyn_hub.data`, and `datasets`, are imported only for a local source)."""
-    from persyn_hub.data_files import LOCAL_BUILDERS
 
     source = Path(recipe.prompts.source)
     if source.suffix not in LOCAL_BUILDERS and not source.is_dir():
         return
+    # lazy: data loads datasets and pyarrow, which this module otherwise does not
     from persyn_hub.data import load_prompts
+
+    # lazy: prompts.source loads datasets and pyarrow, which this module otherwise does not
     from persyn_hub.prompts.source import check_local_source
 
     check_local_source(recipe.prompts, [t.pool_column for t in recipe.teachers if t.pool_column])
@@ -97,7 +101,6 @@ def _check_local_prompts(recipe: Any) -> None:
 
 
 def validate_pipeline(path: Path, overrides: list[str]) -> str:
-    from persyn_hub.recipe.config import load_recipe
 
     recipe = load_recipe(path, overrides)
     _check_local_prompts(recipe)
@@ -109,6 +112,7 @@ def validate_pipeline(path: Path, overrides: list[str]) -> str:
 
 
 def validate_comparison(path: Path, overrides: list[str]) -> str:
+    # lazy: compare.recipe loads datasets and numpy, which this module otherwise does not
     from persyn_hub.compare.recipe import load_compare_recipe, load_pipeline_of
 
     compare = load_compare_recipe(path, overrides)
@@ -131,8 +135,6 @@ def validate_comparison(path: Path, overrides: list[str]) -> str:
 
 
 def validate_sft(path: Path, overrides: list[str]) -> str:
-    from persyn_hub.compare.sft_config import MODEL, SCRIPT, check_sft_recipe, dataset_note
-    from persyn_hub.recipe.parsing import parse_overrides
 
     values = _read_mapping(path, "SFT config")
     for key, value in parse_overrides(overrides):
@@ -142,8 +144,6 @@ def validate_sft(path: Path, overrides: list[str]) -> str:
     note = dataset_note(dataset)
     local = Path(dataset).expanduser()
     if note is None and local.is_file():
-        from persyn_hub.data_files import LOCAL_BUILDERS, check_data_file
-
         if local.suffix in LOCAL_BUILDERS:
             check_data_file(local, f"{path}: dataset_name", RecipeError)
     lines = [

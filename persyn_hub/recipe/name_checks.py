@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from persyn_hub.bundled import BUNDLED_MODELS, PREFIX, is_bundled
 from persyn_hub.errors import RecipeError
 
 
@@ -29,8 +30,6 @@ def check_model_name(name: str | None, field: str) -> None:
     if not name:
         return
     if name.startswith("bundled:"):
-        from persyn_hub.bundled import BUNDLED_MODELS, PREFIX
-
         if name.removeprefix(PREFIX) not in BUNDLED_MODELS:
             close = difflib.get_close_matches(name.removeprefix(PREFIX), list(BUNDLED_MODELS), n=1)
             hint = (
@@ -60,7 +59,6 @@ def check_prompts_source(source: str) -> None:
     id is `name` or `org/name`). An existing directory is left to the loader (a `save_to_disk` folder or
     a folder of data files). Anything else is a Hub id, checked when it loads: validation needs no network.
     """
-    from persyn_hub.bundled import is_bundled
 
     if is_bundled(source):
         return

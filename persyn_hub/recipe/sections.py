@@ -215,13 +215,17 @@ class QualityConfig:
 
 @dataclass
 class LabelingConfig:
-    """The router-training subset: every teacher answers every prompt of it."""
+    """The router-training subset: every teacher answers every prompt of it (or `teachers_per_prompt`)."""
 
     num_prompts: int = 64
     alpha: float = 0.4
     """Weight of LEARNABILITY, as in the paper: r = (1 - alpha) * quality + alpha * learnability, both
     normalized per prompt across teachers (the paper: 0.1-0.4 helps, more hurts; 0 drops learnability)."""
     normalization: Literal["zscore", "minmax", "none"] = "zscore"
+    teachers_per_prompt: Optional[int] = None
+    """Partial labeling: each labeled prompt is answered by this many teachers (2 to all), chosen so every
+    pair of teachers is compared about equally often (seeded by `seed`; `labeling/design.py`); only those
+    answers are generated. None: every teacher (the paper). `persyn plan-labeling` compares designs."""
 
 
 @dataclass
@@ -314,9 +318,16 @@ class LaunchConfig:
     """How the processes of a launch (`accelerate launch`, `torchrun`, Slurm) share a run (docs/scale.md)."""
 
     timeout: float = 600.0
-    """Liveness timeout in seconds: a process that shows no sign of life (its heartbeat stops: dead, or
-    hung in a CUDA call or on a dead mount) for this long ends the launch, naming the stage and the rank.
+    """Liveness timeout in seconds: a process that shows no sign of life (its heartbeat stops: killed,
+    stopped, a lost node) for this long ends the launch, naming the stage and the rank.
     Not a limit on a stage: the others wait for a day-long main-process stage while its process lives."""
+    stall_timeout: float = 1800.0
+    """Stall timeout in seconds: a process that is alive (its heartbeat beats) but whose work has not
+    moved for this long outside a wait (its main thread blocked in a CUDA sync, an engine call, a read on
+    a hung mount) ends the launch, naming the stage, the rank and the frame it is blocked in. Progress is
+    every batch, generated row, chunk, model load and router training step, so size it above the slowest
+    single one of these: a large model's load (a vLLM engine start, a first download from the Hub) or
+    one generation batch of the longest answers. A main-process stage that makes progress is never cut."""
     chunk_rows: int = 256
     """Rows per unit of work of a sharded stage (local generation, learnability, reward model). Chunks
     depend on the rows only, never on the process count, so N processes give the 1-process result (bf16

@@ -34,7 +34,8 @@ def assign_teachers(
     `best` maps labeled prompt ids to their best teacher (`selection.select_best`). Budgets apply to the
     routed prompts only: the labeled prompts' answers already exist.
     """
-    from persyn_hub.router import route_prompts
+    # lazy: router.routing loads torch and transformers, which this module otherwise does not
+    from persyn_hub.router.routing import route_prompts
 
     flags = [p in labeled_ids for p in prompts["prompt_id"]]
     labeled = prompts.select([i for i, f in enumerate(flags) if f])

@@ -11,6 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+import persyn_hub
 from persyn_hub.model_cards import hub_endpoint, template_path
 from persyn_hub.router.info import RouterInfo
 
@@ -44,7 +45,6 @@ def render_router_card(
 
     `stages`: the run's `summary["hub"]["stages"]` (published stages): the card links the exact commits of
     the stages the router was trained on (generation, learnability, quality, combine)."""
-    import persyn_hub
 
     metrics = dict(metrics or {})
     calibration = metrics.get("calibration") or []

@@ -31,12 +31,16 @@ def subset_indices(num_train: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(order[: max(1, round(fraction * num_train))])
 
 
-def curve_point(fraction: float, num_prompts: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    """One point of the curve from a router's test metrics (with their bootstrap intervals)."""
+def curve_point(
+    fraction: float, num_prompts: int, metrics: dict[str, Any], labeled_answers: int | None = None
+) -> dict[str, Any]:
+    """One point of the curve from a router's test metrics (with their bootstrap intervals).
+    `labeled_answers`: the answers its train and validation prompts cost (the curve in generations spent)."""
     intervals = metrics.get("intervals") or {}
     return {
         "fraction": fraction,
         "train_prompts": num_prompts,
+        "labeled_answers": labeled_answers,
         "reward_recovered": metrics["reward_recovered"],
         "interval": intervals.get("reward_recovered"),
         "reward_recovered_best_single": metrics["reward_recovered_best_single"],

@@ -29,15 +29,37 @@ class RouterDataError(PersynError, ValueError):
 
 @dataclass
 class RewardTable:
-    """Rewards pivoted to one row per prompt: `rewards[i, k]` is teacher k's reward on prompt i (NaN: unusable)."""
+    """Rewards pivoted to one row per prompt: `rewards[i, k]` is teacher k's reward on prompt i (NaN: unusable
+    or not asked). `observed[i, k]`: teacher k was asked on prompt i (partial labeling asks m of K; None:
+    every teacher was asked)."""
 
     prompt_ids: list[str]
     prompts: list[str]
     rewards: np.ndarray
     teachers: list[str]
+    observed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    @property
+    def asked(self) -> np.ndarray:
+        """(prompts x teachers) booleans: which teacher answered (usable or not) which prompt."""
+        return np.ones(self.rewards.shape, dtype=bool) if self.observed is None else self.observed
+
+    @property
+    def fully_observed(self) -> bool:
+        return bool(self.asked.all())
+
+    def answers(self) -> int:
+        """Labeled answers these prompts cost (failed ones included: they were asked for)."""
+        return int(self.asked.sum())
+
+    def asked_per_prompt(self) -> dict[str, list[str]]:
+        """prompt id -> the teachers asked on it (the labeling design, as it was carried out)."""
+        return {
+            p: [t for t, a in zip(self.teachers, row) if a] for p, row in zip(self.prompt_ids, self.asked)
+        }
 
     def subset(self, indices: np.ndarray) -> RewardTable:
         return RewardTable(
@@ -45,6 +67,7 @@ class RewardTable:
             [self.prompts[i] for i in indices],
             self.rewards[indices],
             self.teachers,
+            None if self.observed is None else self.observed[indices],
         )
 
     def training_rewards(self) -> np.ndarray:
@@ -53,10 +76,12 @@ class RewardTable:
         A failed or unscorable answer is worse than any usable answer to the same prompt; left as NaN
         it would give no pair at all, and a teacher that always fails on some prompt type (a dead
         replica, a reference without an answer there) would never be learned to be avoided. Two
-        unusable answers tie, so they give no pair between them.
+        unusable answers tie, so they give no pair between them. A teacher that was not asked (partial
+        labeling) stays NaN: the Bradley-Terry loss takes only the pairs that were observed.
         """
         worst = np.nanmin(self.rewards, axis=1, keepdims=True)
-        return np.where(np.isfinite(self.rewards), self.rewards, worst - 1.0)
+        unusable = ~np.isfinite(self.rewards) & self.asked
+        return np.where(unusable, worst - 1.0, self.rewards)
 
     def to_dataset(self) -> Dataset:
         """`prompt_id`, `prompt`, `rewards` (list of floats in teacher order, `training_rewards`)."""
@@ -121,9 +146,11 @@ def pivot_rewards(labels: Dataset, teachers: list[str]) -> RewardTable:
 
     rewards = np.full((len(prompt_ids), len(teachers)), np.nan)
     rewards[prompt_index[usable], teacher_index[usable]] = reward[usable]
+    observed = np.zeros(rewards.shape, dtype=bool)
+    observed[prompt_index, teacher_index] = True  # a row exists: the teacher was asked (partial labeling)
     _, first_row = np.unique(prompt_index, return_index=True)
     prompts = table["prompt"].take(pa.array(first_row)).to_pylist()
-    pivoted = RewardTable(prompt_ids, prompts, rewards, list(teachers))
+    pivoted = RewardTable(prompt_ids, prompts, rewards, list(teachers), observed)
 
     usable_per_prompt = np.isfinite(rewards).sum(axis=1)
     keep = np.flatnonzero(usable_per_prompt >= 2)

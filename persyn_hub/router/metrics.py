@@ -31,6 +31,8 @@ __all__ = [
     "compute_routing_metrics",
     "effective_rewards",
     "gap_recovered",
+    "impute_unasked",
+    "mask_unasked",
     "routing_metrics",
     "routing_metrics_module_path",
 ]
@@ -72,3 +74,25 @@ def routing_metrics(
     metrics["oracle_distribution"] = dict(metrics["oracle_share"])
     metrics["reward_recovered_definition"] = REWARD_RECOVERED_DEFINITION
     return metrics
+
+
+def impute_unasked(rewards: np.ndarray, asked: np.ndarray) -> np.ndarray:
+    """Rewards for metrics among the teachers ASKED per prompt (partial labeling): a teacher not asked gets
+    the mean effective reward of those asked, so the oracle, the worst and the random teacher's figure are
+    those of the asked teachers (a random asked teacher is exactly their mean), and a best single teacher
+    not asked on a prompt counts as a random asked one there. An asked but unusable answer stays NaN (the
+    prompt's worst, as everywhere). Fully asked rewards come back unchanged."""
+    if asked.all():
+        return rewards
+    effective = effective_rewards(np.where(asked, rewards, np.nan))
+    mean_asked = np.where(asked, effective, 0.0).sum(axis=1) / np.maximum(asked.sum(axis=1), 1)
+    return np.where(asked, rewards, mean_asked[:, None])
+
+
+def mask_unasked(scores: np.ndarray, asked: np.ndarray) -> np.ndarray:
+    """Router scores with every teacher not asked on a prompt below all others, so the routed teacher (and
+    hit@k) is chosen among the asked teachers, whose rewards are known."""
+    if asked.all():
+        return scores
+    low = float(scores.min()) - 1.0 - float(scores.max() - scores.min())
+    return np.where(asked, scores, low)

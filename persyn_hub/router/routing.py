@@ -17,6 +17,7 @@ from datasets import Dataset, List, Value
 from transformers import PreTrainedModel
 
 from persyn_hub.errors import require_columns
+from persyn_hub.progress import advance
 from persyn_hub.router.budgets import assign_with_budgets, check_budgets
 from persyn_hub.router.info import router_info
 
@@ -49,6 +50,7 @@ def score_texts(texts: list[str], router: PreTrainedModel, tokenizer, batch_size
             return_tensors="pt",
         ).to(router.device)
         outputs.append(router(**batch).logits.float().cpu().numpy())
+        advance()  # a launch's liveness: routing a large pool is a long loop
     if not outputs:
         return np.zeros((0, len(info.teachers)), dtype=np.float32)
     return np.concatenate(outputs)

@@ -27,11 +27,14 @@ from transformers import (
     EarlyStoppingCallback,
     PreTrainedModel,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
 from persyn_hub.bundled import resolve_model
+from persyn_hub.labeling.design import describe_design, effective_per_prompt
+from persyn_hub.progress import advance
 from persyn_hub.recipe.config import RouterSettings
 from persyn_hub.router.budgets import calibration_table
 from persyn_hub.router.curve import (
@@ -43,7 +46,7 @@ from persyn_hub.router.curve import (
 )
 from persyn_hub.router.info import RouterInfo
 from persyn_hub.router.labels import RewardTable, RouterSplits, pivot_rewards, split_by_prompt
-from persyn_hub.router.metrics import effective_rewards, routing_metrics
+from persyn_hub.router.metrics import effective_rewards, impute_unasked, mask_unasked, routing_metrics
 from persyn_hub.router.modeling import bradley_terry_loss, new_router
 from persyn_hub.router.routing import score_texts
 from persyn_hub.router.storage import save_router
@@ -63,6 +66,8 @@ class RouterTask:
     seed: int = 0
     label_repo: str | None = None
     label_revision: str | None = None
+    teachers_per_prompt: int | None = None
+    """Partial labeling's m (None: every teacher answered every labeled prompt), for the card."""
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> RouterTask:
@@ -72,6 +77,9 @@ class RouterTask:
             alpha=recipe.labeling.alpha,
             seed=recipe.seed,
             label_repo=recipe.output.hub.labels_repo,
+            teachers_per_prompt=effective_per_prompt(
+                recipe.labeling.teachers_per_prompt, len(recipe.teachers)
+            ),
         )
 
     def info(self, settings: RouterSettings) -> RouterInfo:
@@ -110,6 +118,17 @@ class RewardCollator:
         return dict(batch)
 
 
+class ProgressCallback(TrainerCallback):
+    """Every training and evaluation step is work progress: a launch's other processes wait for the
+    router as long as its training moves (`pipeline/liveness.py`), however long it takes."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        advance()
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        advance()
+
+
 def _tokenized(table: RewardTable, tokenizer, max_length: int) -> Dataset:
     dataset = table.to_dataset()
     return dataset.map(
@@ -124,7 +143,7 @@ RouterFactory = Callable[[RouterInfo, Any], PreTrainedModel]
 """(what the router is for, its tokenizer) -> a fresh router; `new_router` unless a benchmark compares heads."""
 
 
-def _fit(
+def fit_router(
     train: RewardTable,
     validation: RewardTable,
     settings: RouterSettings,
@@ -175,7 +194,10 @@ def _fit(
         compute_loss_func=lambda outputs, rewards, **_: bradley_terry_loss(
             outputs.logits, rewards, settings.tie_margin
         ),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience),
+            ProgressCallback(),
+        ],
     )
     trainer.train()
     return trainer.model, tokenizer, trainer
@@ -215,7 +237,7 @@ def train_router(
     table, splits = _split(labels, settings, task)
     output = Path(output_dir)
     checkpoints = output / "checkpoints"
-    router, tokenizer, trainer = _fit(splits.train, splits.validation, settings, task, checkpoints)
+    router, tokenizer, trainer = fit_router(splits.train, splits.validation, settings, task, checkpoints)
     metrics = _held_out_metrics(router, tokenizer, trainer, table, splits, settings, task)
     if learning_curve:
         metrics["learning_curve"] = _learning_curve(
@@ -267,15 +289,19 @@ def metrics_on_test_prompts(
     task: RouterTask,
 ) -> dict[str, Any]:
     """Routing metrics of `router` on the `test` prompts, its best single teacher chosen on `train`: the one
-    protocol for the run's router, each learning-curve router and `benchmarks/bench_router_head.py`."""
-    return routing_metrics(
-        score_texts(test.prompts, router, tokenizer),
-        test.rewards,
-        train.rewards,
+    protocol for the run's router, each learning-curve router and `benchmarks/bench_router_head.py`.
+    Under partial labeling every figure is among the teachers asked on each prompt (`impute_unasked`)."""
+    metrics = routing_metrics(
+        mask_unasked(score_texts(test.prompts, router, tokenizer), test.asked),
+        impute_unasked(test.rewards, test.asked),
+        impute_unasked(train.rewards, train.asked),
         task.teachers,
         settings.tie_margin,
         seed=task.seed,
     )
+    if not (test.fully_observed and train.fully_observed):
+        metrics["evaluated_among"] = "the teachers asked on each test prompt (partial labeling)"
+    return metrics
 
 
 def _held_out_metrics(
@@ -296,7 +322,11 @@ def _held_out_metrics(
         num_train_prompts=len(splits.train),
         num_eval_prompts=len(splits.test),
         oracle_share_test=metrics["oracle_share"],
-        oracle_share=oracle_share(table.rewards, task.teachers),
+        oracle_share=oracle_share(impute_unasked(table.rewards, table.asked), task.teachers),
+        # the labeling the router learned from (its prompts with two usable answers): design, answers, pairs
+        labeling=describe_design(
+            table.asked_per_prompt(), task.teachers, task.teachers_per_prompt, task.seed
+        ),
         validation_loss=float(validation_loss),
         epochs_trained=float(trainer.state.epoch or 0.0),
         # "no" = float32: the recipe's precision, never a launch config's `mixed_precision` (single_process)
@@ -322,14 +352,15 @@ def _learning_curve(
     points = []
     for fraction in check_fractions(list(fractions)):
         indices = subset_indices(len(splits.train), fraction, task.seed)
-        if len(indices) == len(splits.train):
-            points.append(curve_point(fraction, len(indices), full_metrics))
-            continue
         train = splits.train.subset(indices)
-        router, tokenizer, trainer = _fit(train, splits.validation, settings, task, checkpoints)
+        answers = train.answers() + splits.validation.answers()  # what the router saw was paid for
+        if len(indices) == len(splits.train):
+            points.append(curve_point(fraction, len(indices), full_metrics, answers))
+            continue
+        router, tokenizer, trainer = fit_router(train, splits.validation, settings, task, checkpoints)
         metrics = metrics_on_test_prompts(router, tokenizer, splits.test, train, settings, task)
         metrics["epochs_trained"] = float(trainer.state.epoch or 0.0)
-        points.append(curve_point(fraction, len(indices), metrics))
+        points.append(curve_point(fraction, len(indices), metrics, answers))
         shutil.rmtree(checkpoints, ignore_errors=True)
         logger.info(
             "Router learning curve: %d train prompts (%.0f%%) -> reward recovered %.3f on the test prompts",

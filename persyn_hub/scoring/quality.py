@@ -19,9 +19,12 @@ from datasets import Dataset, Features, Value
 
 from persyn_hub.errors import refuse_columns, require_columns
 from persyn_hub.fingerprint import fingerprint
+from persyn_hub.procedural import score_procedural
 from persyn_hub.progress import progress_bar
 from persyn_hub.recipe.config import QualityConfig
 from persyn_hub.scoring.answers import is_usable_answer
+from persyn_hub.verifiers.instructions import check_instructions
+from persyn_hub.verifiers.math_answer import check_math_answer
 
 QUALITY_FEATURES = {"quality": Value("float64"), "quality_detail": Value("string")}
 
@@ -83,7 +86,6 @@ def _failed_reason(response: Any, error: Any) -> str | None:
 
 
 def _math_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
-    from persyn_hub.verifiers.math_answer import check_math_answer
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
     errors = batch.get("error") or [None] * len(batch["response"])
@@ -100,7 +102,6 @@ def _math_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
 
 
 def _instructions_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
-    from persyn_hub.verifiers.instructions import check_instructions
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
     errors = batch.get("error") or [None] * len(batch["response"])
@@ -118,7 +119,6 @@ def _instructions_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, l
 
 
 def _procedural_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
-    from persyn_hub.procedural import score_procedural
 
     out: dict[str, list] = {"quality": [], "quality_detail": []}
     errors = batch.get("error") or [None] * len(batch["response"])
@@ -205,6 +205,7 @@ def _auto_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
 
 def _reward_batch(batch: dict[str, list], scoring: Scoring) -> dict[str, list]:
     """Reward-model scores of the usable rows; `scoring.progress` (a bar in rows) advances after each forward."""
+    # lazy: scoring.reward_model loads torch, which this module otherwise does not
     from persyn_hub.scoring.reward_model import reward_scores
 
     max_length = scoring.quality.max_length
@@ -280,6 +281,7 @@ def score_quality(dataset: Dataset, quality: QualityConfig) -> Dataset:
     if quality.kind == "reward_model" or (quality.kind == "auto" and quality.reward_model):
         model_rows = _reward_rows(dataset, quality if quality.kind == "auto" else None)
     if model_rows:
+        # lazy: scoring.reward_model loads torch, which this module otherwise does not
         from persyn_hub.scoring.reward_model import held_reward_model
 
         scoring.model, scoring.tokenizer = held_reward_model(quality)

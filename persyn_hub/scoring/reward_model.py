@@ -53,6 +53,7 @@ def load_reward_model(quality: QualityConfig) -> tuple[Any, Any]:
 
 def held_reward_model(quality: QualityConfig) -> tuple[Any, Any]:
     """The reward model, loaded once for every chunk of the quality stage (released when it ends)."""
+    # lazy: generation.engines loads datasets, which this module otherwise does not
     from persyn_hub.generation.engines import held_engine
 
     key = ("reward-model", quality.reward_model, quality.dtype, quality.trust_remote_code)

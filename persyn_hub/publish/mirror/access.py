@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from persyn_hub.errors import PersynError
+from persyn_hub.publish.mirror.layout import describe
+from persyn_hub.publish.scrub import scrub_url
 
 RESUME_TIMEOUT = 10.0
 """Seconds one read of the repo waits for an answer."""
@@ -25,7 +27,6 @@ class ResumeSourceError(PersynError, RuntimeError):
 
 
 def _endpoint(api: Any) -> str:
-    from persyn_hub.publish.scrub import scrub_url
 
     return scrub_url(str(getattr(api, "endpoint", "") or ""))
 
@@ -34,8 +35,8 @@ def reason_and_fix(error: BaseException, api: Any, repo_id: str, revision: str |
     """Why a read of the repo failed, and what to do, for the one-line error."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    # lazy: publish.client loads huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.client import is_transport_error, status_of
-    from persyn_hub.publish.mirror.layout import describe
 
     status = status_of(error)
     if isinstance(error, RevisionNotFoundError):
@@ -81,6 +82,7 @@ def resume_error(error: BaseException, api: Any, repo_id: str, revision: str | N
 
 def check_resume_source(api: Any, repo_id: str, revision: str | None) -> str:
     """The commit sha the repo's `revision` points at; `ResumeSourceError` when it cannot be read."""
+    # lazy: publish.client loads huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.client import with_retries
 
     try:

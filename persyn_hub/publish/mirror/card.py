@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from persyn_hub.model_cards import template_path
 from persyn_hub.publish.mirror.layout import config_name
 
 
@@ -53,8 +54,6 @@ COLUMN_DOCS = {
 def render_stages_card(index: dict[str, Any], repo_id: str, recipe_name: str, license: str) -> str:
     """The stages repo's card: one config per published data set stage (its latest key), every key."""
     from huggingface_hub import DatasetCard, DatasetCardData
-
-    from persyn_hub.model_cards import template_path
 
     stages = index.get("stages", {})
     latest = index.get("latest", {})

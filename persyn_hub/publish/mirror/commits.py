@@ -75,6 +75,7 @@ class HeadCommits:
         (`parent_commit`); when another run moved the head meanwhile, read it again and commit again."""
         from huggingface_hub import CommitOperationAdd
 
+        # lazy: publish.client loads huggingface_hub, which this module otherwise does not
         from persyn_hub.publish.client import status_of
 
         with self.lock:

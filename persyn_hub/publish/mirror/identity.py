@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from persyn_hub.fingerprint import plain_value
+from persyn_hub.publish.scrub import scrub_value
 
 
 def identity_differences(published: Any, current: Any, path: str = "") -> list[str]:
@@ -27,7 +28,6 @@ def identity_differences(published: Any, current: Any, path: str = "") -> list[s
 
 def public_identity(identity: Any) -> Any:
     """A stage identity as the repo records it: plain, without local paths or credentials."""
-    from persyn_hub.publish.scrub import scrub_value
 
     return scrub_value(plain_value(identity))
 

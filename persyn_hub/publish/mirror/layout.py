@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from persyn_hub.errors import PersynError
+from persyn_hub.publish.scrub import scrub_text
 
 INDEX_FILE = "stages.json"
 MANIFEST_FILE = "persyn-stage.json"
@@ -68,8 +69,8 @@ def where(repo_id: str, revision: str | None) -> str:
 
 
 def describe(error: BaseException) -> str:
+    # lazy: generation.auth loads huggingface_hub, which this module otherwise does not
     from persyn_hub.generation.auth import redact
-    from persyn_hub.publish.scrub import scrub_text
 
     text = str(error).splitlines()[0][:300] if str(error) else ""
     return scrub_text(redact(f"{type(error).__name__}: {text}"))

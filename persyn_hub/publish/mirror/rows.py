@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from persyn_hub.publish.mirror.layout import ROWS_DIR, describe, where
+from persyn_hub.publish.scrub import scrub_text
 
 logger = logging.getLogger("persyn_hub")
 
@@ -49,6 +50,7 @@ def piece_name(folder: str, part: str, start: int, end: int) -> str:
 
 def _plain_commit(mirror_api: Any, repo_id: str, private: bool, revision: str | None, recipe_name: str):
     def commit(files: dict[str, bytes | Path], message: str) -> str:
+        # lazy: publish.hub loads datasets and huggingface_hub, which this module otherwise does not
         from persyn_hub.publish.hub import commit_artifact
 
         return commit_artifact(
@@ -199,7 +201,6 @@ class RowCheckpoints:
     def push_rows(self, force: bool = False) -> list[str]:
         """Push the lines written since the last push as new files when a push is due (or `force`);
         returns the prompt ids pushed (none when nothing was due or the push failed)."""
-        from persyn_hub.publish.scrub import scrub_text
 
         with self._lock:
             changed: dict[str, tuple[int, int, bytes]] = {}

@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from persyn_hub.folders import SUCCESS
+from persyn_hub.folders import EMPTY_MARKER, SUCCESS, folder_digest, load_dataset_folder, save_dataset_folder
 from persyn_hub.publish.mirror.card import columns, type_text
 from persyn_hub.publish.mirror.identity import public_identity
 from persyn_hub.publish.mirror.layout import MANIFEST_FILE, config_name
+from persyn_hub.publish.scrub import scrub_text, scrub_value
 
 SKIPPED_PARTS = ("chunks",)
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".md")
@@ -41,7 +42,6 @@ def stage_files(folder: Path) -> dict[str, Path]:
 
 def scrubbed_errors(dataset: Any) -> Any:
     """`dataset` with credentials masked in its `error` column (a failed request may quote its URL)."""
-    from persyn_hub.publish.scrub import scrub_text
 
     if "error" not in dataset.column_names or getattr(dataset.features["error"], "dtype", None) != "string":
         return dataset
@@ -58,7 +58,6 @@ def public_file(relative: str, path: Path) -> bytes | Path:
     """A stage's side file as it is pushed: JSON and text scrubbed of local paths, credentials and tokens
     (a server's message in `stats.json` may quote its URL). The data and a folder stage's output, which the
     marker vouches for, go as they are."""
-    from persyn_hub.publish.scrub import scrub_text, scrub_value
 
     if (
         relative.startswith(("data/", "output/"))
@@ -84,8 +83,6 @@ def rebuild_data(parquet: list[Path], target: Path) -> None:
     import pyarrow.parquet as pq
     from datasets import Dataset
 
-    from persyn_hub.folders import save_dataset_folder
-
     table = pa.concat_tables([pq.read_table(str(path)) for path in parquet])
     save_dataset_folder(Dataset(table), target)
 
@@ -95,7 +92,7 @@ def stage_upload(
 ) -> tuple[dict[str, bytes | Path], dict[str, Any]]:
     """The files of the stage's commit (repo path -> content; Parquet shards are written under `tmp`, which
     must outlive the commit) and the stage's index entry."""
-    from persyn_hub.folders import EMPTY_MARKER, load_dataset_folder
+    # lazy: publish.hub loads huggingface_hub, which this module otherwise does not
     from persyn_hub.publish.hub import parquet_shards
 
     name = stage.name
@@ -132,7 +129,6 @@ def stage_upload(
 def unpack_stage(source: Path, folder: Path, restored_from: str) -> None:
     """Move a downloaded stage copy (`source`, holding `_SUCCESS`) into `folder`: its data rebuilt from the
     Parquet shards, the marker last (`restored_from` names the repo and revision it came from)."""
-    from persyn_hub.folders import folder_digest
 
     parquet = sorted((source / "data").glob("*.parquet"))
     folder.mkdir(parents=True, exist_ok=True)

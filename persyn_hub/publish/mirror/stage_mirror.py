@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persyn_hub.publish.mirror.access import check_resume_source, resume_error
 from persyn_hub.publish.mirror.commits import HeadCommits
 from persyn_hub.publish.mirror.identity import (
     identity_differences,
@@ -119,6 +120,7 @@ class StageMirror:
         repo_id = stages_repo(hub)
         if repo_id is None:
             return None
+        # lazy: publish.client loads huggingface_hub, which this module otherwise does not
         from persyn_hub.publish.client import HubClient
 
         read_repo, read_revision = (
@@ -162,7 +164,6 @@ class StageMirror:
 
     def _check_resume(self, read: str, same: bool) -> None:
         """An explicit resume: read the repo's index at the revision asked for, or stop the run."""
-        from persyn_hub.publish.mirror.access import check_resume_source, resume_error
 
         sha = check_resume_source(self.api, read, self.read_revision)
         try:

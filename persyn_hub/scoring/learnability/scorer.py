@@ -187,6 +187,7 @@ def score_learnability(
     if student.max_length < 2:
         raise ValueError(f"student.max_length: {student.max_length} is too small to score anything.")
     if student.endpoint and model is None:
+        # lazy: scoring.learnability.served loads huggingface_hub, which this module otherwise does not
         from persyn_hub.scoring.learnability.served import score_learnability_served
 
         return score_learnability_served(dataset, student)

@@ -10,22 +10,33 @@ Answers are a pure function of the prompt (the same in every process), rendered 
 conversations through the model's own chat template (the tokenizer is real; the weights are never
 loaded). `PERSYN_VLLM_DELAY` (seconds per call) makes a call take time, as a real engine's does, so that
 the processes of a launch share a stage's chunks instead of the first one taking them all.
+
+Ports, as vLLM takes them: an engine probes for the first free port from `VLLM_PORT` up (binds and
+releases it; any free port when unset), and its distributed store binds that port later and holds it for
+the engine's life. Two engines of a node that probe the same port at the same moment both find it free,
+and the second to bind fails with EADDRINUSE. `PERSYN_VLLM_START_BARRIER` (`<folder>:<engines>`) makes
+that moment certain: every engine waits for the others before probing, and again before binding.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+BARRIER = "PERSYN_VLLM_START_BARRIER"
+"""`<folder>:<engines>`: engines wait for each other before probing their port and before binding it."""
 RECORD = "PERSYN_VLLM_RECORD"
 """Environment variable naming the JSON-lines file every engine event is appended to."""
 SEEN = (
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-    "CUDA_VISIBLE_DEVICES", "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "CUDA_VISIBLE_DEVICES", "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_PORT",
 )  # fmt: skip
 """Environment variables recorded when an engine starts (None when unset)."""
 __version__ = "0.0.0+stand-in"
@@ -39,6 +50,53 @@ def record(event: str, **details: Any) -> None:
         os.write(descriptor, line.encode())
     finally:
         os.close(descriptor)
+
+
+def wait_for_engines(phase: str) -> None:
+    """With `PERSYN_VLLM_START_BARRIER` set: arrive at `phase` and wait until every engine has."""
+    if not os.environ.get(BARRIER):
+        return
+    folder, count = os.environ[BARRIER].rsplit(":", 1)
+    arrived = Path(folder) / phase
+    arrived.mkdir(parents=True, exist_ok=True)
+    (arrived / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(arrived.iterdir())) < int(count):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stand-in vLLM: the other engines never reached {phase!r}")
+        time.sleep(0.01)
+
+
+def probe_port() -> int:
+    """vLLM's `get_open_port`: the first port from `VLLM_PORT` up that binds now (released at once)."""
+    port = int(os.environ["VLLM_PORT"]) if os.environ.get("VLLM_PORT") else 0
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", port))
+                return probe.getsockname()[1]
+            except OSError:
+                port += 1
+
+
+def bind_engine_port() -> tuple[int, socket.socket]:
+    """Probe a port, then bind it for the engine's life, as vLLM's distributed store does later."""
+    wait_for_engines("probe")
+    port = probe_port()
+    wait_for_engines("bind")
+    store = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        store.bind(("", port))
+        store.listen()
+    except OSError as error:
+        store.close()
+        wait_for_engines("bound")
+        if error.errno == errno.EADDRINUSE:
+            record("port-clash", port=port, environment={name: os.environ.get(name) for name in SEEN})
+            raise RuntimeError(f"EADDRINUSE: the engine's port {port} was taken by another engine") from error
+        raise
+    wait_for_engines("bound")  # hold it while the other engines bind theirs
+    return port, store
 
 
 @dataclass
@@ -70,6 +128,7 @@ class LLMEngine:
         self.llm = llm
 
     def shutdown(self) -> None:
+        self.llm.store.close()
         record("shutdown", engine=self.llm.engine_id)
 
 
@@ -80,11 +139,13 @@ class LLM:
         self.model = model
         self.kwargs = kwargs
         self.engine_id = f"{os.getpid()}-{id(self)}"
+        self.port, self.store = bind_engine_port()
         self.llm_engine = LLMEngine(self)
         self._tokenizer: Any = None
         record(
             "engine",
             engine=self.engine_id,
+            port=self.port,
             model=model,
             tensor_parallel_size=kwargs.get("tensor_parallel_size", 1),
             dtype=kwargs.get("dtype"),
