@@ -13,7 +13,6 @@ model is asked, with one line naming it. Any recipe key can be overridden as for
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -32,6 +31,7 @@ from persyn_hub.pipeline.runner import StageRunner
 from persyn_hub.pipeline.stage_names import COMBINE, label_generate
 from persyn_hub.pipeline.stages import persyn_stages
 from persyn_hub.recipe.config import PersynRecipe, load_recipe
+from persyn_hub.router.curve import reward_png
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +133,12 @@ def plan_png(plan: dict[str, Any]) -> bytes:
         axis.errorbar(
             [p["labeled_answers"] for p in points], values, yerr=[low, high], fmt="o-", capsize=3, label=label
         )
-    axis.axhline(1.0, color="black", linewidth=0.5)
-    axis.set_xlabel("labeled answers (train + validation)")
-    axis.set_ylabel("reward recovered (test)")
-    axis.set_title("Labeling designs at equal spend (95% intervals)")
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return reward_png(
+        figure,
+        axis,
+        "labeled answers (train + validation)",
+        "Labeling designs at equal spend (95% intervals)",
+    )
 
 
 def write_plan(plan: dict[str, Any], output: Path) -> None:

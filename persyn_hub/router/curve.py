@@ -73,10 +73,16 @@ def learning_curve_png(curve: list[dict[str, Any]], random_level: float | None =
     draw("reward_recovered_best_single", "best_single_interval", "best single teacher", "s--")
     if random_level is not None:
         axis.axhline(random_level, color="grey", linestyle=":", label="random teacher")
+    return reward_png(figure, axis, "router train prompts", "Router learning curve (95% bootstrap intervals)")
+
+
+def reward_png(figure: Any, axis: Any, xlabel: str, title: str) -> bytes:
+    """Finish a reward-recovered plot (the oracle's 1.0 line, labels, legend) as PNG bytes, byte-identical
+    for the same figure (no software or date in the file): the learning curve and `persyn plan-labeling`."""
     axis.axhline(1.0, color="black", linewidth=0.5)
-    axis.set_xlabel("router train prompts")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("reward recovered (test)")
-    axis.set_title("Router learning curve (95% bootstrap intervals)")
+    axis.set_title(title)
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()
