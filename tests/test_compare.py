@@ -62,29 +62,24 @@ def test_recipe_kinds_cover_all_files():
     assert kinds == {"accelerate", "sft", "compare", "pipeline"}
 
 
-def test_compare_recipe_errors_name_the_key(tmp_path):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("pipeline: recipes/demo/task-mix-smollm2.yaml\nstrategies: [strong, best_single]\n", "best_single"),
+        ("pipeline: x.yaml\nevaluation: {limt: 3}\n", "limt.*limit"),
+        ("pipeline: x.yaml\nsft: {seed: 3}\n", "sft.seed"),
+        ("strategies: [strong]\n", "pipeline"),
+        # the budget is whole epochs over every student's own set: a step cap would leave rows unseen
+        ("pipeline: x.yaml\nsft: {max_steps: 20}\n", "sft.max_steps.*num_train_epochs"),
+        ("pipeline: x.yaml\nsft: {num_train_epochs: 0.5}\n", "num_train_epochs: must be >= 1"),
+        # the old interval method's key names the new one
+        ("pipeline: x.yaml\nbootstrap: 1000\n", "bootstrap: removed.*intervals: false"),
+    ],
+)
+def test_compare_recipe_errors_name_the_key(tmp_path, text, message):
     bad = tmp_path / "c.yaml"
-    bad.write_text("pipeline: recipes/demo/task-mix-smollm2.yaml\nstrategies: [strong, best_single]\n")
-    with pytest.raises(RecipeError, match="best_single"):
-        load_compare_recipe(bad)
-    bad.write_text("pipeline: x.yaml\nevaluation: {limt: 3}\n")
-    with pytest.raises(RecipeError, match="limt.*limit"):
-        load_compare_recipe(bad)
-    bad.write_text("pipeline: x.yaml\nsft: {seed: 3}\n")
-    with pytest.raises(RecipeError, match="sft.seed"):
-        load_compare_recipe(bad)
-    bad.write_text("strategies: [strong]\n")
-    with pytest.raises(RecipeError, match="pipeline"):
-        load_compare_recipe(bad)
-    # the budget is whole epochs over every student's own set: a step cap would leave rows unseen
-    bad.write_text("pipeline: x.yaml\nsft: {max_steps: 20}\n")
-    with pytest.raises(RecipeError, match="sft.max_steps.*num_train_epochs"):
-        load_compare_recipe(bad)
-    bad.write_text("pipeline: x.yaml\nsft: {num_train_epochs: 0.5}\n")
-    with pytest.raises(RecipeError, match="num_train_epochs: must be >= 1"):
-        load_compare_recipe(bad)
-    bad.write_text("pipeline: x.yaml\nbootstrap: 1000\n")  # the old interval method's key names the new one
-    with pytest.raises(RecipeError, match="bootstrap: removed.*intervals: false"):
+    bad.write_text(text)
+    with pytest.raises(RecipeError, match=message):
         load_compare_recipe(bad)
 
 
