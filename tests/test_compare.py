@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,22 +157,48 @@ def test_table_and_chart_from_a_comparison(tmp_path):
     assert comparison_card_section(tmp_path / "missing") is None
 
 
-@pytest.mark.slow
-def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(small_task_mix_run, tmp_path):
-    """`persyn compare` through the CLI on the shrunk default run: every strategy, TRL SFT and lm-eval each."""
-    import subprocess
-    import sys
+def test_a_student_is_reused_only_for_the_same_rows_settings_and_seed(tmp_path):
+    """The student cache's key changes with anything that changes the student's numbers."""
+    from datasets import Dataset
 
-    from datasets import load_from_disk
+    from persyn_hub.compare.student_cache import StudentCache, StudentKey, training_rows_digest
 
-    from persyn_hub.eval_tasks.items import is_eval_item
+    rows = [
+        {
+            "prompt_id": "a",
+            "messages": [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "4"}],
+        }
+    ]
+    digest = training_rows_digest(Dataset.from_list(rows))
+    changed = [{**rows[0], "messages": [rows[0]["messages"][0], {"role": "assistant", "content": "5"}]}]
+    assert training_rows_digest(Dataset.from_list(changed)) != digest
+    assert training_rows_digest(Dataset.from_list(rows)) == digest
 
-    run_dir, overrides, _, _ = small_task_mix_run
-    out = tmp_path / "cmp"
-    result = subprocess.run(
+    cache = StudentCache(tmp_path)
+    key = StudentKey("persyn-seed0", digest, "bundled:smollm2", 0, {"learning_rate": 1e-4}, {"limit": 8})
+    cache.put(key, {"training": {"epoch": 1.0}, "report": {"items": {}}, "seconds": 1.0})
+    assert cache.get(key)["training"] == {"epoch": 1.0}
+    for other in (
+        StudentKey("persyn-seed0", "other rows", "bundled:smollm2", 0, {"learning_rate": 1e-4}, {"limit": 8}),
+        StudentKey("persyn-seed0", digest, "bundled:smollm2", 1, {"learning_rate": 1e-4}, {"limit": 8}),
+        StudentKey("persyn-seed0", digest, "bundled:smollm2", 0, {"learning_rate": 2e-4}, {"limit": 8}),
+        StudentKey("persyn-seed0", digest, "bundled:smollm2", 0, {"learning_rate": 1e-4}, {"limit": 16}),
+        StudentKey("persyn-seed0", digest, "other/student", 0, {"learning_rate": 1e-4}, {"limit": 8}),
+    ):
+        assert cache.get(other) is None
+    assert cache.reused == ["persyn-seed0"]
+    next(tmp_path.glob("*.json")).write_text("{not json")  # a damaged entry is trained again, not read
+    assert cache.get(key) is None
+    assert StudentCache(tmp_path, enabled=False).get(key) is None
+
+
+def small_compare(recipe: str, overrides: dict, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`persyn compare RECIPE` through the CLI on the shrunk default run: one seed, two training prompts,
+    one SFT step per student, eight evaluation items of eight tokens."""
+    return subprocess.run(
         [
-            sys.executable, "-m", "persyn_hub.cli", "compare", "recipes/demo/compare-task-mix-smollm2-full.yaml",
-            "--pipeline_overrides", json.dumps(overrides),
+            sys.executable, "-m", "persyn_hub.cli", "compare", recipe,
+            "--pipeline_overrides", json.dumps(overrides), *flags,
             "--seeds", "[0]", "--max_train_prompts", "2",
             "--sft.num_train_epochs", "1", "--sft.per_device_train_batch_size", "2",
             "--evaluation.limit", "8", "--evaluation.max_gen_toks", "8", "--evaluation.batch_size", "8",
@@ -178,6 +206,18 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
         ],
         capture_output=True, text=True, cwd=ROOT, timeout=1800,
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(small_task_mix_run, tmp_path):
+    """`persyn compare` through the CLI on the shrunk default run: every strategy, TRL SFT and lm-eval each."""
+    from datasets import load_from_disk
+
+    from persyn_hub.eval_tasks.items import is_eval_item
+
+    run_dir, overrides, _, _ = small_task_mix_run
+    out = tmp_path / "cmp"
+    result = small_compare("recipes/demo/compare-task-mix-smollm2-full.yaml", overrides, out)
     assert result.returncode == 0, result.stderr[-4000:]
     comparison = json.loads((out / "comparison.json").read_text())
     rows = {row["strategy"]: row for row in comparison["rows"]}
@@ -251,3 +291,20 @@ def test_small_real_comparison_trains_every_strategy_on_the_same_routed_prompts(
     assert (run_dir / "comparison.md").is_file()
     card = (run_dir / "artifacts" / "dataset" / "README.md").read_text()
     assert "## Student comparison" in card
+
+    # A second comparison of the same run (another output_dir, two of the strategies) trains nothing: its
+    # students and the untrained one are read from the run's student cache, with the same per-item scores.
+    again = tmp_path / "cmp-again"
+    second = small_compare(
+        "recipes/demo/compare-task-mix-smollm2.yaml", overrides, again, "--strategies", "[strong, persyn]"
+    )
+    assert second.returncode == 0, second.stderr[-4000:]
+    reused = json.loads((again / "comparison.json").read_text())
+    assert sorted(reused["students"]["reused"]) == ["base", "persyn-seed0", "strong-seed0"]
+    assert not (again / "students").exists()  # nothing was trained
+    for row in reused["rows"]:
+        key = "persyn_taskmix exact_match"
+        assert row["scores"][key]["per_seed"] == rows[row["strategy"]]["scores"][key]["per_seed"]
+        if row["strategy"] != "student (no SFT)":
+            assert [run["reused"] for run in row["training"]] == [True]
+    assert "reused with their evaluation from" in (again / "comparison.md").read_text()

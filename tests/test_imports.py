@@ -122,3 +122,49 @@ def test_an_import_inside_a_function_says_why_it_is_not_at_the_top():
                 if "#" not in here and not (above >= 0 and lines[above].strip().startswith("#")):
                     silent.append(f"{name}:{node.lineno}: {here.strip()}")
     assert not silent, "in-function imports without a reason:\n" + "\n".join(sorted(set(silent)))
+
+
+def test_no_module_over_400_lines_and_no_function_over_80():
+    """Small modules with one concept each: a module that outgrows 400 lines holds two concepts (the evaluate
+    module included, which must stay one self-contained file), a function over 80 lines mixes concerns."""
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{path.relative_to(PACKAGE)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    too_long.append(f"{path.relative_to(PACKAGE)}::{node.name}: {length} lines")
+    assert not too_long, too_long
+
+
+def test_no_code_reads_another_objects_underscored_attributes():
+    """A class's underscored attributes are its own: code outside the class (another class, a function)
+    asks for what it needs through a public name, so a class can change its insides alone."""
+    own: set[str] = set()
+    trees = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+    for tree in trees.values():
+        for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+            for node in ast.walk(cls):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("_"):
+                    own.add(node.name)
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"
+                    and isinstance(node.ctx, ast.Store)
+                ):
+                    own.add(node.attr)
+    own = {name for name in own if name.startswith("_") and not name.startswith("__")}
+    reads = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value.id}.{node.attr}"
+        for path, tree in trees.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in own
+        and isinstance(node.value, ast.Name)
+        and node.value.id not in ("self", "cls")
+    ]
+    assert not reads, reads

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from datasets import Dataset
 
@@ -124,3 +125,34 @@ def test_labeling_plan_refuses_a_teacher_that_would_generate(tmp_path):
     )
     assert "persyn run" in message
     assert not list((run_dir / "stages").glob("label-generate--*")), "no labeling stage started"
+
+
+LEVELS_RUN = "persyn run recipes/demo/reading-levels-smollm2.yaml"
+LEVELS_PLAN = (
+    "persyn plan-labeling recipes/demo/reading-levels-smollm2.yaml --designs 2,full --spends 120,240,360"
+)
+"""docs/router.md's two commands for a pool where difficulty within a type decides (measured there, unshrunk)."""
+
+
+@pytest.mark.slow
+def test_labeling_plan_after_the_reading_levels_run_as_the_docs_write_them(tmp_path):
+    """docs/router.md's levels commands as written, shrunk by appended overrides (a few prompts per task, a
+    short router training, smaller spends): the run labels with every teacher, then the plan reuses its
+    stages and compares m=2 and full labeling at three spends, generating nothing."""
+    shrink = [
+        *[arg for i in range(3) for arg in (f"--prompts.tasks.{i}.size", "10")],
+        "--labeling.num_prompts", "20", "--router.num_train_epochs", "2", "--router.learning_curve", "[]",
+        "--output.dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    run = subprocess.run(
+        [*PERSYN, *LEVELS_RUN.split()[1:], *shrink], capture_output=True, text=True, cwd=ROOT, timeout=1500
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    plan_command = [*PERSYN, *LEVELS_PLAN.split()[1:], *shrink, "--spends", "12,18,24"]
+    result = subprocess.run(plan_command, capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    assert result.returncode == 0, result.stderr[-4000:]
+    plan = json.loads((tmp_path / "run" / "labeling-plan" / "plan.json").read_text())
+    assert plan["generations"] == 0 and plan["designs"] == [2, 3] and plan["spends"] == [12, 18, 24]
+    designs = {(p["spend"], p["teachers_per_prompt"]) for p in plan["points"]}
+    assert {m for _, m in designs} == {2, 3}  # full labeling is m = K = 3
+    assert "| Labeled answers | m=2 | full |" in (tmp_path / "run" / "labeling-plan" / "plan.md").read_text()

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_from_disk
+from launch_driver import driver_in, error_lines, start_ranks
 from servers import free_port
 
 from persyn_hub.pipeline.launch import Launch
@@ -40,58 +41,6 @@ ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "recipes" / "demo" / "task-mix-smollm2.yaml"
 ASDIV_DEMO = ROOT / "recipes" / "demo" / "asdiv-smollm2.yaml"
 LOCK_TIMEOUT = 3.0
-DRIVER = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    from pathlib import Path
-    from datasets import Dataset
-    from persyn_hub.errors import PersynError
-    from persyn_hub.pipeline.cache import StageCache
-    from persyn_hub.pipeline.launch import connect
-    from persyn_hub.pipeline.runner import Stage, StageRunner
-
-    scenario, root = sys.argv[1], sys.argv[2]
-    rank, once = int(os.environ["RANK"]), Path(root + ".first-attempt-failed")
-
-    def rows(context):
-        return Dataset.from_dict({"prompt_id": [f"p{i:03d}" for i in range(24)], "x": list(range(24))})
-
-    def square(context):
-        if rank == 1 and scenario in ("kill-once", "fail-once") and not once.exists():
-            once.write_text(os.environ.get("TORCHELASTIC_RESTART_COUNT", ""))
-            print(f"rank 1 {scenario} in chunk {context.chunk.index}", flush=True)
-            if scenario == "kill-once":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise ValueError("a malformed row (first attempt only)")
-        time.sleep(0.2)
-        return context.rows.map(lambda row: {"y": row["x"] ** 2})
-
-    if scenario == "fail-load" and rank == 1:  # this rank's filesystem fails to read a finished stage
-        def unreadable(self, name, key, **kwargs):
-            raise OSError(f"input/output error reading stage {name}")
-        StageCache.load_finished = unreadable
-
-    stages = [
-        Stage("first", lambda context: Dataset.from_dict({"z": [1]}), identity=1),
-        Stage("square", square, inputs=("first",), identity=1, parallel="chunks", rows=rows),
-    ]
-    try:
-        launch = connect(float(os.environ["PERSYN_TEST_TIMEOUT"]))
-        print(f"rank {rank} attempt {launch.attempt} of launch {launch.id}", flush=True)
-        runner = StageRunner(StageCache(root), launch=launch, chunk_rows=3)
-        for stage in stages:
-            runner.run(stage)
-        launch.finish()
-    except PersynError as error:
-        print(f"persyn: error: {error}", flush=True)
-        sys.exit(2)
-    print(f"rank {rank} finished", flush=True)
-    """
-)
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("persyn: error:")]
 
 
 def squares(run_dir: Path) -> list[int]:
@@ -105,8 +54,7 @@ def test_a_torchrun_restart_is_a_new_attempt_that_ignores_the_dead_attempts_keys
     """Attempt 1: rank 1 is SIGKILLed (or fails, writing the abort) in its first chunk, after rank 0 claimed
     some. torchrun restarts both ranks on the same store: attempt 2 claims every chunk afresh (those on disk
     are reused), never sees attempt 1's abort, and finishes."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver = driver_in(tmp_path)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
         "--monitor-interval", "0.5", "--master_port", str(free_port()), str(driver), scenario,
@@ -127,33 +75,6 @@ def test_a_torchrun_restart_is_a_new_attempt_that_ignores_the_dead_attempts_keys
     assert squares(tmp_path / "run") == [x**2 for x in range(24)]
 
 
-def start_ranks(command: list[str], cwds: list[Path], **env: str) -> list[subprocess.Popen]:
-    """The ranks of one launch started the way `srun` starts them: no agent, each its own environment."""
-    port, count = free_port(), len(cwds)
-    return [
-        subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=cwd,
-            env={
-                **os.environ,
-                "RANK": str(rank),
-                "WORLD_SIZE": str(count),
-                "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": str(count),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": str(ROOT),
-                **env,
-            },
-        )  # fmt: skip
-        for rank, cwd in enumerate(cwds)
-    ]
-
-
 def finish_all(processes: list[subprocess.Popen], limit: float) -> list[tuple[int, str]]:
     results = []
     try:
@@ -169,8 +90,7 @@ def finish_all(processes: list[subprocess.Popen], limit: float) -> list[tuple[in
 
 
 def test_a_rank_that_fails_loading_a_finished_stage_aborts_the_others_at_once(tmp_path):
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver = driver_in(tmp_path)
     command = [sys.executable, str(driver), "fail-load", str(tmp_path / "run")]
     started = time.monotonic()
     processes = start_ranks(command, [tmp_path, tmp_path], PERSYN_TEST_TIMEOUT="240")
@@ -178,7 +98,7 @@ def test_a_rank_that_fails_loading_a_finished_stage_aborts_the_others_at_once(tm
     seconds = time.monotonic() - started
     assert code == 2 and other_code != 0, output + other_output
     (line,) = error_lines(output)
-    assert "stage first: rank 1 failed: OSError: input/output error reading stage first" in line, line
+    assert "stage slow: rank 1 failed: OSError: input/output error reading stage slow" in line, line
     assert "input/output error" in other_output
     assert seconds < 120  # not the 240 s liveness timeout: rank 1 wrote the abort
 

@@ -18,106 +18,23 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from launch_driver import driver_in, error_lines, start_ranks
 from servers import free_port
 
 TIMEOUT = 6.0
 STALL = 5.0
-DRIVER = textwrap.dedent(
-    """
-    import logging, os, signal, sys, time
-    from datasets import Dataset
-    from persyn_hub.errors import PersynError
-    from persyn_hub.pipeline.launch import connect
-    from persyn_hub.pipeline.cache import StageCache
-    from persyn_hub.pipeline.runner import Stage, StageRunner
-    from persyn_hub.progress import progress_bar
-
-    logging.basicConfig(level=logging.INFO)
-    scenario, root = sys.argv[1], sys.argv[2]
-    victim = int(os.environ["RANK"]) == int(os.environ.get("PERSYN_TEST_VICTIM", "1"))
-
-    def read_a_hung_mount():
-        hung, _ = os.pipe()  # nothing is ever written: the read blocks in the kernel with the GIL released
-        os.read(hung, 1)
-
-    def rows(context):
-        return Dataset.from_dict({"prompt_id": [f"p{i:03d}" for i in range(24)], "x": list(range(24))})
-
-    def slow(context):
-        if scenario == "die-main" and victim:
-            time.sleep(2)  # the others are waiting for this stage by now
-            os.kill(os.getpid(), signal.SIGKILL)
-        if scenario == "stall" and victim:
-            read_a_hung_mount()
-        steps = int(float(os.environ.get("PERSYN_TEST_SLOW", "0")) / 0.5)
-        with progress_bar(steps, "slow", "step") as bar:  # a long main-process stage that makes progress
-            for _ in range(steps):
-                time.sleep(0.5)
-                bar.update(1)
-        return Dataset.from_dict({"z": [1]})
-
-    def square(context):
-        if victim and scenario in ("kill", "stop", "fail"):
-            print(f"rank {os.environ['RANK']} in chunk {context.chunk.index}", flush=True)
-            if scenario == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if scenario == "stop":
-                os.kill(os.getpid(), signal.SIGSTOP)
-            raise ValueError(f"row {context.rows['prompt_id'][0]} is malformed")
-        if victim and scenario == "stall":
-            read_a_hung_mount()
-        time.sleep(0.2)
-        return context.rows.map(lambda row: {"y": row["x"] ** 2})
-
-    stages = [
-        Stage("slow", slow, identity=1),
-        Stage("square", square, inputs=("slow",), identity=1, parallel="chunks", rows=rows),
-    ]
-    try:
-        timeout, stall = os.environ["PERSYN_TEST_TIMEOUT"], os.environ.get("PERSYN_TEST_STALL", "1800")
-        launch = connect(float(timeout), float(stall))
-        runner = StageRunner(StageCache(root), launch=launch, chunk_rows=3)
-        for stage in stages:
-            runner.run(stage)
-        launch.finish()
-    except PersynError as error:
-        print(f"persyn: error: {error}", flush=True)
-        sys.exit(2)
-    print(f"rank {os.environ['RANK']} finished", flush=True)
-    """
-)
 
 
-def start_ranks(tmp_path: Path, scenario: str, count: int = 2, **env: str) -> list[subprocess.Popen]:
+def start_launch(tmp_path: Path, scenario: str, count: int = 2, **env: str) -> list[subprocess.Popen]:
     """`count` processes of one launch, started the way `srun` starts them (no agent watching)."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    port = free_port()
-    processes = []
-    for rank in range(count):
-        environment = {
-            **os.environ,
-            "RANK": str(rank), "WORLD_SIZE": str(count), "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(count), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "PERSYN_TEST_TIMEOUT": str(TIMEOUT), "OMP_NUM_THREADS": "1", **env,
-        }  # fmt: skip
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(driver), scenario, str(tmp_path / "run")],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=environment,
-            )
-        )
-    return processes
+    command = [sys.executable, str(driver_in(tmp_path)), scenario, str(tmp_path / "run")]
+    return start_ranks(command, [tmp_path] * count, **{"PERSYN_TEST_TIMEOUT": str(TIMEOUT), **env})
 
 
 def finish(process: subprocess.Popen, limit: float) -> tuple[int, str, float]:
@@ -134,13 +51,9 @@ def kill_all(processes: list[subprocess.Popen]) -> None:
             process.communicate()
 
 
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("persyn: error:")]
-
-
 @pytest.mark.parametrize("scenario", ["kill", "stop"])
 def test_a_dead_or_hung_rank_ends_the_launch_within_the_timeout_naming_it_and_the_stage(tmp_path, scenario):
-    processes = start_ranks(tmp_path, scenario)
+    processes = start_launch(tmp_path, scenario)
     try:
         code, output, seconds = finish(processes[0], TIMEOUT + 60)
     finally:
@@ -156,7 +69,7 @@ def test_a_dead_or_hung_rank_ends_the_launch_within_the_timeout_naming_it_and_th
 
 
 def test_a_rank_that_fails_stops_the_others_at_once_with_its_message(tmp_path):
-    processes = start_ranks(tmp_path, "fail", PERSYN_TEST_TIMEOUT="120")
+    processes = start_launch(tmp_path, "fail", PERSYN_TEST_TIMEOUT="120")
     try:
         code, output, seconds = finish(processes[0], 60)
         other_code, other_output, _ = finish(processes[1], 30)
@@ -169,7 +82,7 @@ def test_a_rank_that_fails_stops_the_others_at_once_with_its_message(tmp_path):
 
 
 def test_the_main_process_dying_ends_the_others_within_the_timeout(tmp_path):
-    processes = start_ranks(tmp_path, "die-main", PERSYN_TEST_VICTIM="0")
+    processes = start_launch(tmp_path, "die-main", PERSYN_TEST_VICTIM="0")
     try:
         code, output, seconds = finish(processes[1], TIMEOUT + 60)
     finally:
@@ -183,7 +96,7 @@ def test_the_main_process_dying_ends_the_others_within_the_timeout(tmp_path):
 def test_a_main_process_stage_with_progress_outlasts_the_timeout_and_stall_timeout(tmp_path):
     """The main process works 15 s, 3 x `launch.stall_timeout`, advancing a progress bar; the other waits."""
     slow = str(2.5 * TIMEOUT)
-    processes = start_ranks(tmp_path, "slow", PERSYN_TEST_SLOW=slow, PERSYN_TEST_STALL=str(STALL))
+    processes = start_launch(tmp_path, "slow", PERSYN_TEST_SLOW=slow, PERSYN_TEST_STALL=str(STALL))
     try:
         results = [finish(process, 120) for process in processes]
     finally:
@@ -203,7 +116,7 @@ def test_a_stalled_rank_ends_the_launch_naming_its_stage_and_frame(tmp_path, vic
     line naming it, its stage and the frame, and the victim's log shows the blocked stack. Rank 1 stalls
     in a chunk while rank 0 waits for it; rank 0 (which hosts the store) stalls in a main-process stage."""
     started = time.monotonic()
-    processes = start_ranks(tmp_path, "stall", PERSYN_TEST_VICTIM=victim, PERSYN_TEST_STALL=str(STALL))
+    processes = start_launch(tmp_path, "stall", PERSYN_TEST_VICTIM=victim, PERSYN_TEST_STALL=str(STALL))
     try:
         results = [finish(process, STALL + 60) for process in processes]
         seconds = time.monotonic() - started  # both ranks have exited (start-up included)
@@ -222,7 +135,7 @@ def test_a_stalled_rank_ends_the_launch_naming_its_stage_and_frame(tmp_path, vic
 
 
 def test_four_ranks_share_the_chunks_and_give_the_one_process_result(tmp_path):
-    processes = start_ranks(tmp_path, "plain", count=4)
+    processes = start_launch(tmp_path, "plain", count=4)
     try:
         results = [finish(process, 120) for process in processes]
     finally:
@@ -238,8 +151,7 @@ def test_four_ranks_share_the_chunks_and_give_the_one_process_result(tmp_path):
 def test_a_hung_rank_under_torchrun_ends_the_launch_with_a_line_naming_it(tmp_path):
     """torchrun's agent cannot see a hang; rank 0 names it. Once it has, the frozen rank is thawed so the
     agent's SIGTERM ends it at once (the agent would otherwise wait 30 s before its SIGKILL)."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver = driver_in(tmp_path)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
         str(free_port()), str(driver), "stop", str(tmp_path / "run"),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ranking_with_transformers_alone
+from test_labeling_plan import LEVELS_PLAN, LEVELS_RUN
 
 ROOT = Path(__file__).parents[1]
 PERSYN = str(Path(sys.executable).parent / "persyn")
@@ -50,6 +51,7 @@ EVALUATE = (
 )
 COMPARE = "persyn compare recipes/demo/compare-task-mix-smollm2.yaml"
 COMPARE_FULL = "persyn compare recipes/demo/compare-task-mix-smollm2-full.yaml"
+LEVELS = [LEVELS_RUN, LEVELS_PLAN]  # run as written, shrunk by appended overrides, in test_labeling_plan.py
 HUB_STAGES = [  # need a real Hub account: the same CLI path runs against the local Hub in test_hub_stages.py
     f"{RUN} --output.hub.stages_repo your-org/mix-stages",
     f"{RUN} --resume-from-hub your-org/mix-stages",
@@ -59,9 +61,10 @@ HUB_STAGES = [  # need a real Hub account: the same CLI path runs against the lo
 
 def test_the_readme_with_its_docs_names_exactly_the_commands_tested_here():
     """The ones run here; the Hub commands in tests/test_hub_stages.py; the full compare (the same CLI
-    path on more strategies) in tests/test_compare.py. A `persyn` line in a bash block of the README or
+    path on more strategies) in tests/test_compare.py; the levels recipe's run and plan in
+    tests/test_labeling_plan.py. A `persyn` line in a bash block of the README or
     of any docs/*.md page that is not one of them is documented but untested."""
-    tested = {RUN, *HUB_STAGES, SFT, EVALUATE, COMPARE, COMPARE_FULL}
+    tested = {RUN, *HUB_STAGES, SFT, EVALUATE, COMPARE, COMPARE_FULL, *LEVELS}
     found = {str(path.relative_to(ROOT)): bash_commands(path) for path in DOCUMENTS}
     untested = {name: sorted(set(lines) - tested) for name, lines in found.items() if set(lines) - tested}
     assert not untested, f"documented but not tested: {untested}"

@@ -59,6 +59,10 @@ class CompareRecipe:
     intervals: bool = True
     """95% intervals over seeds and items for every cell and paired difference (`compare.intervals`)."""
     include_base_student: bool = True
+    reuse_students: bool = True
+    """Reuse a student another comparison of the same run already trained and evaluated on the same rows,
+    settings, seed and package versions (`compare.student_cache`, under the run's `output.dir`); false
+    trains every student again."""
     max_train_prompts: Optional[int] = None
     """None: every routed prompt; N: only the first N routed prompts (by prompt id) for every strategy, a
     quick check. Every student still trains whole epochs over all its rows."""

@@ -204,6 +204,27 @@ def _heading(comparison: dict[str, Any]) -> str:
     )
 
 
+def _students_text(comparison: dict[str, Any]) -> str:
+    """How long the students took, and which came from an earlier comparison of the same run."""
+    students = comparison.get("students")
+    if not students:
+        return ""
+    runs = [run for row in comparison["rows"] for run in row.get("training") or []]
+    trained = [run for run in runs if not run.get("reused")]
+    text = (
+        f"Training and evaluating the students took {students['seconds'] / 60:.1f} min "
+        f"({len(trained)} trained here"
+    )
+    if students.get("reused"):
+        text += (
+            f"; {len(students['reused'])} reused with their evaluation from `{students['cache']}` "
+            f"({', '.join(students['reused'])}): a student on the same training rows with the same settings, seed "
+            "and package versions was already trained, by an earlier comparison of this run or here for a "
+            "strategy whose set is the same rows"
+        )
+    return text + ").\n"
+
+
 def per_seed_markdown(comparison: dict[str, Any]) -> str:
     """Per score: each student's mean per seed and its paired difference to persyn on the same seed."""
     seeds = comparison["seeds"]
@@ -283,6 +304,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         + _score_table(comparison)
         + "\n"
         + costs
+        + _students_text(comparison)
         + ("\n" + "\n".join(notes) + "\n" if notes else "")
         + "\n"
         + per_seed_markdown(comparison)

@@ -36,7 +36,8 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +48,7 @@ from persyn_hub.compare.evaluation import evaluate_model
 from persyn_hub.compare.recipe import CompareRecipe, EvaluationSettings, load_compare_recipe, load_pipeline_of
 from persyn_hub.compare.report import BASE_ROW, comparison_markdown, summarize_comparison, write_comparison
 from persyn_hub.compare.sft import SFTScriptArguments, train
+from persyn_hub.compare.student_cache import CACHE_FOLDER, StudentCache, StudentKey, training_rows_digest
 from persyn_hub.compare.training_sets import build_training_sets
 from persyn_hub.eval_tasks.items import is_eval_item
 from persyn_hub.pipeline.runner import Stage
@@ -137,6 +139,77 @@ def _evaluate(
     )
 
 
+REPORT_KEYS = ("model", "tasks", "limit", "max_gen_toks", "scores", "items")
+"""What a stored report keeps: everything the comparison reads (scores and per-item values)."""
+
+
+@dataclass
+class Students:
+    """Trains and evaluates each student once per key: a student another comparison of the same run
+    already has (same rows, settings, seed, versions) is read from the cache instead."""
+
+    recipe: CompareRecipe
+    student: str
+    system: Optional[str]
+    out: Path
+    cache: StudentCache
+
+    def _key(self, name: str, rows: str, seed: Optional[int]) -> StudentKey:
+        evaluation = {**asdict(self.recipe.evaluation), "system": self.system, "seed": self.recipe.seed}
+        sft = dict(self.recipe.sft) if seed is not None else {}
+        return StudentKey(name, rows, str(self.student), seed, sft, evaluation)
+
+    def _evaluate(self, model: str, name: str) -> dict[str, Any]:
+        return _evaluate(
+            model, self.recipe.evaluation, self.system, self.out / "eval" / name, self.recipe.seed
+        )
+
+    def _stored_or_run(self, key: StudentKey, compute: Any) -> dict[str, Any]:
+        stored = self.cache.get(key)
+        if stored is not None:
+            logger.info(
+                "compare: %s reused from %s (same rows, settings, versions)", key.name, self.cache.folder
+            )
+            return {**stored, "reused": True}
+        started = time.perf_counter()
+        metrics, report = compute()
+        entry = {
+            "training": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))},
+            "report": {k: report[k] for k in REPORT_KEYS if k in report},
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        if entry["report"]:  # a non-main process under accelerate gets no report: nothing to keep
+            self.cache.put(key, entry)
+        return {**entry, "reused": False}
+
+    def base(self) -> dict[str, Any]:
+        """The untrained student's evaluation report."""
+        key = self._key("base", "", None)
+        return self._stored_or_run(key, lambda: ({}, self._evaluate(self.student, "base")))["report"]
+
+    def trained(self, strategy: str, data_dir: Path, rows: str, seed: int) -> tuple[dict[str, Any], dict]:
+        """(training entry for the report, evaluation report) of one strategy's student at one seed."""
+        name = f"{strategy}-seed{seed}"
+
+        def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+            student_dir = self.out / "students" / name
+            metrics = _train(data_dir, student_dir, self.student, self.recipe.sft, seed)
+            return metrics, self._evaluate(str(student_dir), name)
+
+        entry = self._stored_or_run(self._key(name, rows, seed), compute)
+        metrics = entry["training"]
+        run = {
+            "seed": seed,
+            "train_loss": metrics.get("train_loss"),
+            "epochs": metrics.get("epoch"),
+            "steps": metrics.get("global_step"),
+            "rows": metrics.get("train_rows"),
+            "seconds": entry["seconds"],
+            "reused": entry["reused"],
+        }
+        return run, entry["report"]
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole comparison
 
@@ -172,6 +245,7 @@ def run_comparison(
         if settings.system_instruction is not None
         else pipeline.prompts.system_prompt
     )
+    started = time.perf_counter()
     logger.info(
         "compare: %d strategies x %d seeds on the same %d training prompts",
         len(sets),
@@ -179,15 +253,17 @@ def run_comparison(
         len(common),
     )
 
+    cache = StudentCache(Path(pipeline.output.dir) / CACHE_FOLDER, enabled=recipe.reuse_students)
+    students = Students(recipe, student, system, out, cache)
     reports: dict[str, list[dict[str, Any]]] = {}
     if recipe.include_base_student:
-        reports[BASE_ROW] = [_evaluate(student, settings, system, out / "eval" / "base", recipe.seed)]
+        reports[BASE_ROW] = [students.base()]
     training: dict[str, list[dict[str, Any]]] = {}
     for strategy, dataset in sets.items():
         data_dir = out / "data" / strategy
         dataset.save_to_disk(str(data_dir))
+        rows = training_rows_digest(dataset)
         for seed in recipe.seeds:
-            student_dir = out / "students" / f"{strategy}-seed{seed}"
             logger.info(
                 "compare: %s (seed %d): %d rows %s",
                 strategy,
@@ -195,22 +271,15 @@ def run_comparison(
                 len(dataset),
                 info[strategy]["teacher_counts"],
             )
-            metrics = _train(data_dir, student_dir, student, recipe.sft, seed)
-            training.setdefault(strategy, []).append(
-                {
-                    "seed": seed,
-                    "train_loss": metrics.get("train_loss"),
-                    "epochs": metrics.get("epoch"),
-                    "steps": metrics.get("global_step"),
-                    "rows": metrics.get("train_rows"),
-                }
-            )
-            reports.setdefault(strategy, []).append(
-                _evaluate(
-                    str(student_dir), settings, system, out / "eval" / f"{strategy}-seed{seed}", recipe.seed
-                )
-            )
+            run, report = students.trained(strategy, data_dir, rows, seed)
+            training.setdefault(strategy, []).append(run)
+            reports.setdefault(strategy, []).append(report)
     comparison = summarize_comparison(recipe, pipeline, summary, info, training, reports, common, command)
+    comparison["students"] = {
+        "reused": list(cache.reused),
+        "cache": str(cache.folder) if cache.enabled else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     write_comparison(comparison, out, Path(pipeline.output.dir))
     write_local_card(
         runner.outputs[ASSEMBLE], pipeline, summary, Path(pipeline.output.dir)

@@ -85,7 +85,7 @@ class ServedScorer:
         self.token = token_for(self.root)  # Hugging Face hosts only (generation.auth); never logged
 
     # ---- one HTTP call, with retries -----------------------------------------------------------
-    async def _call(
+    async def request_json(
         self, http: Any, method: str, path: str, payload: Optional[dict], parse: Callable[[Any], Any]
     ) -> Any:
         """GET/POST `path`, decode JSON, `parse` it; retry transport failures and malformed replies."""
@@ -159,7 +159,7 @@ class ServedScorer:
             payload = self._with_model(
                 {"prompt": ids, "max_tokens": 1, "prompt_logprobs": 1, "temperature": 0}
             )
-            return await self._call(
+            return await self.request_json(
                 http, "POST", "/v1/completions", payload, lambda body: vllm_token_logprobs(body, ids)
             )
         for _ in range(2):  # a second pass only after learning that the server adds its own BOS
@@ -167,9 +167,11 @@ class ServedScorer:
             if self.api == "tgi":
                 parameters = {"max_new_tokens": 1, "details": True, "decoder_input_details": True}
                 payload = {"inputs": text, "parameters": parameters}
-                server_ids, values = await self._call(http, "POST", "/generate", payload, tgi_token_logprobs)
+                server_ids, values = await self.request_json(
+                    http, "POST", "/generate", payload, tgi_token_logprobs
+                )
             else:
-                server_ids = await self._call(
+                server_ids = await self.request_json(
                     http, "POST", "/extras/tokenize", self._with_model({"input": text}), llama_cpp_tokens
                 )
             if not self._check_tokens(server_ids, ids):
@@ -179,7 +181,7 @@ class ServedScorer:
                 payload = self._with_model(
                     {"prompt": text, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
                 )
-                values = await self._call(
+                values = await self.request_json(
                     http,
                     "POST",
                     "/v1/completions",
@@ -243,12 +245,12 @@ async def _probe(scorer: ServedScorer) -> tuple[str, Optional[str]]:
     async with get_async_session() as http:
         if api == "auto":
             try:
-                info = await scorer._call(http, "GET", "/info", None, lambda body: body)
+                info = await scorer.request_json(http, "GET", "/info", None, lambda body: body)
             except ServedScoringError:
                 info = None  # vLLM and llama-cpp-python have no /info
             if isinstance(info, dict) and "model_id" in info:
                 return "tgi", model_name
-        models = await scorer._call(http, "GET", "/v1/models", None, lambda body: body)
+        models = await scorer.request_json(http, "GET", "/v1/models", None, lambda body: body)
     try:
         listed = models["data"][0]
     except (KeyError, IndexError, TypeError):

@@ -5,38 +5,12 @@ A self-contained Hugging Face `evaluate` metric module (numpy, `datasets` and `e
 same file computes the numbers in persyn_hub and can be pushed to the Hub as-is. Load it with
 `evaluate.load("/path/to/routing_metrics")`; the plain functions below do all of the work.
 
-Inputs:
-
-* scores (n prompts x K teachers): router scores; the argmax (lowest index on ties) is the routed teacher.
-  Hard decisions can be passed one-hot (then hit@k for k > 1 only reflects column order).
-* rewards (n x K): the true combined reward of each teacher on each held-out prompt; NaN = unusable
-  (failed or unscorable generation).
-* The best single teacher: an index `best_single`, or chosen from `train_rewards` (m x K) as the teacher
-  with the highest mean effective reward on those TRAIN prompts (ties: lowest index). Choosing it on the
-  test prompts would hand the baseline the test labels.
-
-Definitions:
-
-* Effective reward: the reward, with NaN replaced by the prompt's worst usable reward (a failed answer is
-  no better than the worst). Router, best single and random are all scored with this rule. A prompt with
-  no usable reward at all is an error. Corner case: where every usable teacher ties, an unusable teacher
-  ties with them too.
-* Oracle / worst: the max / min effective reward per prompt.
-* top1_agreement: share of prompts whose routed teacher's reward is within `tie_margin` of the oracle's.
-* hit_at_k: {k: share of prompts where some oracle teacher (reward within `tie_margin` of the max) is
-  among the router's k highest scores}, k = 1..min(3, K) by default; hit_at_k[1] == top1_agreement.
-* reward_recovered: (sum routed - sum worst) / (sum oracle - sum worst) over prompts: the share of the
-  worst-to-oracle gap the router closes (1.0 = oracle, 0.0 = always the worst; 1.0 when there is no gap).
-  Invariant to shifting the rewards, which matters for z-scored rewards. reward_recovered_best_single and
-  reward_recovered_random are the same figure for the best single teacher and for the exact expectation
-  of a uniformly random teacher (the mean effective reward over the K teachers, not a sample).
-* regret: mean over prompts of (oracle - routed reward); regret_best_single, regret_random likewise.
-* mean_reward_{routed,oracle,best_single,random}; teacher_distribution (share of prompts routed to each
-  teacher); oracle_share (share of prompts each teacher is the first-argmax oracle for).
-* intervals: percentile intervals of a seeded paired bootstrap over prompts (the same resampled prompts
-  for every figure, so differences are paired): top1_agreement, reward_recovered,
-  reward_recovered_best_single, reward_recovered_random, regret, reward_recovered_minus_best_single and
-  reward_recovered_minus_random.
+Inputs: `scores` (n prompts x K teachers, router scores; the argmax, lowest index on ties, is the routed
+teacher; hard decisions one-hot, then hit@k for k > 1 only reflects column order), `rewards` (n x K, the
+true combined reward of each teacher on each held-out prompt; NaN = unusable), and the best single
+teacher: an index `best_single`, or `train_rewards` (m x K) to choose it on TRAIN prompts (choosing it on
+the test prompts would hand the baseline the test labels). Every figure is defined once, in `DEFINITIONS`
+below, the text the router card and summary.json print.
 """
 
 from __future__ import annotations
@@ -48,45 +22,29 @@ import datasets
 import evaluate
 import numpy as np
 
-EFFECTIVE_REWARD_DEFINITION = (
-    "effective reward = the teacher's reward on the prompt; an unusable (NaN) reward counts as the prompt's "
-    "worst usable reward"
-)
-TOP1_AGREEMENT_DEFINITION = (
-    "top1_agreement = share of prompts whose routed teacher (score argmax) has an effective reward within "
-    "tie_margin of the prompt's best"
-)
-HIT_AT_K_DEFINITION = (
-    "hit_at_k[k] = share of prompts where a teacher with effective reward within tie_margin of the best is "
-    "among the router's k highest scores"
-)
-REWARD_RECOVERED_DEFINITION = (
-    "reward_recovered = (sum routed reward - sum worst) / (sum oracle reward - sum worst) over held-out "
-    "prompts; unusable teachers count as the worst usable reward on the prompt; 1.0 when there is no gap"
-)
-REGRET_DEFINITION = "regret = mean over prompts of (oracle effective reward - routed effective reward)"
-BEST_SINGLE_DEFINITION = (
-    "best single teacher = the teacher with the highest mean effective reward on the TRAIN prompts "
-    "(ties: lowest index)"
-)
-RANDOM_DEFINITION = (
-    "random = the exact expectation of a uniformly random teacher per prompt: the mean effective reward over "
-    "all teachers"
-)
-INTERVALS_DEFINITION = (
-    "intervals[metric] = [low, high] percentile interval of a seeded paired bootstrap over prompts (all "
-    "figures computed on the same resampled prompts)"
-)
 DEFINITIONS: dict[str, str] = {
-    "effective_reward": EFFECTIVE_REWARD_DEFINITION,
-    "top1_agreement": TOP1_AGREEMENT_DEFINITION,
-    "hit_at_k": HIT_AT_K_DEFINITION,
-    "reward_recovered": REWARD_RECOVERED_DEFINITION,
-    "regret": REGRET_DEFINITION,
-    "best_single": BEST_SINGLE_DEFINITION,
-    "random": RANDOM_DEFINITION,
-    "intervals": INTERVALS_DEFINITION,
+    "effective_reward": "effective reward = the teacher's reward on the prompt; an unusable (NaN) reward counts "
+    "as the prompt's worst usable reward (a failed answer is no better than the worst; where every usable "
+    "teacher ties, an unusable one ties with them); a prompt with no usable reward is an error",
+    "oracle": "oracle / worst = the max / min effective reward per prompt; oracle_share = share of prompts "
+    "each teacher is the first-argmax oracle for",
+    "top1_agreement": "top1_agreement = share of prompts whose routed teacher (score argmax) has an effective "
+    "reward within tie_margin of the prompt's best",
+    "hit_at_k": "hit_at_k[k] = share of prompts where a teacher with effective reward within tie_margin of the "
+    "best is among the router's k highest scores (k = 1..min(3, K) by default; hit_at_k[1] = top1_agreement)",
+    "reward_recovered": "reward_recovered = (sum routed reward - sum worst) / (sum oracle reward - sum worst) "
+    "over held-out prompts; unusable teachers count as the worst usable reward on the prompt; 1.0 when there "
+    "is no gap; unchanged by shifting the rewards (z-scores)",
+    "regret": "regret = mean over prompts of (oracle effective reward - routed effective reward); "
+    "mean_reward_* the mean effective reward; teacher_distribution the share routed to each teacher",
+    "best_single": "best single teacher = the teacher with the highest mean effective reward on the TRAIN "
+    "prompts (ties: lowest index)",
+    "random": "random = the exact expectation of a uniformly random teacher per prompt: the mean effective "
+    "reward over all teachers",
+    "intervals": "intervals[metric] = [low, high] percentile interval of a seeded paired bootstrap over prompts "
+    "(all figures computed on the same resampled prompts)",
 }
+REWARD_RECOVERED_DEFINITION = DEFINITIONS["reward_recovered"]
 INTERVAL_METRICS = (
     "top1_agreement",
     "reward_recovered",
@@ -160,10 +118,8 @@ def best_single_teacher(train_rewards: Any) -> int:
 
 def gap_recovered(chosen: Any, oracle: Any, worst: Any) -> float:
     """Share of the summed worst-to-oracle gap that `chosen` (per-prompt rewards) closes; 1.0 with no gap."""
-    gap = float(np.sum(np.asarray(oracle, dtype=float) - np.asarray(worst, dtype=float)))
-    if gap <= 0.0:
-        return 1.0
-    return float(np.sum(np.asarray(chosen, dtype=float) - np.asarray(worst, dtype=float)) / gap)
+    chosen, oracle, worst = (np.asarray(v, dtype=float) for v in (chosen, oracle, worst))
+    return float(_gap_ratio(np.sum(chosen - worst), np.sum(oracle - worst)))
 
 
 def _gap_ratio(gain: np.ndarray, gap: np.ndarray) -> np.ndarray:
@@ -359,16 +315,9 @@ def compute_routing_metrics(
         "intervals": {},
     }
     if bootstrap:
-        columns = np.stack(
-            [
-                agree.astype(float),
-                oracle - worst,
-                routed_reward - worst,
-                single_reward - worst,
-                random_reward - worst,
-                oracle - routed_reward,
-            ],
-            axis=1,
+        gains = (routed_reward, single_reward, random_reward)
+        columns = np.column_stack(
+            [agree, oracle - worst, *(g - worst for g in gains), oracle - routed_reward]
         )
         metrics["intervals"] = _bootstrap_intervals(columns, int(bootstrap), seed, confidence)
     return metrics
@@ -405,12 +354,10 @@ Args:
     seed: seed of the bootstrap (default 0).
     confidence: interval coverage (default 0.95).
 Returns:
-    num_prompts, top1_agreement, hit_at_k ({k: share}), reward_recovered, reward_recovered_best_single,
-    reward_recovered_random, regret, regret_best_single, regret_random, mean_reward_routed,
-    mean_reward_oracle, mean_reward_best_single, mean_reward_random, teacher_distribution ({name: share}),
-    oracle_share ({name: share}), best_single_teacher (name), bootstrap, confidence, intervals
-    ({metric: [low, high]} for top1_agreement, reward_recovered, reward_recovered_best_single,
-    reward_recovered_random, regret, reward_recovered_minus_best_single, reward_recovered_minus_random).
+    num_prompts, top1_agreement, hit_at_k ({k: share}), reward_recovered[_best_single, _random],
+    regret[_best_single, _random], mean_reward_{routed, oracle, best_single, random}, teacher_distribution and
+    oracle_share ({name: share}), best_single_teacher (name), bootstrap, confidence, intervals ({metric:
+    [low, high]} for INTERVAL_METRICS). Definitions: DEFINITIONS in the module.
 Examples:
     >>> import evaluate
     >>> routing = evaluate.load("path/to/routing_metrics")
@@ -425,11 +372,7 @@ Examples:
     (1.0, 1.0, 'large')
 """
 
-_ROW = (
-    datasets.List(datasets.Value("float64"))
-    if hasattr(datasets, "List")
-    else datasets.Sequence(datasets.Value("float64"))
-)
+_ROW = datasets.List(datasets.Value("float64"))  # datasets >= 4
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -446,32 +389,10 @@ class RoutingMetrics(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2510.10925"],
         )
 
-    def _compute(
-        self,
-        predictions: list[list[float]],
-        references: list[list[float]],
-        train_rewards: Any = None,
-        best_single: int | None = None,
-        teachers: Sequence[str] | None = None,
-        tie_margin: float = 1e-6,
-        k_values: Sequence[int] | None = None,
-        bootstrap: int = 1000,
-        seed: int | None = 0,
-        confidence: float = 0.95,
-    ) -> dict[str, Any]:
+    def _compute(self, predictions: list[list[float]], references: list[list[float]], **options: Any) -> dict:
+        """`options`: the keyword arguments of `compute_routing_metrics` (train_rewards, best_single, ...)."""
         try:
-            return compute_routing_metrics(
-                predictions,
-                references,
-                train_rewards=train_rewards,
-                best_single=best_single,
-                teachers=teachers,
-                tie_margin=tie_margin,
-                k_values=k_values,
-                bootstrap=bootstrap,
-                seed=seed,
-                confidence=confidence,
-            )
+            return compute_routing_metrics(predictions, references, **options)
         except ValueError as error:
             raise ValueError(
                 f"{error} (here scores are `predictions` and rewards are `references`)"
